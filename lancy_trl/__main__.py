@@ -1,0 +1,3 @@
+from lancy_trl.cli import main
+
+main()

@@ -1,0 +1,54 @@
+"""The `lancy` command line: one Typer app, one module per subcommand, one error boundary.
+
+    lancy sft                                  # the embedded demo: LoRA on SmolLM2-135M, finance sentiment
+    lancy sft --model Qwen/Qwen3-0.6B --dataset my_data.jsonl --max-steps 200
+    lancy sft --config recipes/finance_sentiment.yaml --learning-rate 1e-4
+    lancy sft --resume latest
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import typer
+
+from lancy_trl.errors import LancyError
+
+app = typer.Typer(
+    name="lancy",
+    help="Fine-tune, evaluate and ship small language models on your own machine.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The single error boundary: user errors become one red line and exit 1, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except LancyError as e:
+            from rich.console import Console
+
+            Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {e}", highlight=False, markup=True)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def _register() -> None:
+    # Importing a command module only defines its Typer signature; heavy libraries load inside the commands.
+    from lancy_trl.cli import datasets, eval, models, sft, stubs  # noqa: F401
+
+
+def main() -> None:
+    _register()
+    app()
+
+
+_register()

@@ -1,0 +1,96 @@
+"""Typer options generated from a config dataclass, so each flag is documented once (in config.py).
+
+Flags use dashes; the underscore spellings older tools use (`--max_steps`) and a few legacy names
+(`--resume_from_checkpoint`, `--datasets`) are rewritten before click parses them. A list option
+takes several values after one flag (`--mixture-rates 0.7 0.3`) as well as the flag repeated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from typing import Annotated, Any, Callable
+
+import click
+import typer
+from typer.core import TyperCommand
+
+from lancy_trl.config import _base_type, field_types, flag
+
+ALIASES = {
+    "--resume-from-checkpoint": "--resume",
+    "--datasets": "--dataset",
+    "--dataset-configs": "--dataset-config",
+    "--dataset-name": "--dataset",
+    "--model-name-or-path": "--model",
+    "--use-peft": "--use-lora",
+    "--per-device-train-batch-size": "--batch-size",
+    "--lr": "--learning-rate",
+}
+
+
+def normalize_argv(args: list[str], multi_options: set[str]) -> list[str]:
+    """Dash spellings, legacy aliases, and `--opt a b` expanded to `--opt a --opt b` for list options."""
+    out: list[str] = []
+    pending: str | None = None  # a list option whose following bare values each repeat the flag
+    took_value = False
+    for arg in args:
+        if arg.startswith("--") and len(arg) > 2:
+            name, eq, value = arg.partition("=")
+            name = name.replace("_", "-")
+            name = ALIASES.get(name, name)
+            out.append(name + eq + value)
+            pending = name if name in multi_options and not eq else None
+            took_value = False
+        elif pending and not arg.startswith("-"):
+            if took_value:
+                out.append(pending)
+            out.append(arg)
+            took_value = True
+        else:
+            pending = None
+            out.append(arg)
+    return out
+
+
+class LancyCommand(TyperCommand):
+    """A Typer command that accepts underscore and legacy spellings of its flags."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        multi = {o for p in self.params if isinstance(p, click.Option) and p.multiple for o in p.opts}
+        return super().parse_args(ctx, normalize_argv(args, multi))
+
+
+def _option(name: str, tp: Any, meta: dict) -> tuple[Any, Any]:
+    """(annotation, default) for one config field; defaults are None so we know what the user set."""
+    inner, _ = _base_type(tp)
+    help_ = meta["help"]
+    if meta.get("choices"):
+        help_ += f" [{'|'.join(meta['choices'])}]"
+    decls = [f"--{flag(name)}/--no-{flag(name)}"] if inner is bool else [f"--{flag(name)}"]
+    option = typer.Option(*decls, help=help_, rich_help_panel=meta.get("group"), show_default=False)
+    return Annotated[inner | None, option], None
+
+
+def config_command(cls, extra: list[inspect.Parameter]) -> Callable[[Callable], Callable]:
+    """Decorate `fn(flags: dict, **extra)` into a Typer command whose signature is `cls`'s fields + extras."""
+    types_ = field_types(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+
+    def wrap(fn: Callable) -> Callable:
+        params = list(extra)
+        for name, tp in types_.items():
+            annotation, default = _option(name, tp, dict(fields[name].metadata))
+            params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation))
+
+        def command(**kwargs: Any) -> None:
+            flags = {k: v for k, v in kwargs.items() if k in types_ and v not in (None, [], ())}
+            flags = {k: list(v) if isinstance(v, tuple) else v for k, v in flags.items()}
+            fn(flags, **{k: v for k, v in kwargs.items() if k not in types_})
+
+        command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        command.__doc__ = fn.__doc__
+        command.__name__ = fn.__name__
+        return command
+
+    return wrap

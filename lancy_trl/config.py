@@ -1,0 +1,227 @@
+"""Typed configs, one per command: YAML file < CLI flags, every problem reported at once.
+
+Each field is documented once, here; the CLI's `--help` is generated from these docs.
+
+    args = resolve(SFTArgs, yaml_path="recipes/finance_sentiment.yaml", flags={"learning_rate": 1e-4})
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lancy_trl.errors import LancyError, did_you_mean
+
+
+def opt(default: Any, help: str, *, group: str = "Training", choices: tuple[str, ...] | None = None) -> Any:
+    """A config field with its one description, its help panel and, for strings, its valid choices."""
+    meta = {"help": help, "group": group, "choices": choices}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+ATTENTIONS = ("auto", "eager", "sdpa", "flash_attention_2")
+
+
+@dataclass
+class ModelArgs:
+    model: str = opt("smollm2-135m-instruct", "Catalog name, hub id, local directory or .gguf file.", group="Model")
+    device: str = opt("auto", "Where to train: auto picks cuda > mps > cpu.", group="Model", choices=DEVICES)
+    precision: str = opt(
+        "auto", "Training precision; auto is bf16 on CUDA GPUs that support it, fp32 elsewhere.",
+        group="Model", choices=PRECISIONS,
+    )
+    attn_implementation: str = opt(
+        "auto", "Attention kernel; auto is flash_attention_2 on CUDA when installed, eager on MPS, sdpa otherwise.",
+        group="Model", choices=ATTENTIONS,
+    )
+    trust_remote_code: bool = opt(False, "Run code shipped with a hub model (only for models you trust).", group="Model")
+    use_lora: bool = opt(True, "Train LoRA adapters; --no-use-lora fine-tunes every weight.", group="LoRA")
+    lora_r: int = opt(16, "LoRA rank.", group="LoRA")
+    lora_alpha: int = opt(32, "LoRA scaling numerator (scale = alpha / r).", group="LoRA")
+    lora_dropout: float = opt(0.05, "Dropout on the LoRA input.", group="LoRA")
+    lora_target_modules: list[str] = opt(
+        [], "Module names to adapt; default: every linear layer but the LM head.", group="LoRA"
+    )
+    load_in_4bit: bool = opt(False, "QLoRA: load the base model in 4-bit (CUDA + bitsandbytes).", group="LoRA")
+
+
+@dataclass
+class DataArgs:
+    dataset: list[str] = opt(
+        ["finsent"], "Registry name, hub id or local file (.jsonl/.json/.csv/.parquet); repeat for a mixture.",
+        group="Data",
+    )
+    dataset_config: list[str] = opt([], "Hub config per --dataset ('None' for none).", group="Data")
+    data_files: list[str] = opt([], "Local files in the hub schema: PATH or SPLIT=PATH.", group="Data")
+    mixture_rates: list[float] = opt([], "Sampling rate per --dataset, positive and summing to 1.", group="Data")
+    system_prompt: str | None = opt(None, "Replace the template's system message.", group="Data")
+    eval_fraction: float = opt(
+        0.1, "Held-out share of train used for evaluation when a dataset has no validation split.", group="Data"
+    )
+    max_examples: int | None = opt(None, "Use at most this many training examples (quick trials).", group="Data")
+
+
+@dataclass
+class TrainArgs:
+    max_steps: int = opt(-1, "Stop after this many optimizer steps (-1: run the epochs).")
+    num_train_epochs: float = opt(2.0, "Passes over the training data.")
+    batch_size: int = opt(8, "Examples per device per step (packed rows when packing).")
+    gradient_accumulation_steps: int = opt(1, "Micro-batches per optimizer step.")
+    max_length: int = opt(256, "Longest tokenized sequence; with packing, the packed row length.")
+    learning_rate: float | None = opt(None, "Peak learning rate; default 2e-4 with LoRA, 2e-5 for full fine-tuning.")
+    warmup_ratio: float = opt(0.05, "Share of steps spent warming up the learning rate.")
+    weight_decay: float = opt(0.0, "AdamW weight decay.")
+    seed: int = opt(42, "Seed for data order, held-out split, mixture sampling and initialisation.")
+    packing: bool | None = opt(
+        None, "Pack examples into rows with no cross-example attention; default: on where measured faster."
+    )
+    gradient_checkpointing: bool = opt(False, "Recompute activations in backward to save memory.")
+    logging_steps: int | None = opt(None, "Log every N steps (default: --eval-steps).", group="Logging")
+    eval_steps: int = opt(20, "Evaluate every N steps.", group="Logging")
+    eval_max_batches: int = opt(8, "Evaluate on at most this many batches.", group="Logging")
+    save_steps: int = opt(50, "Save a resumable checkpoint every N steps.", group="Logging")
+    save_total_limit: int = opt(2, "Keep at most this many checkpoints.", group="Logging")
+
+
+@dataclass
+class RunArgs:
+    output_dir: str = opt("runs", "Parent folder of run directories.", group="Run")
+    run_dir: str | None = opt(None, "Exact run directory (with --resume: the run to continue).", group="Run")
+    run_name: str | None = opt(None, "Name the run directory yourself instead of the generated name.", group="Run")
+    resume: str | None = opt(None, "'latest' or a checkpoint/run path: continue a run where it stopped.", group="Run")
+
+
+@dataclass
+class SFTArgs(ModelArgs, DataArgs, TrainArgs, RunArgs):
+    """`lancy sft`: supervised fine-tuning with completion-only loss."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Resolving a config from defaults, a YAML file and flags
+
+
+def field_types(cls) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _base_type(tp: Any) -> tuple[Any, bool]:
+    """(inner type, optional?) for `X | None`."""
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in args:
+        return next(a for a in args if a is not type(None)), True
+    return tp, False
+
+
+def _coerce(value: Any, tp: Any) -> Any:
+    """Convert a YAML value to the field's type, or raise ValueError with what was expected."""
+    tp, optional = _base_type(tp)
+    if value is None:
+        if optional:
+            return None
+        raise ValueError("may not be empty")
+    if typing.get_origin(tp) is list:
+        (inner,) = typing.get_args(tp)
+        values = value if isinstance(value, list) else [value]
+        return [_coerce(v, inner) for v in values]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ValueError(f"expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"expected a whole number, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ValueError(f"expected a number, got {value!r}")
+        try:
+            return float(value)  # YAML reads 1e-4 as a string
+        except ValueError:
+            raise ValueError(f"expected a number, got {value!r}") from None
+    if tp is str:
+        if isinstance(value, (dict, list)):
+            raise ValueError(f"expected text, got {value!r}")
+        return str(value)
+    return value
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise LancyError(f"config file {str(path)!r} not found; pass an existing YAML file to --config")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise LancyError(f"{path} is not valid YAML ({str(e).splitlines()[0]}); fix the file or drop --config") from None
+    if not isinstance(data, dict):
+        raise LancyError(f"{path} must hold a mapping of option names to values, e.g. 'max_steps: 100'")
+    return data
+
+
+def resolve(cls, yaml_values: dict[str, Any] | None = None, flags: dict[str, Any] | None = None, source: str = "config"):
+    """Build `cls` from defaults < YAML values < explicit flags; report every problem at once."""
+    types_ = field_types(cls)
+    values: dict[str, Any] = {}
+    problems: list[str] = []
+    for key, raw in (yaml_values or {}).items():
+        name = str(key).replace("-", "_")
+        if name not in types_:
+            problems.append(f"unknown key {key!r} in {source}{did_you_mean(name, types_)}")
+            continue
+        try:
+            values[name] = _coerce(raw, types_[name])
+        except ValueError as e:
+            problems.append(f"key {key!r} in {source}: {e}")
+    values.update({k: v for k, v in (flags or {}).items() if v is not None})
+    if problems:
+        raise LancyError("; ".join(problems))
+    args = cls(**values)
+    validate(args)
+    return args
+
+
+def validate(args) -> None:
+    """Check values against their choices and ranges; raise once with every problem, naming the flag."""
+    problems = []
+    for f in dataclasses.fields(args):
+        value = getattr(args, f.name)
+        choices = f.metadata.get("choices")
+        if choices and value not in choices:
+            problems.append(f"--{flag(f.name)} must be one of {', '.join(choices)} (got {value!r})")
+    positive = ("batch_size", "gradient_accumulation_steps", "max_length", "eval_steps", "eval_max_batches",
+                "save_steps", "lora_r", "lora_alpha", "save_total_limit", "logging_steps", "max_examples")
+    for name in positive:
+        value = getattr(args, name, None)
+        if value is not None and value <= 0:
+            problems.append(f"--{flag(name)} must be positive (got {value})")
+    if getattr(args, "learning_rate", None) is not None and args.learning_rate <= 0:
+        problems.append(f"--learning-rate must be positive (got {args.learning_rate})")
+    if hasattr(args, "lora_dropout") and not 0 <= args.lora_dropout < 1:
+        problems.append(f"--lora-dropout must be in [0, 1) (got {args.lora_dropout})")
+    if hasattr(args, "eval_fraction") and not 0 <= args.eval_fraction < 1:
+        problems.append(f"--eval-fraction must be in [0, 1) (got {args.eval_fraction})")
+    if getattr(args, "max_steps", -1) == 0 or getattr(args, "num_train_epochs", 1) <= 0:
+        problems.append("--max-steps must be positive or -1, and --num-train-epochs positive")
+    if getattr(args, "load_in_4bit", False) and not getattr(args, "use_lora", True):
+        problems.append("--load-in-4bit trains LoRA adapters on a frozen 4-bit base: drop --no-use-lora")
+    if problems:
+        raise LancyError("; ".join(problems))
+
+
+def flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def to_dict(args) -> dict[str, Any]:
+    return dataclasses.asdict(args)

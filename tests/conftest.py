@@ -1,0 +1,86 @@
+"""Shared fixtures: a tiny random Llama with a real chat template, built in-process (no network, seconds)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+CHATML = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+WORDS = (
+    "the a of to and in is was for on rose fell profit loss sales revenue company shares quarter year percent "
+    "million euros dollars net operating margin guidance board dividend will be held report meeting bank "
+    "negative neutral positive sentence sentiment answer with one word what this investor financial analyst "
+    "you are classify text increased decreased record weak strong"
+).split()
+
+
+def build_tokenizer(pad: bool = False):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    vocab = {t: i for i, t in enumerate(specials + ["<unk>"])}
+    for ch in "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,:;!?'-%$\n":
+        vocab.setdefault(ch, len(vocab))
+    for w in WORDS:
+        vocab.setdefault(w, len(vocab))
+    tok = Tokenizer(models.WordPiece(vocab=vocab, unk_token="<unk>", continuing_subword_prefix=""))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    from tokenizers import decoders
+
+    tok.decoder = decoders.WordPiece(prefix="")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>", unk_token="<unk>",
+        pad_token="<|im_end|>" if not pad else "<|endoftext|>", additional_special_tokens=specials,
+    )
+    fast.chat_template = CHATML
+    return fast
+
+
+def build_tiny_model(path: Path, arch: str = "llama") -> Path:
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
+
+    torch.manual_seed(0)
+    tok = build_tokenizer()
+    cls = {"llama": LlamaConfig, "qwen2": Qwen2Config}[arch]
+    config = cls(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+    )
+    config.architectures = [{"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}[arch]]
+    model = AutoModelForCausalLM.from_config(config)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen(tmp_path_factory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-qwen2"), "qwen2")
+
+
+@pytest.fixture
+def pc_file(tmp_path) -> Path:
+    """A prompt/completion JSONL file with a learnable pattern."""
+    path = tmp_path / "pc.jsonl"
+    rows = [{"prompt": f"profit {w} this quarter", "completion": "positive" if w == "rose" else "negative"}
+            for w in ["rose", "fell"] * 20]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
