@@ -187,7 +187,7 @@ def convert_gguf(gguf: Path, *, log=print) -> Path:
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype="float32")
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     # the weights are plain tensors once dequantized: drop the GGUF marker that blocks save_pretrained
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     tmp = out.with_name(out.name + ".part")
@@ -352,7 +352,7 @@ def load_model(source: ModelSource, args: Any, *, device: str, for_training: boo
         kwargs["quantization_config"] = _bnb_config(device)
         kwargs["device_map"] = {"": 0}
     model = AutoModelForCausalLM.from_pretrained(source.path, **kwargs)
-    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:  # type: ignore[index]
         model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
     model.config.pad_token_id = tokenizer.pad_token_id
     if model.generation_config is not None:
@@ -362,7 +362,7 @@ def load_model(source: ModelSource, args: Any, *, device: str, for_training: boo
 
         model = PeftModel.from_pretrained(model, source.adapter).merge_and_unload()
     if "device_map" not in kwargs:
-        model.to(device)
+        model.to(device)  # type: ignore[arg-type]
     info = {
         "model": source.path,
         "origin": source.origin,

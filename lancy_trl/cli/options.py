@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from typing import Annotated, Any, Callable
+from collections.abc import Callable
+from typing import Annotated, Any
 
-import click
 import typer
 from typer.core import TyperCommand
 
@@ -56,8 +56,9 @@ def normalize_argv(args: list[str], multi_options: set[str]) -> list[str]:
 class LancyCommand(TyperCommand):
     """A Typer command that accepts underscore and legacy spellings of its flags."""
 
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        multi = {o for p in self.params if isinstance(p, click.Option) and p.multiple for o in p.opts}
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        # typer vendors its own click: read options by duck typing rather than isinstance
+        multi = {o for p in self.params if getattr(p, "multiple", False) for o in getattr(p, "opts", ())}
         return super().parse_args(ctx, normalize_argv(args, multi))
 
 

@@ -6,7 +6,7 @@ Local files are recognised by their columns: `messages`, `prompt`/`completion`,
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 from lancy_trl.data.registry import DatasetSpec
@@ -59,7 +59,7 @@ def from_local(row: dict[str, Any], fmt: str, system_prompt: str | None) -> dict
     return {"prompt": system + [_message("user", user)], "completion": [_message("assistant", row["output"])]}
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_template(name: str) -> dict[str, str]:
     import yaml
 

@@ -180,7 +180,7 @@ def _train(args, run_dir, checkpoint, data, loaded, device, console, lora_target
             callbacks=[TensorBoardCallback(writer), LogFile(run_dir / "logs" / "training.log"), RichProgress(console), interrupt],
         )
     trainer.remove_callback(PrinterCallback)  # the progress bar shows the loss; every record goes to the log file
-    model = trainer.model
+    model: Any = trainer.model
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     info.update(trainable_params=trainable, packing=trl_config.packing)
     facts = {**{k: v for k, v in info.items() if v is not None}, **{f"version_{k}": v for k, v in _versions().items()}}

@@ -1,0 +1,136 @@
+"""`lancy sft` end to end on a tiny random model: trains, saves, resumes, and fails cleanly on bad input."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from lancy_trl.cli import app
+
+runner = CliRunner()
+
+
+def sft(*args):
+    return runner.invoke(app, ["sft", *map(str, args)])
+
+
+@pytest.fixture
+def quick(tiny_model, tmp_path):
+    return ["--model", tiny_model, "--output-dir", tmp_path / "runs", "--eval-steps", 2, "--save-steps", 2]
+
+
+def only_run(tmp_path):
+    (run,) = (tmp_path / "runs").iterdir()
+    return run
+
+
+def test_lora_run_trains_saves_and_records(quick, tmp_path):
+    import torch
+    from peft import AutoPeftModelForCausalLM
+
+    result = sft(*quick, "--max-steps", 4)
+    assert result.exit_code == 0, result.output
+    run = only_run(tmp_path)
+    assert run.name.endswith("_tiny-llama0_finsent-sentiment_sft_bs8_len256_steps4_lora-r16")
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "complete" and info["steps"] == 4
+    assert info["model_info"]["attn_implementation"] == "sdpa" and info["model_info"]["device"] == "cpu"
+    assert (run / "config.yaml").is_file() and (run / "logs" / "training.log").stat().st_size > 0
+    assert any((run / "tensorboard").iterdir())
+    model = AutoPeftModelForCausalLM.from_pretrained(run / "model")
+    lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
+    assert lora_b and any(torch.count_nonzero(p) > 0 for p in lora_b)  # B starts at zero: it moved
+
+
+def test_full_fine_tuning_changes_the_weights(quick, tmp_path, tiny_model):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    result = sft(*quick, "--max-steps", 3, "--no-use-lora", "--learning-rate", "1e-3")
+    assert result.exit_code == 0, result.output
+    before = AutoModelForCausalLM.from_pretrained(tiny_model).state_dict()
+    after = AutoModelForCausalLM.from_pretrained(only_run(tmp_path) / "model").state_dict()
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert "model.layers.0.self_attn.q_proj.weight" in changed
+
+
+def test_resume_continues_from_the_checkpoint(quick, tmp_path):
+    assert sft(*quick, "--max-steps", 2).exit_code == 0
+    run = only_run(tmp_path)
+    result = sft("--resume", "latest", "--run-dir", run, "--max-steps", 4)
+    assert result.exit_code == 0, result.output
+    state = json.loads((run / "checkpoints" / "checkpoint-4" / "trainer_state.json").read_text())
+    steps = [h["step"] for h in state["log_history"] if "loss" in h]
+    assert steps[0] == 1 and steps[-1] == 4
+    assert json.loads((run / "run.json").read_text())["steps"] == 4
+    assert len(list((tmp_path / "runs").iterdir())) == 1  # resumed in place, no new run
+
+
+def test_yaml_config_with_flag_override(quick, tmp_path):
+    cfg = tmp_path / "recipe.yaml"
+    cfg.write_text("max_steps: 50\nlearning_rate: 1e-4\nlora_r: 4\n")
+    result = sft(*quick, "--config", cfg, "--max_steps", 2)
+    assert result.exit_code == 0, result.output
+    config = json.loads((only_run(tmp_path) / "config.json").read_text())
+    assert (config["max_steps"], config["learning_rate"], config["lora_r"]) == (2, 1e-4, 4)
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--dataset", "nope.jsonl"], "dataset file 'nope.jsonl' not found"),
+        (["--dataset", "fnsent"], "unknown dataset 'fnsent'; did you mean 'finsent'"),
+        (["--batch-size", "0"], "--batch-size must be positive"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_1(quick, tmp_path, extra, message):
+    result = sft(*quick, *extra)
+    assert result.exit_code == 1
+    assert message in " ".join(result.output.split())
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_unknown_flag_and_config_key_fail(quick, tmp_path):
+    result = sft(*quick, "--max-stepz", 3)
+    assert result.exit_code == 2 and "No such option" in result.output
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("max_stepz: 3\n")
+    result = sft(*quick, "--config", cfg)
+    assert result.exit_code == 1 and "unknown key 'max_stepz'" in result.output
+
+
+def test_empty_dataset_and_encoder_only_model(quick, tmp_path):
+    from transformers import BertConfig
+
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    result = sft(*quick, "--dataset", empty)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    bert = tmp_path / "bert"
+    BertConfig(vocab_size=10, hidden_size=8, num_hidden_layers=1, num_attention_heads=2).save_pretrained(bert)
+    result = sft("--model", bert, "--output-dir", tmp_path / "runs")
+    assert result.exit_code == 1 and "encoder-only" in result.output
+
+
+def test_local_prompt_completion_file(tiny_qwen, pc_file, tmp_path):
+    result = sft("--model", tiny_qwen, "--dataset", pc_file, "--max-steps", 2, "--output-dir", tmp_path / "runs")
+    assert result.exit_code == 0, result.output
+    assert "_pc_sft_" in only_run(tmp_path).name
+
+
+def test_help_lists_every_command():
+    result = runner.invoke(app, ["--help"])
+    for command in ("sft", "pretrain", "grpo", "eval", "datasets", "models"):
+        assert command in result.output
+
+
+def test_list_flags_take_several_values_after_one_flag():
+    import typer.main
+
+    from lancy_trl.cli.sft import sft as command  # noqa: F401  (registers the command)
+
+    click_cmd = typer.main.get_command(app).commands["sft"]
+    ctx = click_cmd.make_context("sft", ["--datasets", "a.jsonl", "b.jsonl", "--mixture_rates", "0.7", "0.3"])
+    assert list(ctx.params["dataset"]) == ["a.jsonl", "b.jsonl"]
+    assert list(ctx.params["mixture_rates"]) == [0.7, 0.3]

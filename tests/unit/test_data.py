@@ -1,0 +1,67 @@
+import json
+
+import pytest
+
+from lancy_trl.config import SFTArgs, resolve
+from lancy_trl.data.adapters import detect_format, from_local
+from lancy_trl.data.build import build_data
+from lancy_trl.errors import LancyError
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.mark.parametrize(
+    "row, user, answer",
+    [
+        ({"prompt": "p", "completion": "c"}, "p", "c"),
+        ({"instruction": "do", "input": "this", "output": "done"}, "do\n\nthis", "done"),
+        ({"instruction": "do", "input": "", "output": "done"}, "do", "done"),
+        ({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}, "q", "a"),
+    ],
+)
+def test_local_formats_become_prompt_completion_messages(row, user, answer):
+    out = from_local(row, detect_format(list(row), "f"), system_prompt=None)
+    assert out["prompt"][-1] == {"role": "user", "content": user}
+    assert out["completion"] == [{"role": "assistant", "content": answer}]
+
+
+def test_text_rows_stay_language_modelling():
+    assert from_local({"text": "hello"}, "text", None) == {"text": "hello"}
+
+
+def test_unknown_columns_name_what_was_found(tmp_path):
+    with pytest.raises(LancyError, match="has columns sentence, label; lancy reads `messages`"):
+        detect_format(["sentence", "label"], "x.jsonl")
+
+
+def test_demo_dataset_has_three_balanced_classes_and_a_seeded_held_out_slice():
+    args = resolve(SFTArgs)
+    bundle = build_data(args)
+    assert bundle.name == "finsent-sentiment" and bundle.labels == ("negative", "neutral", "positive")
+    assert bundle.stats["train_examples"] + bundle.stats["eval_examples"] == 225
+    assert len(bundle.test) == 75
+    row = bundle.train[0]
+    assert row["completion"][0]["content"] in bundle.labels
+    assert "negative, neutral, positive" in row["prompt"][-1]["content"]
+    again = build_data(args)
+    assert again.stats["train_fingerprint"] == bundle.stats["train_fingerprint"]
+    train_prompts = {r["prompt"][-1]["content"] for r in bundle.train}
+    assert not train_prompts & {r["prompt"][-1]["content"] for r in bundle.eval}
+
+
+def test_empty_and_missing_files_are_clear_errors(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(LancyError):
+        build_data(resolve(SFTArgs, flags={"dataset": [str(empty)]}))
+    with pytest.raises(LancyError, match="not found"):
+        build_data(resolve(SFTArgs, flags={"dataset": [str(tmp_path / "nope.jsonl")]}))
+
+
+def test_bad_label_names_the_row(tmp_path):
+    f = write_jsonl(tmp_path / "t.jsonl", [{"sentence": "a", "label": 1}, {"sentence": "b", "label": 7}])
+    with pytest.raises(LancyError, match="row 1: label 7 is not one of"):
+        build_data(resolve(SFTArgs, flags={"dataset": ["finsent"], "data_files": [str(f)]}))

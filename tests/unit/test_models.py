@@ -1,0 +1,65 @@
+import json
+
+import pytest
+
+from lancy_trl.errors import LancyError
+from lancy_trl.models import check_causal, lora_targets, resolve_model, setup_tokenizer, short_name
+
+
+def test_short_names_for_run_directories():
+    assert short_name("HuggingFaceTB/SmolLM2-135M-Instruct") == "smollm2-135m"
+    assert short_name("smollm2-135m-instruct") == "smollm2-135m"
+    assert short_name("/x/SmolLM2-135M-Instruct.Q4_1.gguf") == "smollm2-135m-instruct.q4-1"
+
+
+def test_unknown_model_suggests_catalog_names():
+    with pytest.raises(LancyError, match="did you mean 'smollm2-135m-instruct'"):
+        resolve_model("smollm2-135m-instrct")
+
+
+def test_missing_gguf_is_a_clear_error(tmp_path):
+    with pytest.raises(LancyError, match="GGUF file .* not found"):
+        resolve_model(str(tmp_path / "nope.gguf"))
+
+
+def test_encoder_only_models_are_refused(tmp_path):
+    from transformers import BertConfig
+
+    BertConfig(vocab_size=10, hidden_size=8, num_hidden_layers=1, num_attention_heads=2).save_pretrained(tmp_path)
+    with pytest.raises(LancyError, match="encoder-only model \\(bert\\)"):
+        check_causal(str(tmp_path), trust_remote_code=False)
+
+
+def test_pad_token_is_never_the_eos_the_model_must_learn():
+    from tests.conftest import build_tokenizer
+
+    tok = build_tokenizer()  # ships with pad == eos == <|im_end|>
+    assert tok.pad_token == tok.eos_token
+    notes = setup_tokenizer(tok)
+    assert tok.pad_token == "<|endoftext|>" and tok.pad_token_id != tok.eos_token_id
+    assert "was the EOS" in notes["pad_token"]
+
+
+def test_tokenizer_without_chat_template_gets_one():
+    from tests.conftest import build_tokenizer
+
+    tok = build_tokenizer(pad=True)
+    tok.chat_template = None
+    setup_tokenizer(tok)
+    text = tok.apply_chat_template(
+        [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yes"}], tokenize=False
+    )
+    assert "### User:\nhi" in text and text.rstrip().endswith("yes<|im_end|>")
+
+
+def test_lora_targets_are_all_linear_layers_but_the_head(tiny_model):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    assert lora_targets(model) == ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
+
+
+def test_local_run_dir_without_finished_model_is_refused(tmp_path):
+    (tmp_path / "run.json").write_text(json.dumps({"status": "interrupted"}))
+    with pytest.raises(LancyError, match="no finished model \\(status: interrupted\\)"):
+        resolve_model(str(tmp_path))

@@ -1,0 +1,40 @@
+from datetime import datetime
+
+import pytest
+
+from lancy_trl import runs
+from lancy_trl.config import SFTArgs, resolve
+from lancy_trl.errors import LancyError
+
+
+def test_run_name_follows_the_documented_pattern():
+    args = resolve(SFTArgs, flags={"max_steps": 100, "use_lora": False})
+    name = runs.run_name(args, "smollm2-135m", "finsent-sentiment", now=datetime(2026, 7, 30, 14, 32))
+    assert name == "2026-07-30_14h32m_smollm2-135m_finsent-sentiment_sft_bs8_len256_steps100"
+
+
+def test_run_directories_are_never_overwritten(tmp_path):
+    first = runs.create(tmp_path, "r")
+    second = runs.create(tmp_path, "r")
+    assert first != second and first.is_dir() and second.is_dir()
+
+
+def test_resume_picks_the_newest_complete_checkpoint(tmp_path):
+    run = runs.create(tmp_path, "r")
+    runs.update(run, status="interrupted")
+    for step, complete in [(5, True), (10, True), (15, False)]:
+        ck = run / "checkpoints" / f"checkpoint-{step}"
+        ck.mkdir(parents=True)
+        if complete:
+            (ck / "trainer_state.json").write_text("{}")
+    assert runs.find_resume("latest", str(run), str(tmp_path)) == (run, run / "checkpoints" / "checkpoint-10")
+    assert runs.find_resume("latest", None, str(tmp_path))[1].name == "checkpoint-10"
+
+
+def test_resume_without_checkpoint_says_so(tmp_path):
+    run = runs.create(tmp_path, "r")
+    runs.update(run, status="failed")
+    with pytest.raises(LancyError, match="no complete checkpoint"):
+        runs.find_resume("latest", str(run), str(tmp_path))
+    with pytest.raises(LancyError, match="no run to resume"):
+        runs.find_resume("latest", None, str(tmp_path / "empty"))
