@@ -225,3 +225,27 @@ def flag(name: str) -> str:
 
 def to_dict(args) -> dict[str, Any]:
     return dataclasses.asdict(args)
+
+
+@dataclass
+class EvalArgs:
+    """`lancy eval`: generative evaluation with the template the model was trained on."""
+
+    model: str = opt("smollm2-135m-instruct", "A finished run directory, catalog name, hub id, local dir or .gguf.",
+                     group="Model")
+    dataset: str | None = opt(None, "Registry name or local file; default: the run's dataset, else finsent.", group="Data")
+    dataset_config: str | None = opt(None, "Hub config of --dataset.", group="Data")
+    data_files: list[str] = opt([], "Local files in the hub schema: PATH or SPLIT=PATH.", group="Data")
+    split: str | None = opt(None, "Split to evaluate; default: test, else validation, else train.", group="Data")
+    limit: int | None = opt(None, "Evaluate at most this many examples.", group="Data")
+    system_prompt: str | None = opt(None, "Replace the template's system message (default: the run's).", group="Data")
+    method: str = opt("both", "score ranks label words by likelihood; generate decodes and parses.", group="Eval",
+                      choices=("score", "generate", "both"))
+    compare_base: bool = opt(False, "Also evaluate the base model and show the difference.", group="Eval")
+    batch_size: int = opt(16, "Examples per forward pass.", group="Eval")
+    output_dir: str | None = opt(None, "Where metrics.json, predictions.jsonl, confusion.png go (default: the run's "
+                                 "eval/ folder, else eval_runs/).", group="Eval")
+    device: str = opt("auto", "auto picks cuda > mps > cpu.", group="Model", choices=DEVICES)
+    precision: str = opt("auto", "Inference precision.", group="Model", choices=PRECISIONS)
+    attn_implementation: str = opt("auto", "Attention kernel.", group="Model", choices=ATTENTIONS)
+    trust_remote_code: bool = opt(False, "Run code shipped with a hub model.", group="Model")
