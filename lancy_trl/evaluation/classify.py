@@ -80,7 +80,7 @@ def parse_label(text: str, labels: list[str]) -> str | None:
     if bare in norm:
         return norm[bare]
     # a label inside a sentence: longest labels first, so "not_entailment" wins over "entailment"
-    found = []
+    found: list[tuple[int, int, str]] = []
     for low in sorted(norm, key=len, reverse=True):
         pattern = r"(?<![\w-])" + re.escape(low).replace("_", "[_ ]") + r"(?![\w-])"
         m = re.search(pattern, clean)
