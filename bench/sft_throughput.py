@@ -1,0 +1,211 @@
+"""Training throughput: lancy's defaults against a padded baseline and TRL's defaults, same model, same data.
+
+    python bench/sft_throughput.py                       # SmolLM2-135M (hub / cache / PyPI GGUF), full fine-tuning
+    python bench/sft_throughput.py --lora --steps 6 --repeats 3
+    python bench/sft_throughput.py --model tiny          # a tiny random model: checks the script in seconds
+
+Each variant runs in its own process (clean peak memory), A/B interleaved over --repeats; the first step of each
+run is warm-up and not timed. Prints a table and one JSON line with real (non-padding) tokens per second, the
+ratios to both baselines, model FLOP utilisation against a matmul peak measured in this run, and peak memory.
+Variants:
+  padded       transformers.Trainer, prompt+answer text padded to max_length, DataCollatorForLanguageModeling(mlm=False)
+  trl_default  trl.SFTTrainer with SFTConfig's defaults on prompt/completion rows (bf16 only where the device has it)
+  lancy        lancy's own SFTConfig (lancy_trl.train.sft.to_trl_config) with its defaults for this device
+On a CUDA machine the same three run on the GPU, with MFU against the GPU's measured bf16/fp32 peak.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+VARIANTS = ("padded", "trl_default", "lancy")
+
+
+def matmul_peak(device: str, dtype_name: str) -> float:
+    """GFLOP/s of a 2048^2 (CPU) or 8192^2 (GPU) matmul, measured here."""
+    import torch
+
+    dtype = getattr(torch, dtype_name)
+    n = 8192 if device == "cuda" else 2048
+    a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
+    for _ in range(2):
+        a @ b
+    reps = 20 if device == "cuda" else 5
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    sync()
+    start = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    sync()
+    return 2 * n**3 * reps / (time.perf_counter() - start) / 1e9
+
+
+def model_path(name: str) -> str:
+    if name == "tiny":
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+        from tests.conftest import build_tiny_model
+
+        out = Path(os.environ.get("TMPDIR", "/tmp")) / "lancy-bench-tiny"
+        if not (out / "config.json").exists():
+            build_tiny_model(out)
+        return str(out)
+    from lancy_trl.models import resolve_model
+
+    return resolve_model(name, log=lambda m: print(m, file=sys.stderr)).path
+
+
+def run_variant(variant: str, opts: argparse.Namespace) -> dict:
+    """One training run of `opts.steps + 1` steps; returns timing, tokens and memory."""
+    import torch
+    from transformers import TrainerCallback
+
+    from lancy_trl.config import SFTArgs, resolve
+    from lancy_trl.data.build import build_data
+    from lancy_trl.models import load_model, lora_targets, pick_device, resolve_model
+
+    device = pick_device(opts.device)
+    flags = {"max_steps": opts.steps + 1, "batch_size": opts.batch_size, "max_length": opts.max_length,
+             "use_lora": opts.lora, "eval_fraction": 0.0, "device": device}
+    args = resolve(SFTArgs, flags=flags)
+    data = build_data(args)
+    loaded = load_model(resolve_model(opts.model_path), args, device=device)
+    model, tok = loaded.model, loaded.tokenizer
+    counts: list[int] = []
+
+    def counting(collate):
+        def wrapped(features):
+            batch = collate(features)
+            if "attention_mask" in batch:
+                counts.append(int(batch["attention_mask"].sum()))
+            else:  # padding-free: one row of real tokens
+                counts.append(int(batch["position_ids"].numel()))
+            return batch
+
+        return wrapped
+
+    times: list[float] = []
+
+    class Timer(TrainerCallback):
+        def on_step_begin(self, a, state, control, **kw):
+            if device == "cuda":
+                torch.cuda.synchronize()
+            self.t = time.perf_counter()
+
+        def on_step_end(self, a, state, control, **kw):
+            if device == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - self.t)
+
+    peft_config = None
+    if opts.lora:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=16, lora_alpha=32, target_modules=lora_targets(model), task_type="CAUSAL_LM")
+    common = dict(output_dir=opts.tmp, max_steps=opts.steps + 1, per_device_train_batch_size=opts.batch_size,
+                  report_to="none", save_strategy="no", disable_tqdm=True, use_cpu=device == "cpu", seed=0)
+    bf16_ok = device == "cuda" and torch.cuda.is_bf16_supported()
+    if variant == "padded":
+        from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
+
+        def render(row):
+            text = tok.apply_chat_template(row["prompt"] + row["completion"], tokenize=False)
+            return tok(text, truncation=True, max_length=opts.max_length, padding="max_length")
+
+        train = data.train.map(render, remove_columns=data.train.column_names)
+        if peft_config is not None:
+            from peft import get_peft_model
+
+            model = get_peft_model(model, peft_config)
+        trainer = Trainer(model=model, args=TrainingArguments(**common, bf16=bf16_ok), train_dataset=train,
+                          data_collator=DataCollatorForLanguageModeling(tok, mlm=False))
+    else:
+        from trl import SFTConfig, SFTTrainer
+
+        if variant == "trl_default":
+            config = SFTConfig(**common, max_length=opts.max_length, bf16=bf16_ok)
+        else:
+            from lancy_trl.train.sft import to_trl_config
+
+            config = to_trl_config(args, Path(opts.tmp), loaded.info, has_eval=False)
+            config.save_strategy, config.output_dir = "no", opts.tmp
+        trainer = SFTTrainer(model=model, args=config, train_dataset=data.train, processing_class=tok,
+                             peft_config=peft_config)
+    trainer.data_collator = counting(trainer.data_collator)
+    trainer.add_callback(Timer())
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    trainer.train()
+    # step i consumed batch i; drop the warm-up step
+    tokens, seconds = sum(counts[1: len(times)]), sum(times[1:])
+    peak = (torch.cuda.max_memory_allocated() / 2**20 if device == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    n_params = sum(p.numel() for n, p in loaded.model.named_parameters() if "embed" not in n)
+    n_params += loaded.model.get_output_embeddings().weight.numel()  # the LM head's matmul, tied or not
+    return {"variant": variant, "tokens_per_s": tokens / seconds, "step_s": seconds / max(1, len(times) - 1),
+            "peak_mb": peak, "device": device, "params": n_params,
+            "precision": "bf16" if (bf16_ok or getattr(trainer.args, "bf16", False)) else "fp32"}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="smollm2-135m-instruct", help="catalog name, path, or 'tiny'")
+    p.add_argument("--steps", type=int, default=4, help="timed steps per run (plus one warm-up)")
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--lora", action="store_true", help="LoRA r16 instead of full fine-tuning")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-length", type=int, default=256)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)
+    p.add_argument("--model-path", help=argparse.SUPPRESS)
+    p.add_argument("--tmp", default="/tmp/lancy-bench", help=argparse.SUPPRESS)
+    opts = p.parse_args()
+    if opts.variant:  # child process
+        print("RESULT " + json.dumps(run_variant(opts.variant, opts)))
+        return
+    path = model_path(opts.model)
+    results: dict[str, list[dict]] = {v: [] for v in VARIANTS}
+    for r in range(opts.repeats):
+        order = VARIANTS if r % 2 == 0 else VARIANTS[::-1]  # A/B interleaved
+        for variant in order:
+            cmd = [sys.executable, __file__, "--variant", variant, "--model-path", path, *sys.argv[1:]]
+            out = subprocess.run(cmd, capture_output=True, text=True)
+            line = next((ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")), None)
+            if line is None:
+                sys.exit(f"{variant} failed:\n{out.stderr[-3000:]}")
+            results[variant].append(json.loads(line[7:]))
+            print(f"  {variant:12s} run {r + 1}: {results[variant][-1]['tokens_per_s']:.1f} tok/s", file=sys.stderr)
+    import torch
+
+    device = results["lancy"][0]["device"]
+    peaks = {dt: matmul_peak(device, dt) for dt in ("float32", "bfloat16")} if device == "cuda" else {
+        "float32": matmul_peak(device, "float32")}
+    flops_per_token = (4 if opts.lora else 6) * results["lancy"][0]["params"]
+    summary = {}
+    print(f"\n{'variant':12s} {'tok/s':>8s} {'step s':>8s} {'MFU':>6s} {'peak MB':>9s}  ({device}, {torch.__version__})")
+    for variant, runs in results.items():
+        tps = statistics.median(r["tokens_per_s"] for r in runs)
+        peak = peaks["bfloat16" if runs[0]["precision"] == "bf16" else "float32"] if device == "cuda" else peaks["float32"]
+        mfu = tps * flops_per_token / (peak * 1e9)
+        summary[variant] = {"tokens_per_s": tps, "mfu": mfu, "peak_mb": max(r["peak_mb"] for r in runs),
+                            "step_s": statistics.median(r["step_s"] for r in runs), "precision": runs[0]["precision"]}
+        s = summary[variant]
+        print(f"{variant:12s} {tps:8.1f} {s['step_s']:8.2f} {mfu:6.1%} {s['peak_mb']:9.0f}")
+    line = {
+        "model": opts.model, "device": device, "lora": opts.lora, "steps": opts.steps, "repeats": opts.repeats,
+        "matmul_peak_gflops": peaks, "variants": summary,
+        "ratio_vs_padded": summary["lancy"]["tokens_per_s"] / summary["padded"]["tokens_per_s"],
+        "ratio_vs_trl_default": summary["lancy"]["tokens_per_s"] / summary["trl_default"]["tokens_per_s"],
+    }
+    print(json.dumps(line))
+
+
+if __name__ == "__main__":
+    main()
