@@ -34,13 +34,10 @@ def eval_(flags: dict[str, Any], json_out: bool = False) -> None:
 
     console = Console(stderr=json_out)
     result = run_eval(resolve(EvalArgs, flags=flags), console)
-    summary = {tag: {m: {k: v for k, v in r.items() if k != "predictions"} for m, r in rs.items()}
-               for tag, rs in result.items() if tag in ("model", "base")}
     if json_out:
-        flat = {"dataset": result["dataset"], "output_dir": result["output_dir"], **summary}
-        typer.echo(json.dumps(flat))
+        typer.echo(json.dumps(result))
         return
-    show(console, summary, result)
+    show(console, {tag: result[tag] for tag in ("model", "base") if tag in result}, result)
 
 
 def show(console: Any, summary: dict[str, Any], result: dict[str, Any]) -> None:

@@ -91,8 +91,11 @@ def to_chat(rows: Any, spec: DatasetSpec | None, system_prompt: str | None, wher
 
 def build_data(args: Any) -> DataBundle:
     """Train / eval / test chat datasets for a run; a missing validation split is a seeded slice of train."""
-    if len(args.dataset) != 1:
-        raise LancyError("dataset mixtures arrive with the dataset registry; pass one --dataset for now")
+    if len(args.dataset) != 1 or args.mixture_rates:
+        raise LancyError("dataset mixtures arrive with the dataset registry; pass one --dataset and no --mixture-rates")
+    if args.dataset_config:
+        raise LancyError("--dataset-config selects a hub config, which arrives with the dataset registry; "
+                         "pass the files with --data-files instead")
     name = args.dataset[0]
     spec, raw = load_source(name, args.data_files)
     if "train" not in raw:

@@ -19,6 +19,9 @@ def eval_rows(args: EvalArgs, run_info: dict[str, Any]) -> tuple[Any, list[dict]
     """(spec, chat rows with `target`, label words) for the chosen split."""
     from lancy_trl.data.build import load_source, to_chat
 
+    if args.dataset_config:
+        raise LancyError("--dataset-config selects a hub config, which arrives with the dataset registry; "
+                         "pass the files with --data-files instead")
     name = args.dataset or (run_info.get("config", {}).get("dataset") or ["finsent"])[0]
     spec, raw = load_source(name, args.data_files)
     if spec is None or spec.kind != "classification":
@@ -81,14 +84,14 @@ def run_eval(args: EvalArgs, console: Any) -> dict[str, Any]:
         base = ModelSource(short_name(base_path), base_path, "base")
         results["base"] = evaluate_model(base, args, rows, labels, methods, console)
     out = Path(args.output_dir) if args.output_dir else (run_dir / "eval" if run_dir else Path("eval_runs") / source.name)
-    save(out, results, spec.name)
-    return {"dataset": spec.name, "output_dir": str(out), **results}
-
-
-def save(out: Path, results: dict[str, Any], dataset: str) -> None:
-    out.mkdir(parents=True, exist_ok=True)
     metrics = {tag: {m: {k: v for k, v in r.items() if k != "predictions"} for m, r in rs.items()}
                for tag, rs in results.items()}
+    save(out, results, metrics, spec.name)
+    return {"dataset": spec.name, "output_dir": str(out), **metrics}
+
+
+def save(out: Path, results: dict[str, Any], metrics: dict[str, Any], dataset: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps({"dataset": dataset, **metrics}, indent=2))
     with (out / "predictions.jsonl").open("w") as fh:
         for tag, rs in results.items():

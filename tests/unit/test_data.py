@@ -65,3 +65,9 @@ def test_bad_label_names_the_row(tmp_path):
     f = write_jsonl(tmp_path / "t.jsonl", [{"sentence": "a", "label": 1}, {"sentence": "b", "label": 7}])
     with pytest.raises(LancyError, match="row 1: label 7 is not one of"):
         build_data(resolve(SFTArgs, flags={"dataset": ["finsent"], "data_files": [str(f)]}))
+
+
+def test_flags_not_yet_supported_are_refused_not_ignored():
+    for flags in ({"mixture_rates": [1.0]}, {"dataset_config": ["sst2"]}, {"dataset": ["finsent", "finsent"]}):
+        with pytest.raises(LancyError, match="with the dataset registry"):
+            build_data(resolve(SFTArgs, flags=flags))
