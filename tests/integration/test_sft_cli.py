@@ -128,7 +128,6 @@ def test_help_lists_every_command():
 def test_list_flags_take_several_values_after_one_flag():
     import typer.main
 
-
     click_cmd = typer.main.get_command(app).commands["sft"]
     ctx = click_cmd.make_context("sft", ["--datasets", "a.jsonl", "b.jsonl", "--mixture_rates", "0.7", "0.3"])
     assert list(ctx.params["dataset"]) == ["a.jsonl", "b.jsonl"]
