@@ -66,7 +66,12 @@ class DataArgs:
     eval_fraction: float = opt(
         0.1, "Held-out share of train used for evaluation when a dataset has no validation split.", group="Data"
     )
-    max_examples: int | None = opt(None, "Use at most this many training examples (quick trials).", group="Data")
+    max_examples: int | None = opt(
+        None, "Use at most this many training examples (quick trials; rows streamed from huge corpora).", group="Data"
+    )
+    enable_thinking: bool = opt(
+        False, "Let models whose chat template has a thinking mode (Qwen3) think before answering.", group="Data"
+    )
 
 
 @dataclass
@@ -239,6 +244,8 @@ class EvalArgs:
     split: str | None = opt(None, "Split to evaluate; default: test, else validation, else train.", group="Data")
     limit: int | None = opt(None, "Evaluate at most this many examples.", group="Data")
     system_prompt: str | None = opt(None, "Replace the template's system message (default: the run's).", group="Data")
+    enable_thinking: bool | None = opt(None, "Thinking mode for templates that have one (default: the run's, else off).",
+                                       group="Data")
     method: str = opt("both", "score ranks label words by likelihood; generate decodes and parses.", group="Eval",
                       choices=("score", "generate", "both"))
     compare_base: bool = opt(False, "Also evaluate the base model and show the difference.", group="Eval")

@@ -84,3 +84,22 @@ def pc_file(tmp_path) -> Path:
             for w in ["rose", "fell"] * 20]
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     return path
+
+
+def write_sample(name: str, folder: Path, fmt: str = "jsonl") -> list[str]:
+    """The registry's sample rows for `name` written as local files in the hub schema: `SPLIT=PATH` values."""
+    from lancy_trl.data.registry import sample_rows
+
+    out = []
+    folder = folder / name
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, rows in sample_rows(name).items():
+        path = folder / f"{split}.{fmt}"
+        if fmt == "parquet":
+            import pandas as pd
+
+            pd.DataFrame(rows).to_parquet(path)
+        else:
+            path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        out.append(f"{split}={path}")
+    return out

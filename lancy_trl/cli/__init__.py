@@ -35,8 +35,9 @@ def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
             return fn(*args, **kwargs)
         except LancyError as e:
             from rich.console import Console
+            from rich.markup import escape
 
-            Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {e}", highlight=False, markup=True)
+            Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
             raise typer.Exit(1) from None
 
     return wrapper

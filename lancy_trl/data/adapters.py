@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-from lancy_trl.data.registry import DatasetSpec
+from lancy_trl.data.registry import LETTERS, DatasetSpec
 from lancy_trl.errors import LancyError
 
 FORMATS = {
@@ -69,29 +69,133 @@ def load_template(name: str) -> dict[str, str]:
     return yaml.safe_load(path.read_text())
 
 
-def label_word(spec: DatasetSpec, value: Any, index: int) -> str:
-    """The label word for a raw label (a class id in hub order, or already a word)."""
-    if isinstance(value, str) and value in spec.labels:
-        return value
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < len(spec.labels):
-        raise LancyError(
-            f"{spec.name} row {index}: label {value!r} is not one of {list(spec.labels)} "
-            f"nor an id 0..{len(spec.labels) - 1}; fix the row or the file"
-        )
-    return spec.labels[value]
+def render(text: str, values: dict[str, str]) -> str:
+    """Fill a template; a line whose placeholders are all empty is left out (an optional `input`, say)."""
+    import string
+
+    lines = []
+    for line in text.split("\n"):
+        names = [f for _, f, _, _ in string.Formatter().parse(line) if f]
+        if names and not any(values.get(n) for n in names):
+            continue
+        lines.append(line.format(**values))
+    return "\n".join(lines).strip()
 
 
-def from_spec(row: dict[str, Any], spec: DatasetSpec, index: int, system_prompt: str | None) -> dict[str, Any]:
-    """A registry row -> prompt/completion messages through the dataset's template."""
-    template = load_template(spec.template)
-    missing = [c for c in spec.columns if c not in row]
+def _text(value: Any) -> str:
+    if isinstance(value, list):  # FinanceMath tables: a list of markdown tables
+        return "\n\n".join(str(v).strip() for v in value)
+    return "" if value is None else str(value).strip()
+
+
+def _bytes_literal(value: Any) -> Any:
+    """deepmind/math_dataset stores text as the literal `b'...\\n'`."""
+    if isinstance(value, str) and len(value) >= 3 and value[:2] in ("b'", 'b"') and value[-1] == value[1]:
+        value = value[2:-1]
+        return value[:-2] if value.endswith("\\n") else value
+    return value
+
+
+class Skip(Exception):
+    """This row is not trained on; the message is the reason it is counted under."""
+
+
+def label_word(spec: DatasetSpec, row: dict[str, Any], index: int) -> tuple[str, list[str]]:
+    """(the row's label word, the label words it chooses from); Skip for unlabelled rows, an error for bad ones."""
+    how, column = spec.label.get("from", "id"), spec.label["column"]
+    value, words = row[column], list(spec.labels)
+    if how == "options":
+        words = [str(o) for o in row[spec.label["options"]]]
+    if value is None or (isinstance(value, int) and not isinstance(value, bool) and value == -1):
+        raise Skip("label -1 or missing (unlabelled rows)")
+    if how == "bins":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise LancyError(f"{spec.name} row {index}: {column} {value!r} is not a number to bin; fix the row or the file")
+        low, high = spec.label["bins"]
+        return words[0 if value < low else 1 if value < high else 2], words
+    if isinstance(value, str) and value.strip() in words:  # a word already (fingpt, phrasebank's raw .txt)
+        return value.strip(), words
+    if how != "word" and isinstance(value, int) and not isinstance(value, bool) and 0 <= value < len(words):
+        return words[value], words
+    raise LancyError(
+        f"{spec.name} row {index}: {column} {value!r} is not one of {words}"
+        + (f" nor an id 0..{len(words) - 1}" if how != "word" else "") + "; fix the row or the file"
+    )
+
+
+def _letter_answer(spec: DatasetSpec, row: dict[str, Any], index: int, n_options: int) -> str:
+    value = row[spec.choices["answer"]]
+    if value is None or value == -1 or value == "":
+        raise Skip("no answer")
+    if spec.choices.get("answer_is") == "letter" and isinstance(value, str) and value.strip().upper() in LETTERS[:n_options]:
+        return value.strip().upper()
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < n_options:
+        return LETTERS[value]
+    raise LancyError(
+        f"{spec.name} row {index}: answer {value!r} does not name one of the {n_options} options "
+        f"({LETTERS[:n_options]}); fix the row or the file"
+    )
+
+
+def _expand(spec: DatasetSpec, row: dict[str, Any], index: int) -> list[dict[str, Any]]:
+    """The cleaned source rows one raw row stands for (one per question for Sujet's qa_pairs)."""
+    if "bytes_literal" in spec.clean:
+        row = {k: _bytes_literal(v) for k, v in row.items()}
+    if "qa_pairs_json" in spec.clean:
+        import json
+
+        pairs = row["qa_pairs"]
+        try:
+            pairs = json.loads(pairs) if isinstance(pairs, str) else pairs
+        except ValueError:
+            raise LancyError(f"{spec.name} row {index}: qa_pairs is not valid JSON; fix the row or the file") from None
+        if isinstance(pairs, dict):
+            pairs = [pairs]
+        return [{**row, "question": p.get("question"), "answer": p.get("answer")} for p in pairs or []]
+    return [row]
+
+
+def from_spec(row: dict[str, Any], spec: DatasetSpec, index: int, system_prompt: str | None) -> list[dict[str, Any]]:
+    """One registry row -> chat rows: `text` for pretraining, else prompt/completion messages plus `target`
+    (and `choices` where each row has its own options). Raises Skip for rows that carry nothing to learn."""
+    missing = [c for c in spec.columns if c not in row and not (c == "qa_pairs" and "question" in row)]
     if missing:
         raise LancyError(
-            f"{spec.name} rows need column(s) {', '.join(missing)} (found {', '.join(row)}); "
-            "pass files in the hub's schema to --data-files"
+            f"{spec.display_name} rows need column(s) {', '.join(missing)} (found {', '.join(row)}); "
+            "pass files in the hub's schema to --data-files (`lancy datasets show " + spec.name + "`)"
         )
-    fields = {c: str(row[c]).strip() for c in spec.columns}
-    fields["label_choices"] = ", ".join(spec.labels)
-    prompt = [_message("system", system_prompt or template["system"]), _message("user", template["user"].format(**fields))]
-    target = label_word(spec, row[spec.label_column], index) if spec.label_column else str(row.get("target", ""))
-    return {"prompt": prompt, "completion": [_message("assistant", target)], "target": target}
+    out = []
+    for r in _expand(spec, row, index):
+        if spec.kind == "pretraining":
+            text = _text(r[spec.text or "text"])
+            if "drop_empty_text" in spec.clean and not text:
+                raise Skip("empty text")
+            out.append({"text": text})
+            continue
+        values = {name: _text(r.get(column)) for name, column in spec.fields.items()}
+        extra: dict[str, Any] = {}
+        target: str
+        if spec.kind == "classification":
+            target, words = label_word(spec, r, index)
+            values["label_choices"] = ", ".join(words)
+            if spec.label.get("from") == "options":
+                extra["choices"] = words
+        elif spec.kind == "multiple_choice":
+            options = [str(o) for o in r[spec.choices["options"]]]
+            target = _letter_answer(spec, r, index, len(options))
+            values["options"] = "\n".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(options))
+            values["letters"] = ", ".join(LETTERS[: len(options)])
+            extra["choices"] = list(LETTERS[: len(options)])
+        else:
+            import string
+
+            needed = [f for _, f, _, _ in string.Formatter().parse(spec.answer or "") if f]
+            if any(r.get(f) in (None, "") for f in needed):
+                raise Skip("no answer")
+            keep = spec.kind == "code"  # indentation and newlines are the code
+            target = (spec.answer or "").format(**{f: str(r[f]) if keep else _text(r[f]) for f in needed})
+        template = load_template(spec.template or "")
+        prompt = [_message("system", system_prompt or template["system"]), _message("user", render(template["user"], values))]
+        example: dict[str, Any] = {"prompt": prompt, "completion": [_message("assistant", target)], "target": target}
+        out.append({**example, **extra})
+    return out

@@ -16,25 +16,29 @@ from lancy_trl.errors import LancyError
 
 
 def eval_rows(args: EvalArgs, run_info: dict[str, Any]) -> tuple[Any, list[dict], list[str]]:
-    """(spec, chat rows with `target`, label words) for the chosen split."""
-    from lancy_trl.data.build import load_source, to_chat
+    """(spec, chat rows with `target`, label words) for the chosen split, built with the run's template."""
+    from lancy_trl.data.build import convert, label_words, load_source
 
-    if args.dataset_config:
-        raise LancyError("--dataset-config selects a hub config, which arrives with the dataset registry; "
-                         "pass the files with --data-files instead")
-    name = args.dataset or (run_info.get("config", {}).get("dataset") or ["finsent"])[0]
-    spec, raw = load_source(name, args.data_files)
+    config = run_info.get("config", {})
+    if args.dataset:
+        name, dataset_config = args.dataset, args.dataset_config
+    else:
+        name = (config.get("dataset") or ["finsent"])[0]
+        dataset_config = args.dataset_config or (config.get("dataset_config") or [None])[0]
+    source = load_source(name, dataset_config, args.data_files)
+    spec = source.spec
     if spec is None or spec.kind != "classification":
         raise LancyError(f"{name}: `lancy eval` scores classification datasets so far; pass a registry classification "
                          "dataset such as finsent with --data-files")
-    split = args.split or next((s for s in ("test", "validation", "valid", "train") if s in raw), None)
-    if split not in raw:
-        raise LancyError(f"{name} has no split {split!r} (found {', '.join(raw)}); pass --split")
-    system = args.system_prompt or run_info.get("config", {}).get("system_prompt")
-    rows = to_chat(raw[split], spec, system, f"{name} ({split})")
+    wanted = [args.split] if args.split else ["test", "validation", "train"]
+    split = next((s for w in wanted if (s := source.split(w))), None)
+    if split is None:
+        raise LancyError(f"{name} has no split {wanted[0]!r} (found {', '.join(source.raw)}); pass --split")
+    system = args.system_prompt or config.get("system_prompt")
+    rows, skipped = convert(source.raw[split], spec, system, f"{source.name} ({split})")
     if args.limit:
         rows = rows.select(range(min(args.limit, len(rows))))
-    return spec, list(rows), list(spec.labels)
+    return spec, list(rows), list(label_words(spec, rows))
 
 
 def evaluate_model(source: Any, args: EvalArgs, rows: list[dict], labels: list[str], methods: list[str],

@@ -123,6 +123,8 @@ def run_sft(args: SFTArgs, console: Any, flags: dict[str, Any] | None = None) ->
     source = resolve_model(args.model, log=console.print)
     with console.status(f"Loading {source.path}..."):
         loaded = load_model(source, args, device=device)
+    with console.status("Counting tokens..."):
+        data_report = fit_to_model(data, loaded.tokenizer, args)
     if checkpoint is None:
         name = args.run_name or runs.run_name(args, source.name, data.name)
         run_dir = runs.create(args.output_dir, name) if not args.run_dir else runs.create(run_dir.parent, run_dir.name)
@@ -130,13 +132,14 @@ def run_sft(args: SFTArgs, console: Any, flags: dict[str, Any] | None = None) ->
     runs.save_config(run_dir, config)
     runs.update(
         run_dir, status="running", config=config, model_name=source.name, base_model_path=source.path,
-        model_info=loaded.info, data=data.stats, dataset=data.name, labels=list(data.labels),
+        model_info=loaded.info, data={**data.stats, **data_report}, dataset=data.name, labels=list(data.labels),
+        chat_template_kwargs=data_report["chat_template_kwargs"],
         template=data.spec.template if data.spec else None, versions=_versions(),
         started=time.strftime("%Y-%m-%dT%H:%M:%S"),
     )
     handler = _file_logging(run_dir)
     try:
-        return _train(args, run_dir, checkpoint, data, loaded, device, console, lora_targets)
+        return _train(args, run_dir, checkpoint, data, loaded, device, console, lora_targets, data_report)
     except KeyboardInterrupt:
         runs.update(run_dir, status="interrupted")
         raise LancyError(f"aborted; resume from the last checkpoint with `lancy sft --resume latest --run-dir {run_dir}`") from None
@@ -148,7 +151,57 @@ def run_sft(args: SFTArgs, console: Any, flags: dict[str, Any] | None = None) ->
             logging.getLogger(name).removeHandler(handler)
 
 
-def _train(args, run_dir, checkpoint, data, loaded, device, console, lora_targets) -> SFTResult:
+def fit_to_model(data: Any, tokenizer: Any, args: SFTArgs) -> dict[str, Any]:
+    """Tokenizer-dependent data checks, done once before training: the thinking-mode switch, examples whose answer
+    truncation would remove (dropped, counted), tokens per source, and label words sharing a first token."""
+    from lancy_trl.data.tokens import chat_kwargs, fit, label_collisions
+
+    kwargs = chat_kwargs(tokenizer, args.enable_thinking)
+    if kwargs:
+        for split in ("train", "eval"):
+            ds = getattr(data, split)
+            if ds is not None and "prompt" in ds.column_names:
+                setattr(data, split, ds.add_column("chat_template_kwargs", [kwargs] * len(ds)))
+    data.train, report = fit(data.train, tokenizer, args.max_length, kwargs, "training")
+    if data.eval is not None:
+        data.eval, eval_report = fit(data.eval, tokenizer, args.max_length, kwargs, "evaluation")
+        if eval_report.get("dropped_truncated"):
+            report["eval_dropped_truncated"] = eval_report["dropped_truncated"]
+    for source, n in report.get("dropped_truncated", {}).items():
+        data.notes.append(f"{source}: dropped {n} example(s) whose prompt fills --max-length {args.max_length}")
+    for words in label_collisions(tokenizer, list(data.labels), kwargs):
+        data.notes.append(f"label words {', '.join(words)} start with the same token; `lancy eval --method score` "
+                          "still tells them apart, generation must get past it")
+    return {"train_tokens": report, "chat_template_kwargs": kwargs}
+
+
+def _report_data(data: Any, report: dict[str, Any], console: Any, writer: Any) -> None:
+    """Print what the data became (notes, the mixture as realised) and log it to TensorBoard."""
+    for note in data.notes:
+        console.print(f"[yellow]note:[/] {note}", highlight=False)
+    tokens = report["train_tokens"]
+    mixture = data.stats.get("mixture")
+    if mixture:
+        from rich.table import Table
+
+        table = Table(title="Mixture as realised")
+        for col in ("source", "rate", "examples", "tokens", "source rows", "epochs of source"):
+            table.add_column(col)
+        lines = ["| source | rate | examples | tokens |", "|---|---|---|---|"]
+        for name, m in mixture.items():
+            n, t = tokens["examples"].get(name, 0), tokens["tokens"].get(name, 0)
+            m.update(examples_after_checks=n, tokens=t)
+            table.add_row(name, f"{m['rate']:.3f}", f"{n:,}", f"{t:,}", f"{m['source_examples']:,}", f"{m['epochs_of_source']:.2f}")
+            lines.append(f"| {name} | {m['rate']:.3f} | {n} | {t} |")
+            writer.add_scalar(f"data/examples/{name}", n, 0)
+            writer.add_scalar(f"data/tokens/{name}", t, 0)
+        console.print(table)
+        writer.add_text("data/mixture", "\n".join(lines), 0)
+    writer.add_scalar("data/train_tokens", sum(tokens["tokens"].values()), 0)
+    writer.add_scalar("data/train_examples", sum(tokens["examples"].values()), 0)
+
+
+def _train(args, run_dir, checkpoint, data, loaded, device, console, lora_targets, data_report) -> SFTResult:
     from torch.utils.tensorboard import SummaryWriter
     from transformers import PrinterCallback
     from transformers.integrations import TensorBoardCallback
@@ -172,6 +225,8 @@ def _train(args, run_dir, checkpoint, data, loaded, device, console, lora_target
     if eval_ds is not None:
         eval_ds = eval_ds.select(range(min(len(eval_ds), args.eval_max_batches * args.batch_size)))
     writer = SummaryWriter(str(run_dir / "tensorboard"))
+    _report_data(data, data_report, console, writer)
+    runs.update(run_dir, data={**data.stats, **data_report})
     interrupt = GracefulInterrupt(console)
     with console.status("Tokenizing..."):
         trainer = SFTTrainer(
@@ -223,7 +278,7 @@ def _save_final(trainer: Any, run_dir: Path, data: Any, args: SFTArgs) -> None:
     trainer.save_model(str(tmp))
     lancy_meta = {
         "dataset": data.name, "labels": list(data.labels), "template": data.spec.template if data.spec else None,
-        "system_prompt": args.system_prompt, "use_lora": args.use_lora,
+        "system_prompt": args.system_prompt, "use_lora": args.use_lora, "enable_thinking": args.enable_thinking,
     }
     (tmp / "lancy.json").write_text(json.dumps(lancy_meta, indent=2))
     shutil.rmtree(final, ignore_errors=True)

@@ -67,7 +67,12 @@ def test_bad_label_names_the_row(tmp_path):
         build_data(resolve(SFTArgs, flags={"dataset": ["finsent"], "data_files": [str(f)]}))
 
 
-def test_flags_not_yet_supported_are_refused_not_ignored():
-    for flags in ({"mixture_rates": [1.0]}, {"dataset_config": ["sst2"]}, {"dataset": ["finsent", "finsent"]}):
-        with pytest.raises(LancyError, match="with the dataset registry"):
+def test_flags_that_do_not_apply_are_refused_not_ignored():
+    cases = [
+        ({"dataset": ["finsent", "finsent"]}, "named twice"),
+        ({"dataset_config": ["sst2"]}, "finsent does not take --dataset-config 'sst2'"),
+        ({"mixture_rates": [0.5, 0.5]}, "2 value\\(s\\) for 1 dataset"),
+    ]
+    for flags, message in cases:
+        with pytest.raises(LancyError, match=message):
             build_data(resolve(SFTArgs, flags=flags))

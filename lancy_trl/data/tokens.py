@@ -1,0 +1,84 @@
+"""What needs the tokenizer: examples that lose their answer to truncation, tokens per source, label words that
+share a first token, and the chat-template switch for thinking modes.
+
+    kwargs = chat_kwargs(tokenizer, enable_thinking=False)     # {"enable_thinking": False} for Qwen3, else {}
+    train, report = fit(train, tokenizer, max_length=256, kwargs=kwargs, where="train")
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from typing import Any
+
+from lancy_trl.errors import LancyError
+
+
+def chat_kwargs(tokenizer: Any, enable_thinking: bool) -> dict[str, Any]:
+    """Templates with a thinking mode (Qwen3) render with it off unless asked, so training, eval and chat agree."""
+    template = tokenizer.chat_template if isinstance(getattr(tokenizer, "chat_template", None), str) else ""
+    return {"enable_thinking": enable_thinking} if "enable_thinking" in template else {}
+
+
+def _encode(tokenizer: Any, conversations: list[list[dict]], kwargs: dict[str, Any], generation: bool) -> list[list[int]]:
+    out = tokenizer.apply_chat_template(
+        conversations, add_generation_prompt=generation, tokenize=True, return_dict=False, **kwargs
+    )
+    return [list(ids) for ids in out]
+
+
+def fit(ds: Any, tokenizer: Any, max_length: int, kwargs: dict[str, Any], where: str,
+        batch: int = 512) -> tuple[Any, dict[str, Any]]:
+    """Drop examples whose prompt alone fills max_length (no answer token would be left to learn); count tokens
+    (after truncation) per source. All dropped is an error naming the fix."""
+    if ds is None:
+        return None, {}
+    text = "text" in ds.column_names
+    keep: list[int] = []
+    tokens: Counter = Counter()
+    examples: Counter = Counter()
+    dropped: Counter = Counter()
+    sources = ds["source"] if "source" in ds.column_names else None
+    for start in range(0, len(ds), batch):
+        rows = ds[start: start + batch]
+        n = len(rows["text" if text else "prompt"])
+        if text:
+            lengths = [len(ids) for ids in tokenizer(rows["text"], add_special_tokens=True)["input_ids"]]
+            prompt_lengths = [0] * n
+        else:
+            prompt_lengths = [len(ids) for ids in _encode(tokenizer, rows["prompt"], kwargs, True)]
+            full = [p + c for p, c in zip(rows["prompt"], rows["completion"])]
+            lengths = [len(ids) for ids in _encode(tokenizer, full, kwargs, False)]
+        for i in range(n):
+            source = sources[start + i] if sources else "all"
+            if prompt_lengths[i] >= max_length:
+                dropped[source] += 1
+                continue
+            keep.append(start + i)
+            examples[source] += 1
+            tokens[source] += min(lengths[i], max_length)
+    if not keep:
+        raise LancyError(
+            f"every {where} example's prompt fills --max-length {max_length}, leaving no answer token to learn; "
+            "raise --max-length"
+        )
+    report: dict[str, Any] = {"examples": dict(examples), "tokens": dict(tokens)}
+    if dropped:
+        report["dropped_truncated"] = dict(dropped)
+        ds = ds.select(keep)
+    return ds, report
+
+
+def label_collisions(tokenizer: Any, labels: list[str], kwargs: dict[str, Any]) -> list[list[str]]:
+    """Groups of label words whose answer starts with the same token: generation must get past it to tell them
+    apart, and a model that has learned only the first token looks right while being undecided."""
+    if len(labels) < 2:
+        return []
+    prompt = [{"role": "user", "content": "x"}]
+    prefix = _encode(tokenizer, [prompt], kwargs, True)[0]
+    fulls = _encode(tokenizer, [prompt + [{"role": "assistant", "content": w}] for w in labels], kwargs, False)
+    groups: dict[int, list[str]] = defaultdict(list)
+    for word, ids in zip(labels, fulls):
+        rest = ids[len(prefix):] if ids[: len(prefix)] == prefix else tokenizer(word, add_special_tokens=False)["input_ids"]
+        if rest:
+            groups[rest[0]].append(word)
+    return [words for words in groups.values() if len(words) > 1]
