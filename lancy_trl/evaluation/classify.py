@@ -36,8 +36,82 @@ def encode_prompts(tokenizer: Any, prompts: list[list[dict]]) -> list[list[int]]
     ]
 
 
+def common_prefix(prompt_ids: list[list[int]]) -> int:
+    """Length of the token prefix every prompt shares (system message, instructions), leaving each a token."""
+    n = min(map(len, prompt_ids)) - 1
+    first = prompt_ids[0]
+    for k in range(max(n, 0)):
+        if any(p[k] != first[k] for p in prompt_ids):
+            return k
+    return max(n, 0)
+
+
 def score_batch(model: Any, prompt_ids: list[list[int]], label_ids: list[list[int]], pad_id: int) -> Any:
-    """(batch, labels) summed log-probabilities of each label continuation; prompts run once, left-padded."""
+    """(batch, labels) summed log-probabilities of each label continuation.
+
+    The prefix all prompts share (system message and instructions) is encoded once for the batch. Then each row is
+    [left-padded rest of its prompt | label 1 | label 2 | ...] under a tree-shaped attention mask: every label
+    attends to the prompt and to its own earlier tokens only, and its positions restart where the prompt ends. So
+    each prompt is encoded once and shared by all labels without copying a KV cache per label, and logits are
+    computed only where a label token is predicted. Flash-attention takes no custom masks: it uses the cached path.
+    """
+    import torch
+
+    impl = str(getattr(model.config, "_attn_implementation", "sdpa"))
+    if impl.startswith("flash"):
+        return score_batch_cached(model, prompt_ids, label_ids, pad_id)
+    device = model.device
+    shared = common_prefix(prompt_ids) if len(prompt_ids) > 1 else 0
+    cache = None
+    if shared >= 4:
+        prefix = torch.tensor([prompt_ids[0][:shared]], device=device)
+        cache = model(input_ids=prefix, use_cache=True, logits_to_keep=1).past_key_values
+        cache.batch_repeat_interleave(len(prompt_ids))
+    else:
+        shared = 0
+    rests = [p[shared:] for p in prompt_ids]
+    b, p_len = len(rests), max(map(len, rests))
+    lens = [len(ids) for ids in label_ids]
+    starts = [p_len + sum(lens[:j]) for j in range(len(lens))]
+    total = p_len + sum(lens)
+    ids = torch.full((b, total), pad_id, dtype=torch.long)
+    pos = torch.zeros((b, total), dtype=torch.long)
+    for i, p in enumerate(rests):
+        ids[i, p_len - len(p): p_len] = torch.tensor(p)
+        pos[i, p_len - len(p): p_len] = shared + torch.arange(len(p))
+        for start, n in zip(starts, lens):
+            pos[i, start: start + n] = shared + len(p) + torch.arange(n)
+    segment = torch.full((total,), -1)
+    for j, (start, n) in enumerate(zip(starts, lens)):
+        segment[start: start + n] = j
+        ids[:, start: start + n] = torch.tensor(label_ids[j])
+    col = torch.arange(total)
+    causal = col[None, :] <= col[:, None]
+    key_prompt = (col < p_len)[None, :]
+    tree = torch.where((col < p_len)[:, None], causal & key_prompt, key_prompt | ((segment[:, None] == segment[None, :]) & causal))
+    first_real = torch.tensor([p_len - len(p) for p in rests])
+    key_real = col[None, :] >= first_real[:, None]  # (b, total): padding is never attended to
+    allowed = tree[None] & key_real[:, None, :]
+    allowed |= torch.eye(total, dtype=torch.bool)[None] & ~key_real[:, :, None]  # padding rows see themselves
+    allowed = torch.cat([torch.ones((b, total, shared), dtype=torch.bool), allowed], dim=2)  # the shared prefix
+    mask = allowed[:, None]
+    if impl != "sdpa":  # eager and others add the mask to the scores
+        dtype = next(model.parameters()).dtype
+        mask = torch.zeros(mask.shape, dtype=dtype).masked_fill(~mask, torch.finfo(dtype).min)
+    # label j's token t is predicted at the prompt's end (t = 0) or at its own token t - 1
+    where = [p_len - 1 if t == 0 else start + t - 1 for start, n in zip(starts, lens) for t in range(n)]
+    keep = sorted(set(where))
+    out = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
+                past_key_values=cache, use_cache=cache is not None, logits_to_keep=torch.tensor(keep, device=device))
+    logp = torch.log_softmax(out.logits.float(), dim=-1)  # (b, len(keep), vocab)
+    index = {c: n for n, c in enumerate(keep)}
+    targets = torch.tensor([tok for ids_j in label_ids for tok in ids_j], device=device)
+    rows = logp[:, [index[c] for c in where]].gather(2, targets[None, :, None].expand(b, -1, 1)).squeeze(2)
+    return torch.stack([rows[:, sum(lens[:j]): sum(lens[: j + 1])].sum(1) for j in range(len(lens))], dim=1)
+
+
+def score_batch_cached(model: Any, prompt_ids: list[list[int]], label_ids: list[list[int]], pad_id: int) -> Any:
+    """(batch, labels) summed log-probabilities: the prompt runs once, its KV cache is repeated for each label."""
     import torch
 
     device = model.device

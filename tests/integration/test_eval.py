@@ -2,25 +2,32 @@
 
 import json
 
+import pytest
+
 from typer.testing import CliRunner
 
 from lancy_trl.cli import app
 
 
-def test_cached_label_scores_equal_full_forward_log_likelihood(tiny_model):
+@pytest.mark.parametrize("attn, fn", [("sdpa", "score_batch"), ("eager", "score_batch"), ("sdpa", "score_batch_cached")])
+def test_label_scores_equal_full_forward_log_likelihood(tiny_model, attn, fn):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from lancy_trl.evaluation.classify import encode_prompts, label_token_ids, score_batch
+    from lancy_trl.evaluation import classify
 
-    model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, attn_implementation=attn).eval()
     tok = AutoTokenizer.from_pretrained(tiny_model)
-    prompts = [[{"role": "user", "content": "profit rose"}], [{"role": "user", "content": "the bank report was weak a"}]]
-    labels = ["negative", "neutral", "positive"]
-    label_ids = label_token_ids(tok, prompts[0], labels)
-    ids = encode_prompts(tok, prompts)
+    system = {"role": "system", "content": "you are a financial analyst classify the sentiment"}  # a shared prefix
+    prompts = [[system, {"role": "user", "content": "profit rose"}], [system, {"role": "user", "content": "the bank report was weak a"}],
+               [system, {"role": "user", "content": "a"}]]
+    labels = ["negative", "neutral", "mildly positive", "xyz"]  # 2 to 16 tokens with the end-of-turn token
+    label_ids = classify.label_token_ids(tok, prompts[0], labels)
+    assert len({len(ids) for ids in label_ids}) > 1
+    ids = classify.encode_prompts(tok, prompts)
+    assert classify.common_prefix(ids) >= 4  # the shared-prefix path runs
     with torch.no_grad():
-        fast = score_batch(model, ids, label_ids, pad_id=0)
+        fast = getattr(classify, fn)(model, ids, label_ids, pad_id=0)
         for i, p in enumerate(ids):
             for j, lab in enumerate(label_ids):
                 seq = torch.tensor([p + lab])

@@ -1,0 +1,96 @@
+"""Evaluation speed: `score` (label likelihoods) against `generate` (greedy decode + parse) on the same examples.
+
+    python bench/eval_speed.py                          # SmolLM2-135M-Instruct, the 75 finsent test sentences
+    python bench/eval_speed.py --model runs/<run> --repeats 3
+    python bench/eval_speed.py --model tiny             # a tiny random model: checks the script in seconds
+
+Methods, A/B interleaved over --repeats after one untimed warm-up batch:
+  score         lancy's default: one forward per batch, prompt shared by all labels through a tree attention mask
+  score_cached  the prompt runs once and its KV cache is repeated for each label (the flash-attention path)
+  generate      greedy decoding of a few tokens, then the label parse
+Prints a table and one JSON line with examples per second, the ratio score / generate, and agreement of the
+predictions between the two score paths (they compute the same numbers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def load(name: str):
+    from lancy_trl.config import EvalArgs, resolve
+    from lancy_trl.models import load_model, pick_device, resolve_model
+
+    if name == "tiny":
+        from bench.sft_throughput import model_path
+
+        name = model_path("tiny")
+    source = resolve_model(name, log=lambda *a: None)
+    args = resolve(EvalArgs, flags={"model": name})
+    return load_model(source, args, device=pick_device("auto"), for_training=False)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--limit", type=int, default=75)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+
+    import torch
+
+    from lancy_trl.config import EvalArgs, resolve
+    from lancy_trl.evaluation import classify
+    from lancy_trl.evaluation.runner import eval_rows
+
+    loaded = load(args.model)
+    spec, rows, labels = eval_rows(resolve(EvalArgs, flags={"dataset": "finsent", "limit": args.limit}), {})
+    prompts = [r["prompt"] for r in rows]
+    methods = {
+        "score": lambda: classify.classify(loaded.model, loaded.tokenizer, prompts, labels, "score", args.batch_size),
+        "generate": lambda: classify.classify(loaded.model, loaded.tokenizer, prompts, labels, "generate", args.batch_size),
+    }
+
+    def cached():
+        original = classify.score_batch
+        classify.score_batch = classify.score_batch_cached
+        try:
+            return methods["score"]()
+        finally:
+            classify.score_batch = original
+
+    methods["score_cached"] = cached
+    classify.classify(loaded.model, loaded.tokenizer, prompts[: args.batch_size], labels, "score", args.batch_size)  # warm-up
+    times: dict[str, list[float]] = {m: [] for m in methods}
+    preds: dict[str, list] = {}
+    for _ in range(args.repeats):
+        for name, run in methods.items():
+            start = time.perf_counter()
+            out = run()
+            times[name].append(time.perf_counter() - start)
+            preds[name] = [r["prediction"] for r in out]
+    eps = {m: len(prompts) / statistics.median(t) for m, t in times.items()}
+    device = str(loaded.model.device)
+    print(f"{len(prompts)} finsent examples, batch {args.batch_size}, {args.model} on {device} "
+          f"({torch.get_num_threads()} threads), median of {args.repeats}")
+    print(f"{'method':14s} {'ex/s':>8s} {'vs generate':>12s}")
+    for m in ("score", "score_cached", "generate"):
+        print(f"{m:14s} {eps[m]:8.1f} {eps[m] / eps['generate']:11.2f}x")
+    agree = sum(a == b for a, b in zip(preds["score"], preds["score_cached"])) / len(prompts)
+    print(json.dumps({"bench": "eval_speed", "model": args.model, "device": device, "n": len(prompts),
+                      "examples_per_second": {m: round(v, 2) for m, v in eps.items()},
+                      "score_over_generate": round(eps["score"] / eps["generate"], 3),
+                      "score_over_score_cached": round(eps["score"] / eps["score_cached"], 3),
+                      "score_paths_agree": agree}))
+
+
+if __name__ == "__main__":
+    main()
