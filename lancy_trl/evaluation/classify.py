@@ -11,13 +11,14 @@ import re
 from typing import Any
 
 
-def label_token_ids(tokenizer: Any, prompt: list[dict], labels: list[str]) -> list[list[int]]:
+def label_token_ids(tokenizer: Any, prompt: list[dict], labels: list[str], chat_kwargs: dict | None = None) -> list[list[int]]:
     """Each label's tokens as the chat template renders the assistant turn, through its end-of-turn token."""
-    prefix = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=False)
+    kw = chat_kwargs or {}
+    prefix = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=False, **kw)
     out = []
     for label in labels:
         full = tokenizer.apply_chat_template(
-            prompt + [{"role": "assistant", "content": label}], tokenize=True, return_dict=False
+            prompt + [{"role": "assistant", "content": label}], tokenize=True, return_dict=False, **kw
         )
         if full[: len(prefix)] != prefix:  # templates that rewrite earlier turns: fall back to plain tokens
             ids = tokenizer(label, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
@@ -29,9 +30,10 @@ def label_token_ids(tokenizer: Any, prompt: list[dict], labels: list[str]) -> li
     return out
 
 
-def encode_prompts(tokenizer: Any, prompts: list[list[dict]]) -> list[list[int]]:
+def encode_prompts(tokenizer: Any, prompts: list[list[dict]], chat_kwargs: dict | None = None) -> list[list[int]]:
+    kw = chat_kwargs or {}
     return [
-        list(tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=True, return_dict=False))
+        list(tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=True, return_dict=False, **kw))
         for p in prompts
     ]
 
@@ -164,19 +166,19 @@ def parse_label(text: str, labels: list[str]) -> str | None:
 
 
 def classify(model: Any, tokenizer: Any, prompts: list[list[dict]], labels: list[str], method: str,
-             batch_size: int = 16, progress: Any = None) -> list[dict[str, Any]]:
+             batch_size: int = 16, progress: Any = None, chat_kwargs: dict | None = None) -> list[dict[str, Any]]:
     """One prediction per prompt: {"prediction", "probs"} for score, {"prediction", "output"} for generate."""
     import torch
 
     results: list[dict[str, Any]] = []
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    label_ids = label_token_ids(tokenizer, prompts[0], labels) if method == "score" else []
+    label_ids = label_token_ids(tokenizer, prompts[0], labels, chat_kwargs) if method == "score" else []
     max_new = 2 + max(len(tokenizer(label, add_special_tokens=False)["input_ids"]) for label in labels)
     model.eval()
     with torch.inference_mode():
         for start in range(0, len(prompts), batch_size):
             batch = prompts[start:start + batch_size]
-            ids = encode_prompts(tokenizer, batch)
+            ids = encode_prompts(tokenizer, batch, chat_kwargs)
             if method == "score":
                 probs = torch.softmax(score_batch(model, ids, label_ids, pad_id), dim=-1).tolist()
                 for row in probs:

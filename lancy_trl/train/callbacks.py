@@ -31,6 +31,8 @@ class RichProgress(TrainerCallback):
         self.task = self.progress.add_task("", total=state.max_steps, completed=state.global_step)
 
     def on_step_end(self, args, state, control, **kwargs):
+        if state.log_history and "eval_score_accuracy" in state.log_history[-1]:
+            self.last["score_acc"] = state.log_history[-1]["eval_score_accuracy"]
         if self.progress is not None:
             self.progress.update(self.task, completed=state.global_step)
 
@@ -103,3 +105,38 @@ class GracefulInterrupt(TrainerCallback):
             control.should_save = True
             control.should_training_stop = True
         return control
+
+
+class ScoreEval(TrainerCallback):
+    """At each evaluation, classification runs also score the label words on the eval examples: accuracy and
+    macro-F1 of the `score` method, next to the eval loss in TensorBoard, the log file and the trainer state."""
+
+    def __init__(self, writer: Any, tokenizer: Any, rows: Any, labels: list[str], batch_size: int,
+                 chat_kwargs: dict) -> None:
+        self.writer, self.tokenizer, self.labels = writer, tokenizer, labels
+        self.batch_size, self.chat_kwargs = batch_size, chat_kwargs
+        self.prompts = [r["prompt"] for r in rows]
+        self.targets = [r["target"] for r in rows]
+        self.last: dict[str, float] = {}
+
+    def on_evaluate(self, args, state, control, model=None, **kwargs):
+        import logging
+
+        from lancy_trl.evaluation.classify import classify
+        from lancy_trl.evaluation.metrics import classification_report
+
+        was_training = model.training
+        results = classify(model, self.tokenizer, self.prompts, self.labels, "score", self.batch_size,
+                           chat_kwargs=self.chat_kwargs)
+        if was_training:
+            model.train()
+        report = classification_report(self.targets, [r["prediction"] for r in results], self.labels)
+        self.last = {"eval_score_accuracy": report["accuracy"], "eval_score_macro_f1": report["macro_f1"]}
+        for key, value in self.last.items():
+            self.writer.add_scalar(key.replace("eval_", "eval/", 1), value, state.global_step)
+        self.writer.flush()
+        state.log_history.append({**self.last, "eval_score_n": len(self.targets), "step": state.global_step})
+        logging.getLogger("lancy").warning(
+            "step %d: score accuracy %.4f, macro-F1 %.4f on %d eval examples", state.global_step,
+            report["accuracy"], report["macro_f1"], len(self.targets),
+        )

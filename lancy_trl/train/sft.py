@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -207,7 +208,7 @@ def _train(args, run_dir, checkpoint, data, loaded, device, console, lora_target
     from transformers.integrations import TensorBoardCallback
     from trl import SFTTrainer
 
-    from lancy_trl.train.callbacks import GracefulInterrupt, LogFile, RichProgress, RunFacts
+    from lancy_trl.train.callbacks import GracefulInterrupt, LogFile, RichProgress, RunFacts, ScoreEval
 
     info = loaded.info
     trl_config = to_trl_config(args, run_dir, info, data.eval is not None)
@@ -234,6 +235,9 @@ def _train(args, run_dir, checkpoint, data, loaded, device, console, lora_target
             processing_class=loaded.tokenizer, peft_config=peft_config,
             callbacks=[TensorBoardCallback(writer), LogFile(run_dir / "logs" / "training.log"), RichProgress(console), interrupt],
         )
+    if data.labels and eval_ds is not None and "prompt" in eval_ds.column_names:
+        trainer.add_callback(ScoreEval(writer, loaded.tokenizer, eval_ds, list(data.labels), args.batch_size,
+                                       data_report["chat_template_kwargs"]))
     trainer.remove_callback(PrinterCallback)  # the progress bar shows the loss; every record goes to the log file
     model: Any = trainer.model
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -252,6 +256,7 @@ def _train(args, run_dir, checkpoint, data, loaded, device, console, lora_target
     seconds = time.time() - start
     state = trainer.state
     eval_loss = next((h["eval_loss"] for h in reversed(state.log_history) if "eval_loss" in h), None)
+    final = {k: v for h in state.log_history for k, v in h.items() if k.startswith("eval_")}  # the latest of each
     if interrupt.requested:
         runs.update(run_dir, status="interrupted", steps=state.global_step)
         console.print(
@@ -263,8 +268,10 @@ def _train(args, run_dir, checkpoint, data, loaded, device, console, lora_target
     writer.close()
     runs.update(
         run_dir, status="complete", steps=state.global_step, train_loss=output.training_loss, eval_loss=eval_loss,
-        train_seconds=round(seconds, 1), finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
+        train_seconds=round(seconds, 1), finished=time.strftime("%Y-%m-%dT%H:%M:%S"), final_eval=final,
     )
+    (run_dir / "metrics.json").write_text(json.dumps({"step": state.global_step, "train_loss": output.training_loss,
+                                                      **final}, indent=2))
     return SFTResult(run_dir, "complete", state.global_step, output.training_loss, eval_loss, seconds)
 
 

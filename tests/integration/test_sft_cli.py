@@ -37,6 +37,14 @@ def test_lora_run_trains_saves_and_records(quick, tmp_path):
     assert info["model_info"]["attn_implementation"] == "sdpa" and info["model_info"]["device"] == "cpu"
     assert (run / "config.yaml").is_file() and (run / "logs" / "training.log").stat().st_size > 0
     assert any((run / "tensorboard").iterdir())
+    # eval every 2 steps: eval loss plus the score-method accuracy and macro-F1 of the label words
+    final = info["final_eval"]
+    assert 0 <= final["eval_score_accuracy"] <= 1 and 0 <= final["eval_score_macro_f1"] <= 1 and "eval_loss" in final
+    assert json.loads((run / "metrics.json").read_text())["eval_score_accuracy"] == final["eval_score_accuracy"]
+    from tests.integration.test_datasets import _tensorboard_tags
+
+    assert {"eval/score_accuracy", "eval/score_macro_f1", "eval/loss"} <= _tensorboard_tags(run / "tensorboard")
+    assert "score accuracy" in (run / "logs" / "training.log").read_text()
     model = AutoPeftModelForCausalLM.from_pretrained(run / "model")
     lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
     assert lora_b and any(torch.count_nonzero(p) > 0 for p in lora_b)  # B starts at zero: it moved
