@@ -204,7 +204,8 @@ def validate(args) -> None:
         choices = f.metadata.get("choices")
         if choices and value not in choices:
             problems.append(f"--{flag(f.name)} must be one of {', '.join(choices)} (got {value!r})")
-    positive = ("batch_size", "gradient_accumulation_steps", "max_length", "eval_steps", "eval_max_batches",
+    positive = ("batch_size", "gradient_accumulation_steps", "max_new_tokens", "limit", "max_length", "eval_steps",
+                "eval_max_batches",
                 "save_steps", "lora_r", "lora_alpha", "save_total_limit", "logging_steps", "max_examples")
     for name in positive:
         value = getattr(args, name, None)
@@ -249,6 +250,10 @@ class EvalArgs:
     method: str = opt("both", "score ranks label words by likelihood; generate decodes and parses.", group="Eval",
                       choices=("score", "generate", "both"))
     compare_base: bool = opt(False, "Also evaluate the base model and show the difference.", group="Eval")
+    max_new_tokens: int | None = opt(
+        None, "Generation budget; default: the label length (classification), 16 (multiple choice), 320 (math), "
+        "160 (QA).", group="Eval",
+    )
     batch_size: int = opt(16, "Examples per forward pass.", group="Eval")
     output_dir: str | None = opt(None, "Where metrics.json, predictions.jsonl, confusion.png go (default: the run's "
                                  "eval/ folder, else eval_runs/).", group="Eval")

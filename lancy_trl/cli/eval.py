@@ -26,7 +26,7 @@ JSON_OPTION = inspect.Parameter(
 @config_command(EvalArgs, [JSON_OPTION])
 @guarded
 def eval_(flags: dict[str, Any], json_out: bool = False) -> None:
-    """Evaluate a run or model on a classification dataset: accuracy, macro-F1, MCC, calibration."""
+    """Evaluate a run or model with its training template: classification, multiple choice, math, QA, perplexity."""
     from rich.console import Console
 
     from lancy_trl.config import resolve
@@ -40,20 +40,29 @@ def eval_(flags: dict[str, Any], json_out: bool = False) -> None:
     show(console, {tag: result[tag] for tag in ("model", "base") if tag in result}, result)
 
 
+COLUMNS = [("accuracy", "accuracy", "{:.3f}"), ("macro_f1", "macro-F1", "{:.3f}"), ("mcc", "MCC", "{:.3f}"),
+           ("ece", "ECE", "{:.3f}"), ("exact_match", "EM", "{:.3f}"), ("f1", "F1", "{:.3f}"),
+           ("perplexity", "perplexity", "{:.2f}"), ("invalid_rate", "invalid", "{:.1%}"),
+           ("examples_per_second", "ex/s", "{:.1f}")]
+
+
 def show(console: Any, summary: dict[str, Any], result: dict[str, Any]) -> None:
     from rich.table import Table
 
-    table = Table(title=f"{result['dataset']}: {len(next(iter(summary['model'].values()))['confusion']['labels'])} labels")
-    for col in ("model", "method", "n", "accuracy", "macro-F1", "MCC", "ECE", "invalid", "ex/s"):
+    reports = [r for rs in summary.values() for r in rs.values()]
+    columns = [c for c in COLUMNS if any(c[0] in r for r in reports)]
+    labels = next((r["confusion"]["labels"] for r in reports if "confusion" in r), None)
+    title = f"{result['dataset']} ({result['task'].replace('_', ' ')}" + (f", {len(labels)} labels)" if labels else ")")
+    table = Table(title=title)
+    for col in ("model", "method", "n", *(c[1] for c in columns)):
         table.add_column(col)
-    for tag, reports in summary.items():
-        for method, r in reports.items():
-            table.add_row(tag, method, str(r["n"]), f"{r['accuracy']:.3f}", f"{r['macro_f1']:.3f}", f"{r['mcc']:.3f}",
-                          f"{r['ece']:.3f}" if "ece" in r else "", f"{r['invalid_rate']:.1%}" if "invalid_rate" in r else "",
-                          f"{r['examples_per_second']:.1f}")
+    for tag, rs in summary.items():
+        for method, r in rs.items():
+            table.add_row(tag, method, str(r["n"]), *(fmt.format(r[key]) if key in r else "" for key, _, fmt in columns))
     if "base" in summary:
+        headline = next(c for c in ("accuracy", "f1", "perplexity") if any(c in r for r in reports))
         for method in summary["model"]:
-            delta = summary["model"][method]["accuracy"] - summary["base"][method]["accuracy"]
-            table.add_row("delta", method, "", f"{delta:+.3f}", "", "", "", "", "")
+            delta = summary["model"][method][headline] - summary["base"][method][headline]
+            table.add_row("delta", method, "", *(f"{delta:+.3f}" if key == headline else "" for key, _, _ in columns))
     console.print(table)
-    console.print(f"metrics.json, predictions.jsonl, confusion.png in {result['output_dir']}")
+    console.print(f"metrics.json, predictions.jsonl{', confusion.png' if labels else ''} in {result['output_dir']}")

@@ -166,14 +166,15 @@ def parse_label(text: str, labels: list[str]) -> str | None:
 
 
 def classify(model: Any, tokenizer: Any, prompts: list[list[dict]], labels: list[str], method: str,
-             batch_size: int = 16, progress: Any = None, chat_kwargs: dict | None = None) -> list[dict[str, Any]]:
+             batch_size: int = 16, progress: Any = None, chat_kwargs: dict | None = None,
+             max_new: int | None = None) -> list[dict[str, Any]]:
     """One prediction per prompt: {"prediction", "probs"} for score, {"prediction", "output"} for generate."""
     import torch
 
     results: list[dict[str, Any]] = []
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     label_ids = label_token_ids(tokenizer, prompts[0], labels, chat_kwargs) if method == "score" else []
-    max_new = 2 + max(len(tokenizer(label, add_special_tokens=False)["input_ids"]) for label in labels)
+    max_new = max_new or 2 + max(len(tokenizer(label, add_special_tokens=False)["input_ids"]) for label in labels)
     model.eval()
     with torch.inference_mode():
         for start in range(0, len(prompts), batch_size):
@@ -201,3 +202,23 @@ def _generate(model: Any, tokenizer: Any, ids: list[list[int]], pad_id: int, max
     out = model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=max_new, do_sample=False,
                          pad_token_id=pad_id, eos_token_id=tokenizer.eos_token_id)
     return tokenizer.batch_decode(out[:, p_len:], skip_special_tokens=True)
+
+
+def generate_texts(model: Any, tokenizer: Any, prompts: list[list[dict]], max_new: int, batch_size: int = 16,
+                   progress: Any = None, chat_kwargs: dict | None = None) -> list[str]:
+    """Greedy answers to chat prompts, batched with left padding (longest prompts first, so batches pad little)."""
+    import torch
+
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    ids = encode_prompts(tokenizer, prompts, chat_kwargs)
+    order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+    texts: list[str] = [""] * len(ids)
+    model.eval()
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            batch = order[start:start + batch_size]
+            for i, text in zip(batch, _generate(model, tokenizer, [ids[i] for i in batch], pad_id, max_new)):
+                texts[i] = text
+            if progress is not None:
+                progress(len(batch))
+    return texts

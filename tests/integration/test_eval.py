@@ -1,9 +1,9 @@
 """Scoring with a shared prompt cache must equal scoring each full sequence; the CLI writes its reports."""
 
 import json
+import math
 
 import pytest
-
 from typer.testing import CliRunner
 
 from lancy_trl.cli import app
@@ -19,8 +19,8 @@ def test_label_scores_equal_full_forward_log_likelihood(tiny_model, attn, fn):
     model = AutoModelForCausalLM.from_pretrained(tiny_model, attn_implementation=attn).eval()
     tok = AutoTokenizer.from_pretrained(tiny_model)
     system = {"role": "system", "content": "you are a financial analyst classify the sentiment"}  # a shared prefix
-    prompts = [[system, {"role": "user", "content": "profit rose"}], [system, {"role": "user", "content": "the bank report was weak a"}],
-               [system, {"role": "user", "content": "a"}]]
+    users = ["profit rose", "the bank report was weak a", "a"]
+    prompts = [[system, {"role": "user", "content": u}] for u in users]
     labels = ["negative", "neutral", "mildly positive", "xyz"]  # 2 to 16 tokens with the end-of-turn token
     label_ids = classify.label_token_ids(tok, prompts[0], labels)
     assert len({len(ids) for ids in label_ids}) > 1
@@ -55,3 +55,75 @@ def test_eval_cli_writes_metrics_predictions_and_png(tiny_model, tmp_path):
 def test_compare_base_needs_a_fine_tuned_model(tiny_model, tmp_path):
     result = CliRunner().invoke(app, ["eval", "--model", str(tiny_model), "--compare-base", "--limit", "2"])
     assert result.exit_code == 1 and "--compare-base needs a fine-tuned model" in result.output
+
+
+def _eval(*args):
+    return CliRunner().invoke(app, ["eval", *map(str, args)])
+
+
+@pytest.mark.parametrize("name", ["mmlu", "adaptllm-fpb"])
+def test_rows_with_their_own_options_choose_among_them(name, tiny_model, tmp_path):
+    from tests.conftest import write_sample
+
+    files = write_sample(name, tmp_path)
+    result = _eval("--model", tiny_model, "--dataset", name, "--data-files", *files, "--output-dir", tmp_path / "out",
+                   "--json", "--max-new-tokens", 4)
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["task"] == ("multiple_choice" if name == "mmlu" else "classification")
+    assert {"score", "generate"} == set(out["model"]) and 0 <= out["model"]["score"]["accuracy"] <= 1
+    preds = [json.loads(line) for line in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()]
+    for p in preds:
+        if p["method"] == "score":
+            assert p["prediction"] in p["probs"] and sum(p["probs"].values()) == pytest.approx(1)
+    score = [p for p in preds if p["method"] == "score"]
+    assert out["model"]["score"]["accuracy"] == pytest.approx(sum(p["prediction"] == p["target"] for p in score) / len(score))
+
+
+@pytest.mark.parametrize("name, metric", [("gsm8k", "accuracy"), ("fiqa-qa", "f1"), ("wikitext", "perplexity")])
+def test_math_qa_and_text_tasks(name, metric, tiny_model, tmp_path):
+    from tests.conftest import write_sample
+
+    files = write_sample(name, tmp_path)
+    result = _eval("--model", tiny_model, "--dataset", name, "--data-files", *files, "--output-dir", tmp_path / "out",
+                   "--json", "--max-new-tokens", 8)
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    (report,) = out["model"].values()
+    assert metric in report and report["n"] >= 1 and report["examples_per_second"] > 0
+    if name == "wikitext":
+        assert report["perplexity"] > 1 and report["tokens"] > 0
+    assert not (tmp_path / "out" / "confusion.png").exists()
+    table = _eval("--model", tiny_model, "--dataset", name, "--data-files", *files, "--output-dir", tmp_path / "o2",
+                  "--max-new-tokens", 8)
+    assert table.exit_code == 0 and metric.replace("f1", "F1") in table.output
+
+
+def test_perplexity_equals_the_models_own_loss(tiny_model):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lancy_trl.evaluation.tasks import perplexity
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    texts = ["the company rose", "profit fell in the quarter and sales were weak"]
+    got = perplexity(model, tok, texts, batch_size=2)
+    nll, n = 0.0, 0
+    for t in texts:
+        ids = torch.tensor([tok(t, add_special_tokens=False)["input_ids"]])
+        with torch.no_grad():
+            loss = model(ids, labels=ids).loss.item()
+        nll += loss * (ids.shape[1] - 1)
+        n += ids.shape[1] - 1
+    assert got["tokens"] == n and got["perplexity"] == pytest.approx(math.exp(nll / n), rel=1e-4)
+
+
+def test_code_and_score_on_free_text_are_refused(tiny_model, tmp_path):
+    from tests.conftest import write_sample
+
+    code = _eval("--model", tiny_model, "--dataset", "bigcodebench", "--data-files", *write_sample("bigcodebench", tmp_path))
+    assert code.exit_code == 1 and "running its tests" in code.output
+    math_score = _eval("--model", tiny_model, "--dataset", "gsm8k", "--data-files", *write_sample("gsm8k", tmp_path),
+                       "--method", "score")
+    assert math_score.exit_code == 1 and "--method generate" in math_score.output
