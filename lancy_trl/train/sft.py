@@ -61,6 +61,7 @@ def to_trl_config(args: SFTArgs, run_dir: Path, info: dict[str, Any], has_eval: 
         packing_strategy="bfd",
         train_sampling_strategy="random" if packing else "group_by_length",
         eval_packing=False,  # eval batches are examples, so --eval-max-batches means what it says
+        prediction_loss_only=True,  # eval needs the loss, not every logit gathered
         completion_only_loss=True,
         gradient_checkpointing=args.gradient_checkpointing,
         bf16=precision == "bf16",
@@ -80,6 +81,9 @@ def to_trl_config(args: SFTArgs, run_dir: Path, info: dict[str, Any], has_eval: 
     )
 
 
+LOGGERS = ("transformers", "trl", "peft", "lancy", "py.warnings")
+
+
 def _file_logging(run_dir: Path) -> logging.Handler:
     import datasets
     import transformers
@@ -87,8 +91,10 @@ def _file_logging(run_dir: Path) -> logging.Handler:
     (run_dir / "logs").mkdir(exist_ok=True)
     handler = logging.FileHandler(run_dir / "logs" / "training.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    for name in ("transformers", "trl", "peft", "lancy"):
+    for name in LOGGERS:
         logging.getLogger(name).addHandler(handler)
+    logging.captureWarnings(True)  # library deprecation warnings go to the log file, not over the progress bar
+    logging.getLogger("py.warnings").propagate = False
     transformers.logging.set_verbosity_warning()
     transformers.logging.disable_default_handler()  # warnings go to the log file, not over the progress bar
     datasets.disable_progress_bars()
@@ -148,8 +154,9 @@ def run_sft(args: SFTArgs, console: Any, flags: dict[str, Any] | None = None) ->
         runs.update(run_dir, status="failed", error=f"{type(e).__name__}: {e}")
         raise
     finally:
-        for name in ("transformers", "trl", "peft", "lancy"):
+        for name in LOGGERS:
             logging.getLogger(name).removeHandler(handler)
+        logging.captureWarnings(False)
 
 
 def fit_to_model(data: Any, tokenizer: Any, args: SFTArgs) -> dict[str, Any]:
@@ -206,9 +213,9 @@ def _train(args, run_dir, checkpoint, data, loaded, device, console, lora_target
     from torch.utils.tensorboard import SummaryWriter
     from transformers import PrinterCallback
     from transformers.integrations import TensorBoardCallback
-    from trl import SFTTrainer
 
     from lancy_trl.train.callbacks import GracefulInterrupt, LogFile, RichProgress, RunFacts, ScoreEval
+    from lancy_trl.train.trainer import LancySFTTrainer
 
     info = loaded.info
     trl_config = to_trl_config(args, run_dir, info, data.eval is not None)
@@ -230,7 +237,7 @@ def _train(args, run_dir, checkpoint, data, loaded, device, console, lora_target
     runs.update(run_dir, data={**data.stats, **data_report})
     interrupt = GracefulInterrupt(console)
     with console.status("Tokenizing..."):
-        trainer = SFTTrainer(
+        trainer = LancySFTTrainer(
             model=loaded.model, args=trl_config, train_dataset=data.train, eval_dataset=eval_ds,
             processing_class=loaded.tokenizer, peft_config=peft_config,
             callbacks=[TensorBoardCallback(writer), LogFile(run_dir / "logs" / "training.log"), RichProgress(console), interrupt],

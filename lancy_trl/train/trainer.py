@@ -1,0 +1,62 @@
+"""TRL's SFTTrainer with a compact loss: the LM head runs only where an answer token is predicted.
+
+With completion-only loss, a classification example of ~80 tokens learns from ~3 (the label word and the end of
+turn). TRL's fused LM head still projects every position onto the vocabulary (49k for SmolLM2) and computes entropy
+over all of them on devices without Triton; here the logits are computed at the positions that carry a label only
+(`logits_to_keep` with those indices), so the LM head's forward and backward shrink by the same factor. The loss is
+the same sum over answer tokens divided by the same token count as TRL's, and TRL's entropy and token-accuracy
+metrics are kept, computed on those positions. Anything unusual (several processes, MoE auxiliary loss, custom
+loss functions, label smoothing, DFT loss, a model without `logits_to_keep`) goes through TRL's own path.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from trl import SFTTrainer
+
+
+def supports_compact_loss(model: Any) -> bool:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
+
+
+class LancySFTTrainer(SFTTrainer):
+    def _compact(self, model: Any) -> bool:
+        args = self.args
+        return (
+            self.accelerator.num_processes == 1 and not self.aux_loss_enabled and self.compute_loss_func is None
+            and self.label_smoother is None and getattr(args, "loss_type", "nll") == "nll" and supports_compact_loss(model)
+        )
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if "labels" not in inputs or not self._compact(model):
+            return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        import torch
+
+        mode = "train" if self.model.training else "eval"
+        labels = inputs["labels"]
+        rows, cols = torch.nonzero(labels[:, 1:] != -100, as_tuple=True)  # hidden position cols predicts cols + 1
+        keep = torch.unique(cols) if len(cols) else torch.zeros(1, dtype=torch.long, device=labels.device)
+        forward = {k: v for k, v in inputs.items() if k != "labels"}
+        outputs = model(**forward, use_cache=False, logits_to_keep=keep)
+        logits = outputs.logits[rows, torch.searchsorted(keep, cols)].float()  # (answer tokens, vocab)
+        targets = labels[rows, cols + 1]
+        logp = torch.log_softmax(logits, dim=-1)
+        per_token = -logp.gather(1, targets[:, None]).squeeze(1)
+        num_tokens = per_token.numel() if num_items_in_batch is None else num_items_in_batch
+        loss = per_token.sum() / torch.as_tensor(num_tokens, device=per_token.device).clamp(min=1)
+        with torch.no_grad():
+            n = max(per_token.numel(), 1)
+            entropy = -(logp.exp() * logp).sum(-1).sum().item() / n
+            accuracy = (logits.argmax(-1) == targets).sum().item() / n
+        self._metrics[mode]["entropy"].append(entropy)
+        self._metrics[mode]["mean_token_accuracy"].append(accuracy)
+        if mode == "train":
+            if "attention_mask" in inputs:
+                self._total_train_tokens += int(inputs["attention_mask"].sum().item())
+            else:
+                self._total_train_tokens += int(inputs["position_ids"].size(1))
+        self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
+        return (loss, {"logits": outputs.logits}) if return_outputs else loss

@@ -1,0 +1,44 @@
+"""The compact loss (LM head only where an answer token is predicted) equals TRL's loss and gradients."""
+
+import pytest
+
+
+@pytest.mark.parametrize("use_lora", [True, False])
+def test_compact_loss_and_gradients_equal_trl(tiny_model, tmp_path, use_lora):
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    from lancy_trl.train.trainer import LancySFTTrainer
+
+    rows = [
+        {"prompt": [{"role": "user", "content": "profit rose " * n}], "completion": [{"role": "assistant", "content": w}]}
+        for n, w in [(1, "positive"), (4, "negative"), (2, "neutral sentiment"), (7, "positive")]
+    ]
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    tok.pad_token = "<|endoftext|>"
+    grads = []
+    for cls in (SFTTrainer, LancySFTTrainer):
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_pretrained(tiny_model)
+        config = SFTConfig(output_dir=str(tmp_path / cls.__name__), per_device_train_batch_size=4, report_to="none",
+                           bf16=False, use_cpu=True, gradient_checkpointing=False, max_length=64)
+        peft = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False) if use_lora else None
+        trainer = cls(model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tok,
+                      peft_config=peft)
+        batch = next(iter(trainer.get_train_dataloader()))
+        n = (batch["labels"][:, 1:] != -100).sum()
+        trainer.model.train()
+        assert cls is SFTTrainer or trainer._compact(trainer.model)  # the compact path runs
+        loss = trainer.compute_loss(trainer.model, dict(batch), num_items_in_batch=n)
+        loss.backward()
+        grads.append((loss.item(), {k: p.grad.clone() for k, p in trainer.model.named_parameters() if p.grad is not None}))
+        metrics = trainer._metrics["train"]
+        assert metrics["mean_token_accuracy"] and metrics["entropy"]
+    (loss_trl, g_trl), (loss_lancy, g_lancy) = grads
+    assert loss_lancy == pytest.approx(loss_trl, rel=1e-5)
+    assert g_trl.keys() == g_lancy.keys() and g_trl
+    for k in g_trl:
+        assert torch.allclose(g_trl[k], g_lancy[k], atol=1e-6, rtol=1e-4), k
