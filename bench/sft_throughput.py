@@ -7,10 +7,13 @@
 Each variant runs in its own process (clean peak memory), A/B interleaved over --repeats; the first step of each
 run is warm-up and not timed. Prints a table and one JSON line with real (non-padding) tokens per second, the
 ratios to both baselines, model FLOP utilisation against a matmul peak measured in this run, and peak memory.
+Model FLOPs per token count the body (4N with LoRA's frozen base, 6N otherwise) for every token and the LM head
+only for the tokens the objective learns from (all of them for the padded baseline, the answers for the others).
 Variants:
   padded       transformers.Trainer, prompt+answer text padded to max_length, DataCollatorForLanguageModeling(mlm=False)
   trl_default  trl.SFTTrainer with SFTConfig's defaults on prompt/completion rows (bf16 only where the device has it)
-  lancy        lancy's own SFTConfig (lancy_trl.train.sft.to_trl_config) with its defaults for this device
+  lancy        lancy's own SFTConfig (lancy_trl.train.sft.to_trl_config) with its defaults for this device, and its
+               trainer (lancy_trl.train.trainer: the LM head only where answer tokens are predicted)
 On a CUDA machine the same three run on the GPU, with MFU against the GPU's measured bf16/fp32 peak.
 """
 
@@ -30,7 +33,7 @@ VARIANTS = ("padded", "trl_default", "lancy")
 
 
 def matmul_peak(device: str, dtype_name: str) -> float:
-    """GFLOP/s of a 2048^2 (CPU) or 8192^2 (GPU) matmul, measured here."""
+    """GFLOP/s of a 2048^2 (CPU) or 8192^2 (GPU) matmul, measured here: the best of three timings."""
     import torch
 
     dtype = getattr(torch, dtype_name)
@@ -40,12 +43,15 @@ def matmul_peak(device: str, dtype_name: str) -> float:
         a @ b
     reps = 20 if device == "cuda" else 5
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    sync()
-    start = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    sync()
-    return 2 * n**3 * reps / (time.perf_counter() - start) / 1e9
+    best = 0.0
+    for _ in range(3):
+        sync()
+        start = time.perf_counter()
+        for _ in range(reps):
+            a @ b
+        sync()
+        best = max(best, 2 * n**3 * reps / (time.perf_counter() - start) / 1e9)
+    return best
 
 
 def model_path(name: str) -> str:
@@ -79,6 +85,7 @@ def run_variant(variant: str, opts: argparse.Namespace) -> dict:
     loaded = load_model(resolve_model(opts.model_path), args, device=device)
     model, tok = loaded.model, loaded.tokenizer
     counts: list[int] = []
+    loss_counts: list[int] = []
 
     def counting(collate):
         def wrapped(features):
@@ -87,6 +94,7 @@ def run_variant(variant: str, opts: argparse.Namespace) -> dict:
                 counts.append(int(batch["attention_mask"].sum()))
             else:  # padding-free: one row of real tokens
                 counts.append(int(batch["position_ids"].numel()))
+            loss_counts.append(int((batch["labels"][:, 1:] != -100).sum()))
             return batch
 
         return wrapped
@@ -129,6 +137,9 @@ def run_variant(variant: str, opts: argparse.Namespace) -> dict:
     else:
         from trl import SFTConfig, SFTTrainer
 
+        from lancy_trl.train.trainer import LancySFTTrainer
+
+        trainer_cls = SFTTrainer
         if variant == "trl_default":
             config = SFTConfig(**common, max_length=opts.max_length, bf16=bf16_ok)
         else:
@@ -136,7 +147,8 @@ def run_variant(variant: str, opts: argparse.Namespace) -> dict:
 
             config = to_trl_config(args, Path(opts.tmp), loaded.info, has_eval=False)
             config.save_strategy, config.output_dir = "no", opts.tmp
-        trainer = SFTTrainer(model=model, args=config, train_dataset=data.train, processing_class=tok,
+            trainer_cls = LancySFTTrainer
+        trainer = trainer_cls(model=model, args=config, train_dataset=data.train, processing_class=tok,
                              peft_config=peft_config)
     trainer.data_collator = counting(trainer.data_collator)
     trainer.add_callback(Timer())
@@ -147,10 +159,12 @@ def run_variant(variant: str, opts: argparse.Namespace) -> dict:
     tokens, seconds = sum(counts[1: len(times)]), sum(times[1:])
     peak = (torch.cuda.max_memory_allocated() / 2**20 if device == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-    n_params = sum(p.numel() for n, p in loaded.model.named_parameters() if "embed" not in n)
-    n_params += loaded.model.get_output_embeddings().weight.numel()  # the LM head's matmul, tied or not
+    base = loaded.model
+    head = base.get_output_embeddings().weight
+    n_body = sum(p.numel() for n, p in base.named_parameters() if "embed" not in n and "lora_" not in n and p is not head)
     return {"variant": variant, "tokens_per_s": tokens / seconds, "step_s": seconds / max(1, len(times) - 1),
-            "peak_mb": peak, "device": device, "params": n_params,
+            "peak_mb": peak, "device": device, "params_body": n_body, "params_head": head.numel(),
+            "loss_token_share": sum(loss_counts[1: len(times)]) / max(tokens, 1),
             "precision": "bf16" if (bf16_ok or getattr(trainer.args, "bf16", False)) else "fp32"}
 
 
@@ -187,14 +201,20 @@ def main() -> None:
     device = results["lancy"][0]["device"]
     peaks = {dt: matmul_peak(device, dt) for dt in ("float32", "bfloat16")} if device == "cuda" else {
         "float32": matmul_peak(device, "float32")}
-    flops_per_token = (4 if opts.lora else 6) * results["lancy"][0]["params"]
+    # Model FLOPs per token: the body (2N forward + 2N input gradients, + 2N weight gradients without LoRA's frozen
+    # base) for every token, and the LM head only for the tokens the objective learns from (every token for the
+    # padded baseline, the answers for completion-only loss). Work beyond that (a head over prompt tokens) is waste.
+    k = 4 if opts.lora else 6
     summary = {}
     print(f"\n{'variant':12s} {'tok/s':>8s} {'step s':>8s} {'MFU':>6s} {'peak MB':>9s}  ({device}, {torch.__version__})")
     for variant, runs in results.items():
         tps = statistics.median(r["tokens_per_s"] for r in runs)
         peak = peaks["bfloat16" if runs[0]["precision"] == "bf16" else "float32"] if device == "cuda" else peaks["float32"]
+        share = statistics.median(r["loss_token_share"] for r in runs)
+        flops_per_token = k * (runs[0]["params_body"] + share * runs[0]["params_head"])
         mfu = tps * flops_per_token / (peak * 1e9)
         summary[variant] = {"tokens_per_s": tps, "mfu": mfu, "peak_mb": max(r["peak_mb"] for r in runs),
+                            "loss_token_share": share,
                             "step_s": statistics.median(r["step_s"] for r in runs), "precision": runs[0]["precision"]}
         s = summary[variant]
         print(f"{variant:12s} {tps:8.1f} {s['step_s']:8.2f} {mfu:6.1%} {s['peak_mb']:9.0f}")
