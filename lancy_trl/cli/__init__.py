@@ -49,7 +49,13 @@ def _register() -> None:
 
 
 def main() -> None:
+    import sys
+
     _register()
+    if sys.argv[1:] in ([], ["--help"], ["-h"]):
+        # The top-level command list renders in plain text: importing rich for it alone doubles the time `lancy
+        # --help` takes. Each command's own --help keeps its grouped, coloured panels.
+        app.rich_markup_mode = None
     app()
 
 

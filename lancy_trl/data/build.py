@@ -166,7 +166,10 @@ def load_source(name: str, config: str | None = None, data_files: list[str] | No
             raise LancyError(f"dataset file {name!r} not found; check the path given to --dataset")
         if config not in (None, "None", "none", ""):
             raise LancyError(f"--dataset-config {config!r} applies to hub datasets, not the local file {name}")
-        return Source(name, None, read_files({"train": [name]}), "files")
+        files = {"train": [name]}
+        for split, paths in parse_data_files(data_files or []).items():  # validation=PATH, test=PATH beside it
+            files.setdefault(split, []).extend(p for p in paths if p != name)
+        return Source(name, None, read_files(files), "files")
     spec = require(name, config)
     if data_files:
         known = sorted({s for v in spec.splits.values() for s in ([v] if isinstance(v, str) else v)} | set(CANONICAL))

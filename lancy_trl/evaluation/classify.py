@@ -38,6 +38,14 @@ def encode_prompts(tokenizer: Any, prompts: list[list[dict]], chat_kwargs: dict 
     ]
 
 
+def cache_keyword(model: Any) -> str:
+    """`cache` where the model's forward takes it (transformers >= 5.2x), else the older `past_key_values`."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
 def common_prefix(prompt_ids: list[list[int]]) -> int:
     """Length of the token prefix every prompt shares (system message, instructions), leaving each a token."""
     n = min(map(len, prompt_ids)) - 1
@@ -104,7 +112,8 @@ def score_batch(model: Any, prompt_ids: list[list[int]], label_ids: list[list[in
     where = [p_len - 1 if t == 0 else start + t - 1 for start, n in zip(starts, lens) for t in range(n)]
     keep = sorted(set(where))
     out = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
-                past_key_values=cache, use_cache=cache is not None, logits_to_keep=torch.tensor(keep, device=device))
+                use_cache=cache is not None, logits_to_keep=torch.tensor(keep, device=device),
+                **({cache_keyword(model): cache} if cache is not None else {}))
     logp = torch.log_softmax(out.logits.float(), dim=-1)  # (b, len(keep), vocab)
     index = {c: n for n, c in enumerate(keep)}
     targets = torch.tensor([tok for ids_j in label_ids for tok in ids_j], device=device)
@@ -142,7 +151,7 @@ def score_batch_cached(model: Any, prompt_ids: list[list[int]], label_ids: list[
     total = first.repeat_interleave(k, dim=0).gather(1, lab[:, :1]).squeeze(1)
     if l_len > 1:
         out2 = model(input_ids=lab[:, :-1], attention_mask=full_mask[:, :-1], position_ids=lab_pos[:, :-1],
-                     past_key_values=cache, use_cache=True)
+                     use_cache=True, **{cache_keyword(model): cache})
         logp = torch.log_softmax(out2.logits.float(), dim=-1).gather(2, lab[:, 1:, None]).squeeze(2)
         total = total + (logp * lab_mask[:, 1:]).sum(1)
     return total.view(b, k)

@@ -140,3 +140,32 @@ def test_list_flags_take_several_values_after_one_flag():
     ctx = click_cmd.make_context("sft", ["--datasets", "a.jsonl", "b.jsonl", "--mixture_rates", "0.7", "0.3"])
     assert list(ctx.params["dataset"]) == ["a.jsonl", "b.jsonl"]
     assert list(ctx.params["mixture_rates"]) == [0.7, 0.3]
+
+
+def test_help_and_dataset_list_import_no_heavy_libraries():
+    """`lancy --help` and `lancy datasets list` stay instant: no torch, transformers, datasets (nor rich for the
+    top-level help) get imported; bench-free check of what the timing depends on."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, io, contextlib\n"
+        "from lancy_trl.cli import main\n"
+        "sys.argv = ['lancy'] + sys.argv[1:]\n"
+        "out = io.StringIO()\n"
+        "with contextlib.redirect_stdout(out):\n"
+        "    try:\n"
+        "        main()\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "heavy = [m for m in ('torch', 'transformers', 'datasets', 'trl', 'rich') if m in sys.modules]\n"
+        "print(repr(heavy), len(out.getvalue()))\n"
+    )
+    def run(*argv):
+        out = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True, check=True).stdout
+        heavy, size = out.rsplit(" ", 1)
+        return eval(heavy), int(size)
+
+    assert run("--help")[0] == [] and run("--help")[1] > 100
+    heavy, size = run("datasets", "list", "--json")
+    assert heavy == [] and size > 1000

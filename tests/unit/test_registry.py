@@ -242,3 +242,13 @@ def test_mixture_files_must_say_which_dataset(tmp_path):
     files = write_sample("imdb", tmp_path)
     with pytest.raises(LancyError, match="prefix each file with its dataset"):
         build_data(resolve(SFTArgs, flags={"dataset": ["imdb", "glue-sst2"], "data_files": files}))
+
+
+def test_a_local_file_takes_its_other_splits_from_data_files(tmp_path):
+    rows = [{"prompt": f"q{i}", "completion": f"a{i}"} for i in range(4)]
+    train, val = tmp_path / "train.jsonl", tmp_path / "val.jsonl"
+    train.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    val.write_text(json.dumps({"prompt": "vq", "completion": "va"}) + "\n")
+    bundle = build_data(resolve(SFTArgs, flags={"dataset": [str(train)], "data_files": [f"validation={val}"]}))
+    assert len(bundle.train) == 4
+    assert bundle.stats["eval_from"] == "validation split" and len(bundle.eval) == 1
