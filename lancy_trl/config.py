@@ -46,7 +46,7 @@ class ModelArgs:
     use_lora: bool = opt(True, "Train LoRA adapters; --no-use-lora fine-tunes every weight.", group="LoRA")
     lora_r: int = opt(16, "LoRA rank.", group="LoRA")
     lora_alpha: int = opt(32, "LoRA scaling numerator (scale = alpha / r).", group="LoRA")
-    lora_dropout: float = opt(0.05, "Dropout on the LoRA input.", group="LoRA")
+    lora_dropout: float = opt(0.0, "Dropout on the LoRA input (0: no copy of each input is kept for backward).", group="LoRA")
     lora_target_modules: list[str] = opt(
         [], "Module names to adapt; default: every linear layer but the LM head.", group="LoRA"
     )

@@ -37,11 +37,15 @@ def eval_rows(args: EvalArgs, run_info: dict[str, Any]) -> tuple[Any, list[dict]
         raise LancyError(f"{spec.name}: code is judged by running its tests, which lancy eval does not do; "
                          "use the benchmark's own harness")
     wanted = [args.split] if args.split else ["test", "validation", "train"]
-    split = next((s for w in wanted if (s := source.split(w))), None)
-    if split is None:
+    splits = list(dict.fromkeys(s for w in wanted if (s := source.split(w))))
+    if not splits:
         raise LancyError(f"{name} has no split {wanted[0]!r} (found {', '.join(source.raw)}); pass --split")
     system = args.system_prompt or config.get("system_prompt")
-    rows, skipped = convert(source.raw[split], spec, system, f"{source.name} ({split})")
+    rows: Any = None
+    for split in splits:  # the first split with answers: FinanceMath's test split has none
+        rows, _ = convert(source.raw[split], spec, system, f"{source.name} ({split})", required=split == splits[-1])
+        if rows is not None:
+            break
     if args.limit:
         rows = rows.select(range(min(args.limit, len(rows))))
     if spec.kind == "multiple_choice":

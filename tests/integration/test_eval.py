@@ -127,3 +127,13 @@ def test_code_and_score_on_free_text_are_refused(tiny_model, tmp_path):
     math_score = _eval("--model", tiny_model, "--dataset", "gsm8k", "--data-files", *write_sample("gsm8k", tmp_path),
                        "--method", "score")
     assert math_score.exit_code == 1 and "--method generate" in math_score.output
+
+
+def test_eval_uses_the_first_split_with_answers(tiny_model, tmp_path):
+    from tests.conftest import write_sample
+
+    files = write_sample("finance-math", tmp_path)  # test rows have no ground truth; validation has
+    result = _eval("--model", tiny_model, "--dataset", "finance-math", "--data-files", *files, "--json",
+                   "--max-new-tokens", 4, "--output-dir", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["model"]["generate"]["n"] == 2
