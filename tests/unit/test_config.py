@@ -34,3 +34,15 @@ def test_underscore_and_legacy_spellings_are_rewritten():
         "--max-steps", "5", "--use-lora", "--resume=latest", "--dataset", "imdb", "--dataset", "glue",
         "--mixture-rates", "0.7", "--mixture-rates", "0.3", "--learning-rate", "1e-4",
     ]
+
+
+def test_shipped_recipes_resolve():
+    from pathlib import Path
+
+    from lancy_trl.config import SFTArgs, load_yaml, resolve
+
+    recipes = sorted((Path(__file__).parents[2] / "recipes").glob("*.yaml"))
+    assert recipes
+    for path in recipes:
+        args = resolve(SFTArgs, load_yaml(path), source=str(path))
+        assert args.dataset
