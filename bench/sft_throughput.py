@@ -156,7 +156,8 @@ def run_variant(variant: str, opts: argparse.Namespace) -> dict:
         torch.cuda.reset_peak_memory_stats()
     trainer.train()
     # step i consumed batch i; drop the warm-up step
-    tokens, seconds = sum(counts[1: len(times)]), sum(times[1:])
+    ga = trainer.args.gradient_accumulation_steps  # the collator runs once per micro-batch
+    tokens, seconds = sum(counts[ga: ga * len(times)]), sum(times[1:])
     peak = (torch.cuda.max_memory_allocated() / 2**20 if device == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     base = loaded.model
@@ -164,7 +165,7 @@ def run_variant(variant: str, opts: argparse.Namespace) -> dict:
     n_body = sum(p.numel() for n, p in base.named_parameters() if "embed" not in n and "lora_" not in n and p is not head)
     return {"variant": variant, "tokens_per_s": tokens / seconds, "step_s": seconds / max(1, len(times) - 1),
             "peak_mb": peak, "device": device, "params_body": n_body, "params_head": head.numel(),
-            "loss_token_share": sum(loss_counts[1: len(times)]) / max(tokens, 1),
+            "loss_token_share": sum(loss_counts[ga: ga * len(times)]) / max(tokens, 1),
             "precision": "bf16" if (bf16_ok or getattr(trainer.args, "bf16", False)) else "fp32"}
 
 
