@@ -3,6 +3,7 @@
     python bench/sft_throughput.py                       # SmolLM2-135M (hub / cache / PyPI GGUF), full fine-tuning
     python bench/sft_throughput.py --lora --steps 6 --repeats 3
     python bench/sft_throughput.py --model tiny          # a tiny random model: checks the script in seconds
+    python bench/sft_throughput.py --lancy-set batch_size=4 --lancy-set gradient_accumulation_steps=2   # a lever
 
 Each variant runs in its own process (clean peak memory), A/B interleaved over --repeats; the first step of each
 run is warm-up and not timed. Prints a table and one JSON line with real (non-padding) tokens per second, the
@@ -80,6 +81,10 @@ def run_variant(variant: str, opts: argparse.Namespace) -> dict:
     device = pick_device(opts.device)
     flags = {"max_steps": opts.steps + 1, "batch_size": opts.batch_size, "max_length": opts.max_length,
              "use_lora": opts.lora, "eval_fraction": 0.0, "device": device}
+    if variant == "lancy":
+        for item in opts.lancy_set or []:  # a lever to measure: lancy's options changed, the baselines untouched
+            key, _, value = item.partition("=")
+            flags[key.replace("-", "_")] = json.loads(value)
     args = resolve(SFTArgs, flags=flags)
     data = build_data(args)
     loaded = load_model(resolve_model(opts.model_path), args, device=device)
@@ -178,6 +183,9 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-length", type=int, default=256)
     p.add_argument("--device", default="auto")
+    p.add_argument("--lancy-set", action="append", metavar="KEY=JSON",
+                   help="change one of lancy's options for its variant only, e.g. --lancy-set batch_size=4 "
+                        "--lancy-set gradient_accumulation_steps=2")
     p.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)
     p.add_argument("--model-path", help=argparse.SUPPRESS)
     p.add_argument("--tmp", default="/tmp/lancy-bench", help=argparse.SUPPRESS)
