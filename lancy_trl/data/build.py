@@ -12,6 +12,8 @@ import hashlib
 import math
 import random
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -115,18 +117,26 @@ def read_files(files: dict[str, list[str]], spec: DatasetSpec | None = None) -> 
     builder = LOCAL_BUILDERS[suffixes.pop()]
     if builder == "text":
         raise LancyError(f"{spec.name if spec else 'this dataset'} does not read .txt files; use .jsonl, .json, .csv or .parquet")
+    with quiet():  # local files load in moments; a bar per split is noise
+        try:
+            loaded = load_dataset(builder, data_files=files)
+        except Exception as e:  # malformed JSON/CSV surfaces as several library exception types
+            raise LancyError(f"cannot read {', '.join(p for ps in files.values() for p in ps)}: {str(e)[:200]}") from None
+    return dict(loaded)
+
+
+@contextmanager
+def quiet() -> Iterator[None]:
+    """No datasets progress bars inside (hub downloads, outside it, keep theirs)."""
     import datasets
 
     bars = datasets.utils.are_progress_bars_disabled()
-    datasets.disable_progress_bars()  # local files load in moments; a bar per split is noise
+    datasets.disable_progress_bars()
     try:
-        loaded = load_dataset(builder, data_files=files)
-    except Exception as e:  # malformed JSON/CSV surfaces as several library exception types
-        raise LancyError(f"cannot read {', '.join(p for ps in files.values() for p in ps)}: {str(e)[:200]}") from None
+        yield
     finally:
         if not bars:
             datasets.enable_progress_bars()
-    return dict(loaded)
 
 
 def load_hub(spec: DatasetSpec, max_examples: int | None = None) -> dict[str, Any]:
@@ -364,6 +374,11 @@ def build_data(args: Any) -> DataBundle:
         rates = None  # one dataset at rate 1
     files = _route_files(list(args.data_files), list(zip(args.dataset, configs)))
     sources = [load_source(n, c, f, args.max_examples) for n, c, f in zip(args.dataset, configs, files)]
+    with quiet():
+        return _assemble(sources, args, rates)
+
+
+def _assemble(sources: list[Source], args: Any, rates: list[float] | None) -> DataBundle:
     names = [s.name for s in sources]
     if len(set(names)) != len(names):
         raise LancyError(f"a dataset is named twice in the mixture ({', '.join(names)}); give each one once")
