@@ -113,7 +113,7 @@ def _evaluate(loaded: Any, args: EvalArgs, kind: str, rows: list[dict], labels: 
             f1 = [tasks.token_f1(o, t) for o, t in zip(outputs, targets)]
             report = {"n": len(rows), "exact_match": sum(em) / len(rows), "f1": sum(f1) / len(rows)}
             preds = [{"output": o, "exact_match": e, "f1": f} for o, e, f in zip(outputs, em, f1)]
-        return {**report, "predictions": [{"target": t, **p} for t, p in zip(targets, preds)]}
+        return {**report, "predictions": [{"prompt": _user(r), "target": t, **p} for r, t, p in zip(rows, targets, preds)]}
     new_tokens = args.max_new_tokens or DEFAULT_NEW_TOKENS.get(kind)
     results = classify(model, tok, prompts, labels, method, args.batch_size, progress=progress,
                        chat_kwargs=chat_kwargs, max_new=new_tokens)
@@ -132,8 +132,13 @@ def _evaluate(loaded: Any, args: EvalArgs, kind: str, rows: list[dict], labels: 
     report = classification_report(targets, predictions, labels, confidences)
     if method != "generate":
         report.pop("invalid_rate")
-    report["predictions"] = [{"target": t, **r} for t, r in zip(targets, results)]
+    report["predictions"] = [{"prompt": _user(row), "target": t, **r} for row, t, r in zip(rows, targets, results)]
     return report
+
+
+def _user(row: dict[str, Any]) -> str:
+    """The prompt as the user wrote it (the system message is the template's, the same for every row)."""
+    return next((m["content"] for m in reversed(row["prompt"]) if m["role"] == "user"), "")
 
 
 def run_eval(args: EvalArgs, console: Any) -> dict[str, Any]:

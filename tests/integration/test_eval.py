@@ -74,6 +74,7 @@ def test_rows_with_their_own_options_choose_among_them(name, tiny_model, tmp_pat
     assert {"score", "generate"} == set(out["model"]) and 0 <= out["model"]["score"]["accuracy"] <= 1
     preds = [json.loads(line) for line in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()]
     for p in preds:
+        assert p["prompt"] and p["target"]
         if p["method"] == "score":
             assert p["prediction"] in p["probs"] and sum(p["probs"].values()) == pytest.approx(1)
     score = [p for p in preds if p["method"] == "score"]
