@@ -148,23 +148,58 @@ def load_hub(spec: DatasetSpec, max_examples: int | None = None) -> dict[str, An
         raise LancyError(
             f"{spec.display_name} loads through a dataset script, which the datasets library no longer runs; {fix}"
         )
-    from datasets import Dataset, load_dataset
+    if spec.loader == "stream" and not max_examples:
+        raise LancyError(f"{spec.display_name} is streamed (too large to download); pass --max-examples N")
+    from lancy_trl.models import _hub_offline
 
+    offline = _hub_offline() or not _dataset_reachable(spec.hub_id or "")
     try:
-        if spec.loader == "stream":
-            if not max_examples:
-                raise LancyError(f"{spec.display_name} is streamed (too large to download); pass --max-examples N")
-            import itertools
-
-            split = spec.source_split("train", [spec.splits.get("train", "train")]) or "train"
-            stream = load_dataset(spec.hub_id, spec.config, split=split, streaming=True)
-            return {split: Dataset.from_list(list(itertools.islice(stream, max_examples)))}
-        return dict(load_dataset(spec.hub_id, spec.config))
+        with offline_mode(offline):  # unreachable hub: only the local datasets cache, at once, not after retries
+            return _load_hub(spec, max_examples)
     except LancyError:
         raise
     except Exception as e:  # no network, offline mode, gated or renamed repo: all say the same thing to the user
         reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        if offline:
+            reason = "the hub is not reachable and the dataset is not in the local datasets cache"
         raise LancyError(f"cannot load {spec.display_name} from the hub ({reason}); {fix}") from None
+
+
+def _dataset_reachable(repo_id: str) -> bool:
+    try:
+        from huggingface_hub import dataset_info
+
+        dataset_info(repo_id, timeout=5)
+        return True
+    except Exception:
+        return False
+
+
+@contextmanager
+def offline_mode(on: bool) -> Iterator[None]:
+    """The datasets and hub libraries in offline mode while inside, when `on`."""
+    import datasets
+    import huggingface_hub.constants as hub
+
+    before = datasets.config.HF_HUB_OFFLINE, hub.HF_HUB_OFFLINE
+    if on:
+        datasets.config.HF_HUB_OFFLINE = hub.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        datasets.config.HF_HUB_OFFLINE, hub.HF_HUB_OFFLINE = before
+
+
+def _load_hub(spec: DatasetSpec, max_examples: int | None) -> dict[str, Any]:
+    import itertools
+
+    from datasets import Dataset, load_dataset
+
+    if spec.loader == "stream":
+        split = spec.source_split("train", [spec.splits.get("train", "train")]) or "train"
+        stream = load_dataset(spec.hub_id, spec.config, split=split, streaming=True)
+        return {split: Dataset.from_list(list(itertools.islice(stream, max_examples)))}
+    return dict(load_dataset(spec.hub_id, spec.config))
 
 
 def load_source(name: str, config: str | None = None, data_files: list[str] | None = None,

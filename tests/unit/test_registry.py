@@ -252,3 +252,25 @@ def test_a_local_file_takes_its_other_splits_from_data_files(tmp_path):
     bundle = build_data(resolve(SFTArgs, flags={"dataset": [str(train)], "data_files": [f"validation={val}"]}))
     assert len(bundle.train) == 4
     assert bundle.stats["eval_from"] == "validation split" and len(bundle.eval) == 1
+
+
+def test_an_unreachable_hub_uses_only_the_local_cache_at_once(monkeypatch):
+    import datasets
+    import huggingface_hub.constants as hub
+
+    from lancy_trl.data import build
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(build, "_dataset_reachable", lambda repo: False)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", False)
+    seen = []
+
+    def fake_load(path, name=None, **kw):
+        seen.append((datasets.config.HF_HUB_OFFLINE, hub.HF_HUB_OFFLINE))
+        raise ConnectionError("Couldn't reach 'nyu-mll/glue' on the Hub (OfflineModeIsEnabled)")
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    with pytest.raises(LancyError, match="not reachable and the dataset is not in the local datasets cache.*--data-files"):
+        load_source("glue", "sst2")
+    assert seen == [(True, True)] and datasets.config.HF_HUB_OFFLINE is False and hub.HF_HUB_OFFLINE is False
