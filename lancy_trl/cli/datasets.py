@@ -37,7 +37,7 @@ def _splits(spec: Any) -> str:
 
 def _labels(spec: Any) -> str:
     if spec.kind == "multiple_choice":
-        return "letters A-" + ("J" if spec.name == "mmlu-pro" else "D")
+        return "option letters"
     if spec.label.get("from") == "options":
         return "per-row options"
     if not spec.labels:
@@ -178,12 +178,12 @@ def preview(
     rows = source.raw[raw_split]
     shown: list[dict[str, Any]] = []
     skipped = 0
+    fmt = adapters.detect_format(rows.column_names, name) if source.spec is None else None
     for i, row in enumerate(rows):
         if len(shown) >= n:
             break
         if source.spec is None:
-            fmt = adapters.detect_format(rows.column_names, name)
-            shown.append(adapters.from_local(row, fmt, system_prompt))
+            shown.append(adapters.from_local(row, fmt or "", system_prompt))
             continue
         try:
             shown.extend(adapters.from_spec(row, source.spec, i, system_prompt)[: n - len(shown)])

@@ -150,9 +150,9 @@ def load_hub(spec: DatasetSpec, max_examples: int | None = None) -> dict[str, An
         )
     if spec.loader == "stream" and not max_examples:
         raise LancyError(f"{spec.display_name} is streamed (too large to download); pass --max-examples N")
-    from lancy_trl.models import _hub_offline
+    from lancy_trl.models import hub_offline, hub_reachable
 
-    offline = _hub_offline() or not _dataset_reachable(spec.hub_id or "")
+    offline = hub_offline() or not hub_reachable(spec.hub_id or "", repo_type="dataset")
     try:
         with offline_mode(offline):  # unreachable hub: only the local datasets cache, at once, not after retries
             return _load_hub(spec, max_examples)
@@ -163,16 +163,6 @@ def load_hub(spec: DatasetSpec, max_examples: int | None = None) -> dict[str, An
         if offline:
             reason = "the hub is not reachable and the dataset is not in the local datasets cache"
         raise LancyError(f"cannot load {spec.display_name} from the hub ({reason}); {fix}") from None
-
-
-def _dataset_reachable(repo_id: str) -> bool:
-    try:
-        from huggingface_hub import dataset_info
-
-        dataset_info(repo_id, timeout=5)
-        return True
-    except Exception:
-        return False
 
 
 @contextmanager

@@ -55,7 +55,6 @@ def test_sft_trains_a_few_steps_on_every_entry(name, tmp_path, tiny_model):
     info = json.loads((run / "run.json").read_text())
     assert info["status"] == "complete" and info["steps"] == 2
     assert info["data"]["train_tokens"]["tokens"]["all"] > 0
-    assert run.name.split("-")[2:4] != []  # model-dataset-task in the name
     assert f"{entries()[name].name}-{entries()[name].task}" in run.name
 
 

@@ -258,10 +258,11 @@ def test_an_unreachable_hub_uses_only_the_local_cache_at_once(monkeypatch):
     import datasets
     import huggingface_hub.constants as hub
 
-    from lancy_trl.data import build
+    from lancy_trl import models
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-    monkeypatch.setattr(build, "_dataset_reachable", lambda repo: False)
+    asked = []
+    monkeypatch.setattr(models, "hub_reachable", lambda repo, repo_type="model": asked.append((repo, repo_type)))
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(hub, "HF_HUB_OFFLINE", False)
     seen = []
@@ -273,4 +274,5 @@ def test_an_unreachable_hub_uses_only_the_local_cache_at_once(monkeypatch):
     monkeypatch.setattr(datasets, "load_dataset", fake_load)
     with pytest.raises(LancyError, match="not reachable and the dataset is not in the local datasets cache.*--data-files"):
         load_source("glue", "sst2")
+    assert asked == [("nyu-mll/glue", "dataset")]
     assert seen == [(True, True)] and datasets.config.HF_HUB_OFFLINE is False and hub.HF_HUB_OFFLINE is False
