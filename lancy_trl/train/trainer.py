@@ -22,7 +22,33 @@ def supports_compact_loss(model: Any) -> bool:
     return "logits_to_keep" in inspect.signature(base.forward).parameters
 
 
+def checkpoint_share(model: Any, share: float) -> int:
+    """Recompute the activations of an evenly spread `share` of the decoder layers in backward; returns how many.
+
+    Whole-model gradient checkpointing (TRL's default) trades a third more compute for activation memory; a share of
+    the layers buys part of the memory for the same part of the cost. It uses the per-layer switch transformers'
+    `GradientCheckpointingLayer` reads, with non-reentrant checkpointing (no inputs need gradients, LoRA included).
+    """
+    from functools import partial
+
+    from torch.utils.checkpoint import checkpoint
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    chosen = [m for i, m in enumerate(layers) if int((i + 1) * share) > int(i * share)]
+    for layer in chosen:
+        layer.gradient_checkpointing = True
+        layer._gradient_checkpointing_func = partial(checkpoint, use_reentrant=False)
+    return len(chosen)
+
+
 class LancySFTTrainer(SFTTrainer):
+    def __init__(self, *args: Any, checkpoint_layers: float = 0.0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.checkpointed_layers = 0
+        if checkpoint_layers and not self.args.gradient_checkpointing:
+            self.checkpointed_layers = checkpoint_share(self.model, checkpoint_layers)
+
     def _compact(self, model: Any) -> bool:
         args = self.args
         return (

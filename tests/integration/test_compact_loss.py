@@ -42,3 +42,52 @@ def test_compact_loss_and_gradients_equal_trl(tiny_model, tmp_path, use_lora):
     assert g_trl.keys() == g_lancy.keys() and g_trl
     for k in g_trl:
         assert torch.allclose(g_trl[k], g_lancy[k], atol=1e-6, rtol=1e-4), k
+
+
+@pytest.mark.parametrize("use_lora", [True, False])
+def test_checkpointing_a_share_of_layers_saves_memory_and_keeps_gradients(tiny_model, tmp_path, use_lora):
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig
+
+    from lancy_trl.train.trainer import LancySFTTrainer, checkpoint_share
+
+    rows = [
+        {"prompt": [{"role": "user", "content": "margin fell " * n}], "completion": [{"role": "assistant", "content": w}]}
+        for n, w in [(3, "negative"), (5, "neutral"), (1, "positive")]
+    ]
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    tok.pad_token = "<|endoftext|>"
+    results = {}
+    for share in (0.0, 0.5, 1.0):
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_pretrained(tiny_model)
+        config = SFTConfig(output_dir=str(tmp_path / str(share)), per_device_train_batch_size=3, report_to="none",
+                           bf16=False, use_cpu=True, gradient_checkpointing=False, max_length=64)
+        peft = LoraConfig(r=4, target_modules=["q_proj", "v_proj", "gate_proj"], init_lora_weights=False) if use_lora else None
+        trainer = LancySFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tok,
+                                  peft_config=peft, checkpoint_layers=share)
+        assert trainer.checkpointed_layers == int(2 * share)  # the tiny model has 2 decoder layers
+        batch = next(iter(trainer.get_train_dataloader()))
+        trainer.model.train()
+        saved: list[int] = []
+
+        def pack(t, saved=saved):
+            saved.append(t.numel() if not isinstance(t, torch.nn.Parameter) else 0)
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss = trainer.compute_loss(trainer.model, dict(batch))
+        loss.backward()
+        grads = {k: p.grad.clone() for k, p in trainer.model.named_parameters() if p.grad is not None}
+        results[share] = (loss.item(), grads, sum(saved))
+    loss0, g0, saved0 = results[0.0]
+    assert results[1.0][2] < results[0.5][2] < saved0  # each checkpointed layer keeps only its input for backward
+    for share in (0.5, 1.0):
+        loss, g, _ = results[share]
+        assert loss == pytest.approx(loss0, rel=1e-6) and g.keys() == g0.keys() and g0
+        for k in g0:
+            assert torch.allclose(g[k], g0[k], atol=1e-6, rtol=1e-5), (share, k)
+    assert checkpoint_share(torch.nn.Linear(2, 2), 0.5) == 0  # no decoder layers: nothing to do
