@@ -81,10 +81,15 @@ def run_variant(variant: str, opts: argparse.Namespace) -> dict:
     device = pick_device(opts.device)
     flags = {"max_steps": opts.steps + 1, "batch_size": opts.batch_size, "max_length": opts.max_length,
              "use_lora": opts.lora, "eval_fraction": 0.0, "device": device}
+    trl_set = {}  # a lever to measure: lancy's options (or TRL's SFTConfig fields) changed, the baselines untouched
     if variant == "lancy":
-        for item in opts.lancy_set or []:  # a lever to measure: lancy's options changed, the baselines untouched
+        import dataclasses
+
+        names = {f.name for f in dataclasses.fields(SFTArgs)}
+        for item in opts.lancy_set or []:
             key, _, value = item.partition("=")
-            flags[key.replace("-", "_")] = json.loads(value)
+            key = key.replace("-", "_")
+            (flags if key in names else trl_set)[key] = json.loads(value)
     args = resolve(SFTArgs, flags=flags)
     data = build_data(args)
     loaded = load_model(resolve_model(opts.model_path), args, device=device)
@@ -152,9 +157,14 @@ def run_variant(variant: str, opts: argparse.Namespace) -> dict:
 
             config = to_trl_config(args, Path(opts.tmp), loaded.info, has_eval=False)
             config.save_strategy, config.output_dir = "no", opts.tmp
+            for key, value in trl_set.items():
+                if not hasattr(config, key):
+                    sys.exit(f"--lancy-set {key}: neither a lancy option nor an SFTConfig field")
+                setattr(config, key, value)
             trainer_cls = LancySFTTrainer
+        extra = {"checkpoint_layers": args.checkpoint_layers} if variant == "lancy" else {}
         trainer = trainer_cls(model=model, args=config, train_dataset=data.train, processing_class=tok,
-                             peft_config=peft_config)
+                             peft_config=peft_config, **extra)
     trainer.data_collator = counting(trainer.data_collator)
     trainer.add_callback(Timer())
     if device == "cuda":
@@ -184,8 +194,10 @@ def main() -> None:
     p.add_argument("--max-length", type=int, default=256)
     p.add_argument("--device", default="auto")
     p.add_argument("--lancy-set", action="append", metavar="KEY=JSON",
-                   help="change one of lancy's options for its variant only, e.g. --lancy-set batch_size=4 "
-                        "--lancy-set gradient_accumulation_steps=2")
+                   help="change one of lancy's options (or a TRL SFTConfig field) for its variant only, e.g. "
+                        "--lancy-set batch_size=4 --lancy-set gradient_accumulation_steps=2")
+    p.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS),
+                   help="run only these (ratios need padded / trl_default in the same run)")
     p.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)
     p.add_argument("--model-path", help=argparse.SUPPRESS)
     p.add_argument("--tmp", default="/tmp/lancy-bench", help=argparse.SUPPRESS)
@@ -194,9 +206,10 @@ def main() -> None:
         print("RESULT " + json.dumps(run_variant(opts.variant, opts)))
         return
     path = model_path(opts.model)
-    results: dict[str, list[dict]] = {v: [] for v in VARIANTS}
+    chosen = [v for v in VARIANTS if v in opts.variants]
+    results: dict[str, list[dict]] = {v: [] for v in chosen}
     for r in range(opts.repeats):
-        order = VARIANTS if r % 2 == 0 else VARIANTS[::-1]  # A/B interleaved
+        order = chosen if r % 2 == 0 else chosen[::-1]  # A/B interleaved
         for variant in order:
             cmd = [sys.executable, __file__, "--variant", variant, "--model-path", path, *sys.argv[1:]]
             out = subprocess.run(cmd, capture_output=True, text=True)
@@ -207,7 +220,7 @@ def main() -> None:
             print(f"  {variant:12s} run {r + 1}: {results[variant][-1]['tokens_per_s']:.1f} tok/s", file=sys.stderr)
     import torch
 
-    device = results["lancy"][0]["device"]
+    device = results[chosen[0]][0]["device"]
     peaks = {dt: matmul_peak(device, dt) for dt in ("float32", "bfloat16")} if device == "cuda" else {
         "float32": matmul_peak(device, "float32")}
     # Model FLOPs per token: the body (2N forward + 2N input gradients, + 2N weight gradients without LoRA's frozen
@@ -227,13 +240,14 @@ def main() -> None:
                             "step_s": statistics.median(r["step_s"] for r in runs), "precision": runs[0]["precision"]}
         s = summary[variant]
         print(f"{variant:12s} {tps:8.1f} {s['step_s']:8.2f} {mfu:6.1%} {s['peak_mb']:9.0f}")
-    line = {
+    report = {
         "model": opts.model, "device": device, "lora": opts.lora, "steps": opts.steps, "repeats": opts.repeats,
         "matmul_peak_gflops": peaks, "variants": summary,
-        "ratio_vs_padded": summary["lancy"]["tokens_per_s"] / summary["padded"]["tokens_per_s"],
-        "ratio_vs_trl_default": summary["lancy"]["tokens_per_s"] / summary["trl_default"]["tokens_per_s"],
     }
-    print(json.dumps(line))
+    for base in ("padded", "trl_default"):
+        if "lancy" in summary and base in summary:
+            report[f"ratio_vs_{base}"] = summary["lancy"]["tokens_per_s"] / summary[base]["tokens_per_s"]
+    print(json.dumps(report))
 
 
 if __name__ == "__main__":
