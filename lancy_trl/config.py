@@ -88,7 +88,15 @@ class TrainArgs:
     packing: bool | None = opt(
         None, "Pack examples into rows with no cross-example attention; default: on where measured faster."
     )
+    pad_to_multiple_of: int | None = opt(
+        None, "Pad each batch's length up to a multiple of N; default 64 on CUDA (few distinct shapes, which the "
+        "GPU's allocator and kernels reuse), none on CPU (padding is compute there)."
+    )
     gradient_checkpointing: bool = opt(False, "Recompute activations in backward to save memory.")
+    checkpoint_layers: float = opt(
+        0.0, "Share of decoder layers whose activations are recomputed in backward (0.5: every other layer); "
+        "a memory/compute dial below --gradient-checkpointing, which is all of them."
+    )
     logging_steps: int | None = opt(None, "Log every N steps (default: --eval-steps).", group="Logging")
     eval_steps: int = opt(20, "Evaluate every N steps.", group="Logging")
     eval_max_batches: int = opt(8, "Evaluate on at most this many batches.", group="Logging")
@@ -204,9 +212,9 @@ def validate(args) -> None:
         choices = f.metadata.get("choices")
         if choices and value not in choices:
             problems.append(f"--{flag(f.name)} must be one of {', '.join(choices)} (got {value!r})")
-    positive = ("batch_size", "gradient_accumulation_steps", "max_new_tokens", "limit", "max_length", "eval_steps",
-                "eval_max_batches",
-                "save_steps", "lora_r", "lora_alpha", "save_total_limit", "logging_steps", "max_examples")
+    positive = ("batch_size", "gradient_accumulation_steps", "pad_to_multiple_of", "max_new_tokens", "limit",
+                "max_length", "eval_steps", "eval_max_batches", "save_steps", "lora_r", "lora_alpha", "save_total_limit",
+                "logging_steps", "max_examples")
     for name in positive:
         value = getattr(args, name, None)
         if value is not None and value <= 0:
@@ -217,6 +225,8 @@ def validate(args) -> None:
         problems.append(f"--lora-dropout must be in [0, 1) (got {args.lora_dropout})")
     if hasattr(args, "eval_fraction") and not 0 <= args.eval_fraction < 1:
         problems.append(f"--eval-fraction must be in [0, 1) (got {args.eval_fraction})")
+    if hasattr(args, "checkpoint_layers") and not 0 <= args.checkpoint_layers <= 1:
+        problems.append(f"--checkpoint-layers must be in [0, 1] (got {args.checkpoint_layers})")
     if getattr(args, "max_steps", -1) == 0 or getattr(args, "num_train_epochs", 1) <= 0:
         problems.append("--max-steps must be positive or -1, and --num-train-epochs positive")
     if getattr(args, "load_in_4bit", False) and not getattr(args, "use_lora", True):

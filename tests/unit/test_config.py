@@ -21,9 +21,10 @@ def test_every_yaml_problem_is_reported_at_once():
 
 def test_value_checks_name_the_flag():
     with pytest.raises(LancyError) as e:
-        resolve(SFTArgs, flags={"batch_size": 0, "precision": "fp8", "lora_dropout": 1.5})
+        resolve(SFTArgs, flags={"batch_size": 0, "precision": "fp8", "lora_dropout": 1.5, "checkpoint_layers": 2})
     msg = str(e.value)
     assert "--batch-size must be positive" in msg and "--precision must be one of" in msg and "--lora-dropout" in msg
+    assert "--checkpoint-layers must be in [0, 1] (got 2" in msg
 
 
 def test_underscore_and_legacy_spellings_are_rewritten():
