@@ -4,6 +4,7 @@
     python bench/sft_throughput.py --lora --steps 6 --repeats 3
     python bench/sft_throughput.py --model tiny          # a tiny random model: checks the script in seconds
     python bench/sft_throughput.py --lancy-set batch_size=4 --lancy-set gradient_accumulation_steps=2   # a lever
+    python bench/sft_throughput.py --lora --heap         # also malloc's in-use peak beside peak RSS (CPU, glibc)
 
 Each variant runs in its own process (clean peak memory), A/B interleaved over --repeats; the first step of each
 run is warm-up and not timed. Prints a table and one JSON line with real (non-padding) tokens per second, the
@@ -53,6 +54,41 @@ def matmul_peak(device: str, dtype_name: str) -> float:
         sync()
         best = max(best, 2 * n**3 * reps / (time.perf_counter() - start) / 1e9)
     return best
+
+
+class HeapWatch:
+    """The most memory glibc's malloc had handed out (in use, not freed) while training, sampled every 20 ms.
+
+    Peak RSS also counts freed heap memory that the allocator keeps resident (fragmentation); the difference between
+    the two says how much of a variant's peak is its tensors and how much the allocator's layout. Linux + glibc only.
+    """
+
+    def __init__(self) -> None:
+        import ctypes
+        import threading
+
+        class Info(ctypes.Structure):
+            _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                        "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+        self.libc = ctypes.CDLL("libc.so.6")
+        self.libc.mallinfo2.restype = Info
+        self.peak = 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self) -> None:
+        while not self.stop.wait(0.02):
+            info = self.libc.mallinfo2()
+            self.peak = max(self.peak, info.uordblks + info.hblkhd)
+
+    def __enter__(self) -> HeapWatch:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
 
 
 def model_path(name: str) -> str:
@@ -169,7 +205,13 @@ def run_variant(variant: str, opts: argparse.Namespace) -> dict:
     trainer.add_callback(Timer())
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    trainer.train()
+    if opts.heap and device == "cpu":
+        with HeapWatch() as watch:
+            trainer.train()
+        heap_mb = watch.peak / 2**20
+    else:
+        trainer.train()
+        heap_mb = None
     # step i consumed batch i; drop the warm-up step
     ga = trainer.args.gradient_accumulation_steps  # the collator runs once per micro-batch
     tokens, seconds = sum(counts[ga: ga * len(times)]), sum(times[1:])
@@ -179,7 +221,7 @@ def run_variant(variant: str, opts: argparse.Namespace) -> dict:
     head = base.get_output_embeddings().weight
     n_body = sum(p.numel() for n, p in base.named_parameters() if "embed" not in n and "lora_" not in n and p is not head)
     return {"variant": variant, "tokens_per_s": tokens / seconds, "step_s": seconds / max(1, len(times) - 1),
-            "peak_mb": peak, "device": device, "params_body": n_body, "params_head": head.numel(),
+            "peak_mb": peak, "heap_mb": heap_mb, "device": device, "params_body": n_body, "params_head": head.numel(),
             "loss_token_share": sum(loss_counts[ga: ga * len(times)]) / max(tokens, 1),
             "precision": "bf16" if (bf16_ok or getattr(trainer.args, "bf16", False)) else "fp32"}
 
@@ -196,6 +238,9 @@ def main() -> None:
     p.add_argument("--lancy-set", action="append", metavar="KEY=JSON",
                    help="change one of lancy's options (or a TRL SFTConfig field) for its variant only, e.g. "
                         "--lancy-set batch_size=4 --lancy-set gradient_accumulation_steps=2")
+    p.add_argument("--heap", action="store_true",
+                   help="CPU: also report the most memory malloc had in use while training (sampled; peak RSS "
+                        "minus this is memory the allocator kept after it was freed)")
     p.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS),
                    help="run only these (ratios need padded / trl_default in the same run)")
     p.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)
@@ -228,7 +273,8 @@ def main() -> None:
     # padded baseline, the answers for completion-only loss). Work beyond that (a head over prompt tokens) is waste.
     k = 4 if opts.lora else 6
     summary = {}
-    print(f"\n{'variant':12s} {'tok/s':>8s} {'step s':>8s} {'MFU':>6s} {'peak MB':>9s}  ({device}, {torch.__version__})")
+    heap = " heap MB" if opts.heap and device == "cpu" else ""
+    print(f"\n{'variant':12s} {'tok/s':>8s} {'step s':>8s} {'MFU':>6s} {'peak MB':>9s}{heap}  ({device}, {torch.__version__})")
     for variant, runs in results.items():
         tps = statistics.median(r["tokens_per_s"] for r in runs)
         peak = peaks["bfloat16" if runs[0]["precision"] == "bf16" else "float32"] if device == "cuda" else peaks["float32"]
@@ -239,7 +285,10 @@ def main() -> None:
                             "loss_token_share": share,
                             "step_s": statistics.median(r["step_s"] for r in runs), "precision": runs[0]["precision"]}
         s = summary[variant]
-        print(f"{variant:12s} {tps:8.1f} {s['step_s']:8.2f} {mfu:6.1%} {s['peak_mb']:9.0f}")
+        if heap:
+            s["heap_mb"] = max(r["heap_mb"] for r in runs)
+        print(f"{variant:12s} {tps:8.1f} {s['step_s']:8.2f} {mfu:6.1%} {s['peak_mb']:9.0f}"
+              + (f" {s['heap_mb']:7.0f}" if heap else ""))
     report = {
         "model": opts.model, "device": device, "lora": opts.lora, "steps": opts.steps, "repeats": opts.repeats,
         "matmul_peak_gflops": peaks, "variants": summary,

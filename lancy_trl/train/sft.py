@@ -45,6 +45,21 @@ def default_pad_multiple(device: str) -> int | None:
     return 64 if device == "cuda" else None
 
 
+def micro_batches(args: SFTArgs, device: str) -> tuple[int, int]:
+    """(examples per forward/backward, micro-batches per optimizer step) for `--batch-size` x `--gradient-accumulation-steps`.
+
+    On CPU with LoRA the frozen weights and the small adapter state leave activations as the bulk of the peak memory,
+    so lancy runs a batch as micro-batches of 4: the same examples make each step (TRL groups lengths over the whole
+    step) and the loss is normalised over all of the step's answer tokens, so the gradients are the batch's. Measured
+    on SmolLM2-135M: peak RSS 1.94 GB against 2.5 GB for whole batches of 8 and 2.31 GB for TRL's checkpointed
+    defaults, at 10-15% less speed than whole batches (README, performance). With full fine-tuning the peak is weights,
+    gradients and AdamW state, which micro-batches do not lower, so batches stay whole.
+    """
+    micro = args.micro_batch_size or (4 if device == "cpu" and args.use_lora else args.batch_size)
+    micro = max(d for d in range(1, min(micro, args.batch_size) + 1) if args.batch_size % d == 0)
+    return micro, args.gradient_accumulation_steps * (args.batch_size // micro)
+
+
 def to_trl_config(args: SFTArgs, run_dir: Path, info: dict[str, Any], has_eval: bool) -> Any:
     """The one place where lancy's names map onto TRL's SFTConfig."""
     from trl import SFTConfig
@@ -52,11 +67,12 @@ def to_trl_config(args: SFTArgs, run_dir: Path, info: dict[str, Any], has_eval: 
     device, precision = info["device"], info["precision"]
     packing = default_packing(info["attn_implementation"]) if args.packing is None else args.packing
     eval_steps = args.eval_steps
+    micro, accumulation = micro_batches(args, device)
     return SFTConfig(
         output_dir=str(run_dir / "checkpoints"),
-        per_device_train_batch_size=args.batch_size,
+        per_device_train_batch_size=micro,
         per_device_eval_batch_size=args.batch_size,
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        gradient_accumulation_steps=accumulation,
         max_steps=args.max_steps,
         num_train_epochs=args.num_train_epochs,
         learning_rate=args.learning_rate or (2e-4 if args.use_lora else 2e-5),
@@ -259,7 +275,7 @@ def _train(args, run_dir, checkpoint, data, loaded, device, console, lora_target
     model: Any = trainer.model
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     info.update(trainable_params=trainable, packing=trl_config.packing, pad_to_multiple_of=trl_config.pad_to_multiple_of,
-                checkpointed_layers=trainer.checkpointed_layers)
+                micro_batch_size=trl_config.per_device_train_batch_size, checkpointed_layers=trainer.checkpointed_layers)
     facts = {**{k: v for k, v in info.items() if v is not None}, **{f"version_{k}": v for k, v in _versions().items()}}
     trainer.add_callback(RunFacts(writer, facts, {"trainable_params": trainable, "total_params": info["total_params"]}))
     runs.update(run_dir, model_info=info)
@@ -267,6 +283,8 @@ def _train(args, run_dir, checkpoint, data, loaded, device, console, lora_target
         f"[bold]{run_dir}[/]\n  {info['architecture']} on {device} ({info['precision']}, {info['attn_implementation']}), "
         f"{trainable:,} of {info['total_params']:,} parameters trained, {len(data.train)} examples, "
         f"packing {'on' if trl_config.packing else 'off'}"
+        + (f", batches of {args.batch_size} run as micro-batches of {trl_config.per_device_train_batch_size}"
+           if trl_config.per_device_train_batch_size < args.batch_size else "")
     )
     start = time.time()
     with interrupt:

@@ -34,7 +34,7 @@ def checkpoint_share(model: Any, share: float) -> int:
     from torch.utils.checkpoint import checkpoint
     from transformers.modeling_layers import GradientCheckpointingLayer
 
-    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    layers: list[Any] = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
     chosen = [m for i, m in enumerate(layers) if int((i + 1) * share) > int(i * share)]
     for layer in chosen:
         layer.gradient_checkpointing = True

@@ -91,3 +91,39 @@ def test_checkpointing_a_share_of_layers_saves_memory_and_keeps_gradients(tiny_m
         for k in g0:
             assert torch.allclose(g[k], g0[k], atol=1e-6, rtol=1e-5), (share, k)
     assert checkpoint_share(torch.nn.Linear(2, 2), 0.5) == 0  # no decoder layers: nothing to do
+
+
+def test_micro_batches_give_the_whole_batchs_update(tiny_model, tmp_path):
+    """A batch of 4 run as 2 micro-batches of 2 moves every weight as the whole batch does (SGD, lr 1: -gradient)."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.training_args import OptimizerNames
+
+    from lancy_trl.config import SFTArgs, resolve
+    from lancy_trl.train.sft import to_trl_config
+    from lancy_trl.train.trainer import LancySFTTrainer
+
+    rows = [
+        {"prompt": [{"role": "user", "content": "costs rose " * n}], "completion": [{"role": "assistant", "content": w}]}
+        for n, w in [(1, "negative"), (6, "neutral outlook"), (3, "positive"), (9, "negative")]
+    ]
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    tok.pad_token = "<|endoftext|>"
+    deltas = []
+    for micro in (4, 2):
+        args = resolve(SFTArgs, flags={"batch_size": 4, "micro_batch_size": micro, "use_lora": False})
+        config = to_trl_config(args, tmp_path / str(micro), {"device": "cpu", "precision": "fp32",
+                                                             "attn_implementation": "sdpa"}, has_eval=False)
+        assert config.gradient_accumulation_steps == 4 // micro
+        config.max_steps, config.optim, config.learning_rate, config.max_grad_norm = 1, OptimizerNames.SGD, 1.0, 0.0
+        config.warmup_steps, config.lr_scheduler_type, config.save_strategy = 0, "constant", "no"
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_pretrained(tiny_model)
+        before = {k: p.detach().clone() for k, p in model.named_parameters()}
+        LancySFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tok).train()
+        deltas.append({k: p.detach() - before[k] for k, p in model.named_parameters()})
+    whole, split = deltas
+    assert any(d.abs().sum() > 0 for d in whole.values())
+    for k in whole:
+        assert torch.allclose(whole[k], split[k], atol=1e-6, rtol=1e-4), k

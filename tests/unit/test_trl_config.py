@@ -19,3 +19,22 @@ def test_batches_are_padded_to_a_multiple_by_device(tmp_path, device, flags, exp
     config = to_trl_config(args, tmp_path, info, has_eval=False)
     assert config.pad_to_multiple_of == expected
     assert config.packing is False and config.completion_only_loss is True
+
+
+@pytest.mark.parametrize(("device", "flags", "expected"), [
+    ("cpu", {}, (4, 2)),  # LoRA on CPU: micro-batches of 4
+    ("cpu", {"use_lora": False}, (8, 1)),  # full fine-tuning: whole batches
+    ("cuda", {}, (8, 1)),
+    ("cpu", {"batch_size": 6}, (3, 2)),  # the largest divisor of the batch that fits
+    ("cpu", {"batch_size": 2, "gradient_accumulation_steps": 3}, (2, 3)),
+    ("cpu", {"micro_batch_size": 8}, (8, 1)),
+    ("cuda", {"micro_batch_size": 2, "gradient_accumulation_steps": 2}, (2, 8)),
+])
+def test_batches_run_as_micro_batches_by_device_and_mode(tmp_path, device, flags, expected):
+    from lancy_trl.train.sft import to_trl_config
+
+    args = resolve(SFTArgs, flags=flags)
+    info = {"device": device, "precision": "fp32", "attn_implementation": "sdpa"}
+    config = to_trl_config(args, tmp_path, info, has_eval=False)
+    assert (config.per_device_train_batch_size, config.gradient_accumulation_steps) == expected
+    assert config.per_device_eval_batch_size == args.batch_size
