@@ -198,7 +198,12 @@ def run_variant(variant: str, opts: argparse.Namespace) -> dict:
                     sys.exit(f"--lancy-set {key}: neither a lancy option nor an SFTConfig field")
                 setattr(config, key, value)
             trainer_cls = LancySFTTrainer
-        extra = {"checkpoint_layers": args.checkpoint_layers} if variant == "lancy" else {}
+        extra = {}
+        if variant == "lancy":
+            from lancy_trl.train.sft import use_lean_activations
+
+            extra = {"checkpoint_layers": args.checkpoint_layers,
+                     "lean_activations": use_lean_activations(args, loaded.info)}
         trainer = trainer_cls(model=model, args=config, train_dataset=data.train, processing_class=tok,
                              peft_config=peft_config, **extra)
     trainer.data_collator = counting(trainer.data_collator)

@@ -97,6 +97,10 @@ class TrainArgs:
         "GPU's allocator and kernels reuse), none on CPU (padding is compute there)."
     )
     gradient_checkpointing: bool = opt(False, "Recompute activations in backward to save memory.")
+    lean_activations: bool | None = opt(
+        None, "Keep fewer activations for backward in Llama-style MLPs and RMSNorms (cheap elementwise recompute, "
+        "same gradients); default: on when training in fp32."
+    )
     checkpoint_layers: float = opt(
         0.0, "Share of decoder layers whose activations are recomputed in backward (0.5: every other layer); "
         "a memory/compute dial below --gradient-checkpointing, which is all of them."

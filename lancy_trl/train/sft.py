@@ -60,6 +60,14 @@ def micro_batches(args: SFTArgs, device: str) -> tuple[int, int]:
     return micro, args.gradient_accumulation_steps * (args.batch_size // micro)
 
 
+def use_lean_activations(args: SFTArgs, info: dict[str, Any]) -> bool:
+    """Lean activations (lancy_trl/train/lean.py) where training runs in fp32: their backward does not follow autocast."""
+    if args.lean_activations and info["precision"] != "fp32":
+        raise LancyError(f"--lean-activations needs fp32 training (this run is {info['precision']}): pass "
+                         "--precision fp32 or drop --lean-activations")
+    return info["precision"] == "fp32" if args.lean_activations is None else args.lean_activations
+
+
 def to_trl_config(args: SFTArgs, run_dir: Path, info: dict[str, Any], has_eval: bool) -> Any:
     """The one place where lancy's names map onto TRL's SFTConfig."""
     from trl import SFTConfig
@@ -156,6 +164,7 @@ def run_sft(args: SFTArgs, console: Any, flags: dict[str, Any] | None = None) ->
     source = resolve_model(args.model, log=console.print)
     with console.status(f"Loading {source.path}..."):
         loaded = load_model(source, args, device=device)
+    use_lean_activations(args, loaded.info)  # refuses --lean-activations with bf16 before a run directory exists
     with console.status("Counting tokens..."):
         data_report = fit_to_model(data, loaded.tokenizer, args)
     if checkpoint is None:
@@ -266,6 +275,7 @@ def _train(args, run_dir, checkpoint, data, loaded, device, console, lora_target
         trainer = LancySFTTrainer(
             model=loaded.model, args=trl_config, train_dataset=data.train, eval_dataset=eval_ds,
             processing_class=loaded.tokenizer, peft_config=peft_config, checkpoint_layers=args.checkpoint_layers,
+            lean_activations=use_lean_activations(args, info),
             callbacks=[TensorBoardCallback(writer), LogFile(run_dir / "logs" / "training.log"), RichProgress(console), interrupt],
         )
     if data.labels and eval_ds is not None and "prompt" in eval_ds.column_names:
@@ -275,7 +285,8 @@ def _train(args, run_dir, checkpoint, data, loaded, device, console, lora_target
     model: Any = trainer.model
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     info.update(trainable_params=trainable, packing=trl_config.packing, pad_to_multiple_of=trl_config.pad_to_multiple_of,
-                micro_batch_size=trl_config.per_device_train_batch_size, checkpointed_layers=trainer.checkpointed_layers)
+                micro_batch_size=trl_config.per_device_train_batch_size, checkpointed_layers=trainer.checkpointed_layers,
+                lean_modules=trainer.lean_modules)
     facts = {**{k: v for k, v in info.items() if v is not None}, **{f"version_{k}": v for k, v in _versions().items()}}
     trainer.add_callback(RunFacts(writer, facts, {"trainable_params": trainable, "total_params": info["total_params"]}))
     runs.update(run_dir, model_info=info)

@@ -43,11 +43,15 @@ def checkpoint_share(model: Any, share: float) -> int:
 
 
 class LancySFTTrainer(SFTTrainer):
-    def __init__(self, *args: Any, checkpoint_layers: float = 0.0, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, checkpoint_layers: float = 0.0, lean_activations: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.checkpointed_layers = 0
+        self.checkpointed_layers = self.lean_modules = 0
         if checkpoint_layers and not self.args.gradient_checkpointing:
             self.checkpointed_layers = checkpoint_share(self.model, checkpoint_layers)
+        if lean_activations:  # fp32 only: the lean backward formulas do not follow autocast
+            from lancy_trl.train.lean import lean_activations as make_lean
+
+            self.lean_modules = make_lean(self.model)
 
     def _compact(self, model: Any) -> bool:
         args = self.args

@@ -127,3 +127,43 @@ def test_micro_batches_give_the_whole_batchs_update(tiny_model, tmp_path):
     assert any(d.abs().sum() > 0 for d in whole.values())
     for k in whole:
         assert torch.allclose(whole[k], split[k], atol=1e-6, rtol=1e-4), k
+
+
+@pytest.mark.parametrize(("arch", "use_lora"), [("llama", False), ("llama", True), ("qwen2", False)])
+def test_lean_activations_keep_loss_and_gradients_and_save_memory(tmp_path, arch, use_lora):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from lancy_trl.train.lean import lean_activations
+    from tests.conftest import build_tiny_model
+
+    path = build_tiny_model(tmp_path / arch, arch)
+    ids = torch.randint(0, 100, (3, 11))
+    labels = ids.clone()
+    labels[:, :6] = -100
+    results = []
+    for lean in (False, True):
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_pretrained(path)
+        if use_lora:
+            model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "down_proj", "up_proj"],
+                                                     init_lora_weights=False))
+        changed = lean_activations(model) if lean else 0
+        assert changed == (7 if lean else 0)  # 2 MLPs, 2 x 2 layer norms and the final norm
+        saved: list[int] = []
+
+        def pack(t, saved=saved):
+            saved.append(0 if isinstance(t, torch.nn.Parameter) else t.numel())
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss = model(input_ids=ids, labels=labels).loss
+        loss.backward()
+        grads = {k: p.grad for k, p in model.named_parameters() if p.grad is not None}
+        results.append((loss.item(), grads, sum(saved)))
+    (loss0, g0, saved0), (loss1, g1, saved1) = results
+    assert saved1 < saved0
+    assert loss1 == pytest.approx(loss0, rel=1e-6) and g0.keys() == g1.keys() and g0
+    for k in g0:
+        assert torch.allclose(g0[k], g1[k], atol=1e-6, rtol=1e-4), k

@@ -38,3 +38,21 @@ def test_batches_run_as_micro_batches_by_device_and_mode(tmp_path, device, flags
     config = to_trl_config(args, tmp_path, info, has_eval=False)
     assert (config.per_device_train_batch_size, config.gradient_accumulation_steps) == expected
     assert config.per_device_eval_batch_size == args.batch_size
+
+
+@pytest.mark.parametrize(("precision", "flag", "expected"), [
+    ("fp32", None, True), ("bf16", None, False), ("fp32", False, False), ("fp32", True, True),
+])
+def test_lean_activations_only_in_fp32(precision, flag, expected):
+    from lancy_trl.train.sft import use_lean_activations
+
+    args = resolve(SFTArgs, flags={} if flag is None else {"lean_activations": flag})
+    assert use_lean_activations(args, {"precision": precision}) is expected
+
+
+def test_lean_activations_with_bf16_is_refused_with_the_fix():
+    from lancy_trl.errors import LancyError
+    from lancy_trl.train.sft import use_lean_activations
+
+    with pytest.raises(LancyError, match="pass --precision fp32 or drop --lean-activations"):
+        use_lean_activations(resolve(SFTArgs, flags={"lean_activations": True}), {"precision": "bf16"})
