@@ -339,7 +339,9 @@ def load_model(source: ModelSource, args: Any, *, device: str, for_training: boo
     """Model and tokenizer on `device`, with attention, dtype and (for QLoRA) 4-bit quantization chosen."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # lancy's own status line says what is loading; no bar under it
     check_causal(source.path, args.trust_remote_code)
     precision = pick_precision(args.precision, device)
     attention = pick_attention(args.attn_implementation, device)
