@@ -51,8 +51,8 @@ def micro_batches(args: SFTArgs, device: str) -> tuple[int, int]:
     On CPU with LoRA the frozen weights and the small adapter state leave activations as the bulk of the peak memory,
     so lancy runs a batch as micro-batches of 4: the same examples make each step (TRL groups lengths over the whole
     step) and the loss is normalised over all of the step's answer tokens, so the gradients are the batch's. Measured
-    on SmolLM2-135M: peak RSS 1.94 GB against 2.5 GB for whole batches of 8 and 2.31 GB for TRL's checkpointed
-    defaults, at 10-15% less speed than whole batches (README, performance). With full fine-tuning the peak is weights,
+    on SmolLM2-135M: peak RSS 1.87-1.94 GB against 2.5 GB for whole batches of 8 and 2.25-2.31 GB for TRL's
+    checkpointed defaults, at 10-15% less speed than whole batches (README, performance). With full fine-tuning the peak is weights,
     gradients and AdamW state, which micro-batches do not lower, so batches stay whole.
     """
     micro = args.micro_batch_size or (4 if device == "cpu" and args.use_lora else args.batch_size)
