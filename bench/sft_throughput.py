@@ -185,25 +185,20 @@ def run_variant(variant: str, opts: argparse.Namespace) -> dict:
 
         from lancy_trl.train.trainer import LancySFTTrainer
 
-        trainer_cls = SFTTrainer
+        trainer_cls, extra = SFTTrainer, {}
         if variant == "trl_default":
             config = SFTConfig(**common, max_length=opts.max_length, bf16=bf16_ok)
         else:
-            from lancy_trl.train.sft import to_trl_config
+            from lancy_trl.train.sft import to_trl_config, trainer_options
 
             config = to_trl_config(args, Path(opts.tmp), loaded.info, has_eval=False)
+            extra = trainer_options(args, loaded.info)
             config.save_strategy, config.output_dir = "no", opts.tmp
             for key, value in trl_set.items():
                 if not hasattr(config, key):
                     sys.exit(f"--lancy-set {key}: neither a lancy option nor an SFTConfig field")
                 setattr(config, key, value)
             trainer_cls = LancySFTTrainer
-        extra = {}
-        if variant == "lancy":
-            from lancy_trl.train.sft import use_lean_activations
-
-            extra = {"checkpoint_layers": args.checkpoint_layers,
-                     "lean_activations": use_lean_activations(args, loaded.info)}
         trainer = trainer_cls(model=model, args=config, train_dataset=data.train, processing_class=tok,
                              peft_config=peft_config, **extra)
     trainer.data_collator = counting(trainer.data_collator)

@@ -68,6 +68,11 @@ def use_lean_activations(args: SFTArgs, info: dict[str, Any]) -> bool:
     return info["precision"] == "fp32" if args.lean_activations is None else args.lean_activations
 
 
+def trainer_options(args: SFTArgs, info: dict[str, Any]) -> dict[str, Any]:
+    """LancySFTTrainer's own keyword arguments for a run (the bench builds lancy's trainer with the same)."""
+    return {"checkpoint_layers": args.checkpoint_layers, "lean_activations": use_lean_activations(args, info)}
+
+
 def to_trl_config(args: SFTArgs, run_dir: Path, info: dict[str, Any], has_eval: bool) -> Any:
     """The one place where lancy's names map onto TRL's SFTConfig."""
     from trl import SFTConfig
@@ -274,8 +279,7 @@ def _train(args, run_dir, checkpoint, data, loaded, device, console, lora_target
     with console.status("Tokenizing..."):
         trainer = LancySFTTrainer(
             model=loaded.model, args=trl_config, train_dataset=data.train, eval_dataset=eval_ds,
-            processing_class=loaded.tokenizer, peft_config=peft_config, checkpoint_layers=args.checkpoint_layers,
-            lean_activations=use_lean_activations(args, info),
+            processing_class=loaded.tokenizer, peft_config=peft_config, **trainer_options(args, info),
             callbacks=[TensorBoardCallback(writer), LogFile(run_dir / "logs" / "training.log"), RichProgress(console), interrupt],
         )
     if data.labels and eval_ds is not None and "prompt" in eval_ds.column_names:

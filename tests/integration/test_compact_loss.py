@@ -3,22 +3,34 @@
 import pytest
 
 
+def chat_rows(text: str, examples: list[tuple[int, str]]) -> list[dict]:
+    """Prompt/completion rows: `text` repeated n times, answered with the word."""
+    return [
+        {"prompt": [{"role": "user", "content": text * n}], "completion": [{"role": "assistant", "content": w}]}
+        for n, w in examples
+    ]
+
+
+def padded_tokenizer(path):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path)
+    tok.pad_token = "<|endoftext|>"
+    return tok
+
+
 @pytest.mark.parametrize("use_lora", [True, False])
 def test_compact_loss_and_gradients_equal_trl(tiny_model, tmp_path, use_lora):
     import torch
     from datasets import Dataset
     from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer
 
     from lancy_trl.train.trainer import LancySFTTrainer
 
-    rows = [
-        {"prompt": [{"role": "user", "content": "profit rose " * n}], "completion": [{"role": "assistant", "content": w}]}
-        for n, w in [(1, "positive"), (4, "negative"), (2, "neutral sentiment"), (7, "positive")]
-    ]
-    tok = AutoTokenizer.from_pretrained(tiny_model)
-    tok.pad_token = "<|endoftext|>"
+    rows = chat_rows("profit rose ", [(1, "positive"), (4, "negative"), (2, "neutral sentiment"), (7, "positive")])
+    tok = padded_tokenizer(tiny_model)
     grads = []
     for cls in (SFTTrainer, LancySFTTrainer):
         torch.manual_seed(0)
@@ -49,17 +61,13 @@ def test_checkpointing_a_share_of_layers_saves_memory_and_keeps_gradients(tiny_m
     import torch
     from datasets import Dataset
     from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
     from trl import SFTConfig
 
     from lancy_trl.train.trainer import LancySFTTrainer, checkpoint_share
 
-    rows = [
-        {"prompt": [{"role": "user", "content": "margin fell " * n}], "completion": [{"role": "assistant", "content": w}]}
-        for n, w in [(3, "negative"), (5, "neutral"), (1, "positive")]
-    ]
-    tok = AutoTokenizer.from_pretrained(tiny_model)
-    tok.pad_token = "<|endoftext|>"
+    rows = chat_rows("margin fell ", [(3, "negative"), (5, "neutral"), (1, "positive")])
+    tok = padded_tokenizer(tiny_model)
     results = {}
     for share in (0.0, 0.5, 1.0):
         torch.manual_seed(0)
@@ -97,19 +105,15 @@ def test_micro_batches_give_the_whole_batchs_update(tiny_model, tmp_path):
     """A batch of 4 run as 2 micro-batches of 2 moves every weight as the whole batch does (SGD, lr 1: -gradient)."""
     import torch
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
     from transformers.training_args import OptimizerNames
 
     from lancy_trl.config import SFTArgs, resolve
     from lancy_trl.train.sft import to_trl_config
     from lancy_trl.train.trainer import LancySFTTrainer
 
-    rows = [
-        {"prompt": [{"role": "user", "content": "costs rose " * n}], "completion": [{"role": "assistant", "content": w}]}
-        for n, w in [(1, "negative"), (6, "neutral outlook"), (3, "positive"), (9, "negative")]
-    ]
-    tok = AutoTokenizer.from_pretrained(tiny_model)
-    tok.pad_token = "<|endoftext|>"
+    rows = chat_rows("costs rose ", [(1, "negative"), (6, "neutral outlook"), (3, "positive"), (9, "negative")])
+    tok = padded_tokenizer(tiny_model)
     deltas = []
     for micro in (4, 2):
         args = resolve(SFTArgs, flags={"batch_size": 4, "micro_batch_size": micro, "use_lora": False})
