@@ -47,7 +47,7 @@ def build_tokenizer(pad: bool = False):
     return fast
 
 
-def build_tiny_model(path: Path, arch: str = "llama") -> Path:
+def build_tiny_model(path: Path, arch: str = "llama", tie: bool = True) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
@@ -56,7 +56,7 @@ def build_tiny_model(path: Path, arch: str = "llama") -> Path:
     cls = {"llama": LlamaConfig, "qwen2": Qwen2Config}[arch]
     config = cls(
         vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True,
+        num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=tie,
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
     )
     config.architectures = [{"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}[arch]]

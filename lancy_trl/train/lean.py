@@ -9,16 +9,26 @@ memory in full fine-tuning:
 - RMSNorm, `weight * (x * rstd)`: autograd keeps `x`, `rstd` and the normalised `x * rstd` (for the weight's
   gradient); here `x` and `rstd` are kept.
 
+The vocabulary matrices (input embeddings and LM head, 49k x 576 for SmolLM2, often one tied tensor) are the other
+cost: autograd gives each of them a freshly allocated full-size gradient every step (the embedding's a dense
+zero tensor for a few hundred rows, and a tied weight a third one for the sum), and tensors that large are mmapped
+and page-faulted anew each time. Here the embedding adds its rows (`index_add_`) and the head its product
+(`addmm_`) into the weight's `.grad` in place, in one buffer kept between steps: the same gradient, without the
+three 113 MB allocations, fills and copies.
+
 Liger's kernels do the same on GPUs with Triton; these are plain PyTorch for CPUs. A module is changed only when its
 `forward` is, character for character, the Llama implementation these functions reproduce (Llama, Qwen2/3, Mistral
-and others share it); anything else keeps its own forward. A test checks the loss and every gradient against the
-unchanged model.
+and others share it), or, for the vocabulary, a plain `nn.Embedding` / bias-free `nn.Linear`; anything else keeps its
+own forward. Tests check the loss and every gradient against the unchanged model, over several steps with gradients
+reset to None or zero. Single process only: gradients added outside autograd are not seen by its hooks, so
+distributed training (which lancy's trainer leaves to TRL's own path) must not use these.
 """
 
 from __future__ import annotations
 
 import inspect
 import types
+import weakref
 from typing import Any
 
 import torch
@@ -96,6 +106,83 @@ class RMSNormFn(torch.autograd.Function):
         return grad_x, grad_w, None
 
 
+_grad_buffers: dict[int, torch.Tensor] = {}  # id(weight) -> its gradient buffer, dropped with the weight
+
+
+def _add_to_grad(weight: torch.Tensor, write: Any, add: Any) -> None:
+    """Add a gradient into weight.grad in place: `add(grad)` if it has one, else `write(buffer)` on the kept buffer."""
+    if weight.grad is not None:
+        add(weight.grad)
+        return
+    buffer = _grad_buffers.get(id(weight))
+    if buffer is None or buffer.shape != weight.shape or buffer.dtype != weight.dtype:
+        if buffer is None:
+            weakref.finalize(weight, _grad_buffers.pop, id(weight), None)
+        buffer = _grad_buffers[id(weight)] = torch.empty_like(weight, memory_format=torch.contiguous_format)
+    write(buffer)
+    weight.grad = buffer
+
+
+class VocabRows(torch.autograd.Function):
+    """embedding(ids, W) whose gradient rows are added into W.grad in place (autograd gets none)."""
+
+    @staticmethod
+    def forward(ctx: Any, ids: torch.Tensor, weight: torch.Tensor, padding_idx: int | None) -> torch.Tensor:
+        ctx.save_for_backward(ids)
+        ctx.weight, ctx.padding_idx = weight, padding_idx  # the parameter itself, whose .grad receives the rows
+        return F.embedding(ids, weight, padding_idx)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> Any:
+        if ctx.needs_input_grad[1]:
+            (ids,) = ctx.saved_tensors
+            ids, rows = ids.reshape(-1), grad.reshape(-1, grad.shape[-1])
+            if ctx.padding_idx is not None:  # the padding row gets no gradient, as in F.embedding
+                rows = rows * (ids != ctx.padding_idx).unsqueeze(1).to(rows.dtype)
+            _add_to_grad(ctx.weight, lambda b: b.zero_().index_add_(0, ids, rows), lambda g: g.index_add_(0, ids, rows))
+        return None, None, None
+
+
+class VocabHead(torch.autograd.Function):
+    """linear(h, W) whose weight gradient is added into W.grad in place (autograd gets none)."""
+
+    @staticmethod
+    def forward(ctx: Any, h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(h)
+        ctx.weight = weight  # the parameter itself: a saved tensor may come back as another object (saved-tensor hooks)
+        return F.linear(h, weight)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> Any:
+        (h,), weight = ctx.saved_tensors, ctx.weight
+        if ctx.needs_input_grad[1]:
+            g2, h2 = grad.reshape(-1, grad.shape[-1]).t(), h.reshape(-1, h.shape[-1])
+            _add_to_grad(weight, lambda b: torch.mm(g2, h2, out=b), lambda w: w.addmm_(g2, h2))
+        return (grad @ weight if ctx.needs_input_grad[0] else None), None
+
+
+def _embedding_forward(self: Any, ids: torch.Tensor) -> torch.Tensor:
+    return VocabRows.apply(ids, self.weight, self.padding_idx)
+
+
+def _head_forward(self: Any, h: torch.Tensor) -> torch.Tensor:
+    return VocabHead.apply(h, self.weight)
+
+
+def _plain_vocab_modules(model: Any) -> list[tuple[Any, Any]]:
+    """(module, lean forward) for the input embedding and LM head when they are plain torch modules."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    found = []
+    embedding = base.get_input_embeddings() if hasattr(base, "get_input_embeddings") else None
+    if (type(embedding) is torch.nn.Embedding and embedding.max_norm is None and not embedding.scale_grad_by_freq
+            and not embedding.sparse):
+        found.append((embedding, _embedding_forward))
+    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    if type(head) is torch.nn.Linear and head.bias is None:
+        found.append((head, _head_forward))
+    return found
+
+
 def _mlp_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
     down = self.down_proj
     if type(down) is torch.nn.Linear:  # plain (full fine-tuning): the product is not kept for its weight's gradient
@@ -114,8 +201,9 @@ def _source(fn: Any) -> str | None:
         return None
 
 
-def lean_activations(model: Any) -> int:
-    """Give every Llama-style gated MLP and RMSNorm in `model` the lean forward; returns how many modules changed."""
+def lean_activations(model: Any, vocab: bool = True) -> int:
+    """Give every Llama-style gated MLP and RMSNorm, and the plain embedding and LM head, in `model` the lean forward;
+    returns how many modules changed. `vocab=False` leaves the embedding and head alone (several processes)."""
     from transformers.models.llama.modeling_llama import LlamaMLP, LlamaRMSNorm
 
     reference = {_source(LlamaMLP.forward): _mlp_forward, _source(LlamaRMSNorm.forward): _norm_forward}
@@ -125,4 +213,7 @@ def lean_activations(model: Any) -> int:
         if lean is not None:
             module.forward = types.MethodType(lean, module)
             changed += 1
+    for module, lean in _plain_vocab_modules(model) if vocab else []:
+        module.forward = types.MethodType(lean, module)
+        changed += 1
     return changed

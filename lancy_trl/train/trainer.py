@@ -51,7 +51,7 @@ class LancySFTTrainer(SFTTrainer):
         if lean_activations:  # fp32 only: the lean backward formulas do not follow autocast
             from lancy_trl.train.lean import lean_activations as make_lean
 
-            self.lean_modules = make_lean(self.model)
+            self.lean_modules = make_lean(self.model, vocab=self.accelerator.num_processes == 1)
 
     def _compact(self, model: Any) -> bool:
         args = self.args

@@ -133,8 +133,9 @@ def test_micro_batches_give_the_whole_batchs_update(tiny_model, tmp_path):
         assert torch.allclose(whole[k], split[k], atol=1e-6, rtol=1e-4), k
 
 
-@pytest.mark.parametrize(("arch", "use_lora"), [("llama", False), ("llama", True), ("qwen2", False)])
-def test_lean_activations_keep_loss_and_gradients_and_save_memory(tmp_path, arch, use_lora):
+@pytest.mark.parametrize(("arch", "use_lora", "tie"),
+                         [("llama", False, True), ("llama", True, True), ("qwen2", False, True), ("llama", False, False)])
+def test_lean_activations_keep_loss_and_gradients_and_save_memory(tmp_path, arch, use_lora, tie):
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -142,10 +143,10 @@ def test_lean_activations_keep_loss_and_gradients_and_save_memory(tmp_path, arch
     from lancy_trl.train.lean import lean_activations
     from tests.conftest import build_tiny_model
 
-    path = build_tiny_model(tmp_path / arch, arch)
-    ids = torch.randint(0, 100, (3, 11))
-    labels = ids.clone()
-    labels[:, :6] = -100
+    path = build_tiny_model(tmp_path / arch, arch, tie=tie)
+    torch.manual_seed(1)
+    batches = [torch.randint(0, 100, (3, 11)) for _ in range(4)]
+    batches[0][0, :3] = batches[2][1, 4:] = AutoModelForCausalLM.from_pretrained(path).config.pad_token_id
     results = []
     for lean in (False, True):
         torch.manual_seed(0)
@@ -154,20 +155,30 @@ def test_lean_activations_keep_loss_and_gradients_and_save_memory(tmp_path, arch
             model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "down_proj", "up_proj"],
                                                      init_lora_weights=False))
         changed = lean_activations(model) if lean else 0
-        assert changed == (7 if lean else 0)  # 2 MLPs, 2 x 2 layer norms and the final norm
+        assert changed == (9 if lean else 0)  # 2 MLPs, 2 x 2 layer norms, the final norm, embedding and head
         saved: list[int] = []
 
         def pack(t, saved=saved):
             saved.append(0 if isinstance(t, torch.nn.Parameter) else t.numel())
             return t
 
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            loss = model(input_ids=ids, labels=labels).loss
-        loss.backward()
-        grads = {k: p.grad for k, p in model.named_parameters() if p.grad is not None}
-        results.append((loss.item(), grads, sum(saved)))
-    (loss0, g0, saved0), (loss1, g1, saved1) = results
+        steps = []
+        # a step, a step of two accumulated backwards after zero_grad() (grads None), a step after zero_grad(False)
+        for group, set_to_none in (([0], True), ([1, 2], True), ([3], False)):
+            model.zero_grad(set_to_none=set_to_none)
+            for b in group:
+                labels = batches[b].clone()
+                labels[:, :6] = -100
+                with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                    loss = model(input_ids=batches[b], labels=labels).loss
+                loss.backward()
+            steps.append((loss.item(), {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}))
+        results.append((steps, sum(saved)))
+    (steps0, saved0), (steps1, saved1) = results
     assert saved1 < saved0
-    assert loss1 == pytest.approx(loss0, rel=1e-6) and g0.keys() == g1.keys() and g0
-    for k in g0:
-        assert torch.allclose(g0[k], g1[k], atol=1e-6, rtol=1e-4), k
+    for (loss0, g0), (loss1, g1) in zip(steps0, steps1):
+        assert loss1 == pytest.approx(loss0, rel=1e-6) and g0.keys() == g1.keys() and g0
+        for k in g0:
+            assert torch.allclose(g0[k], g1[k], atol=1e-6, rtol=1e-4), k
+    if not use_lora:
+        assert any("embed_tokens" in k for k in steps1[0][1]) and (tie or any("lm_head" in k for k in steps1[0][1]))
