@@ -3,9 +3,10 @@
     python bench/sft_quality.py --variant trl_default            # TRL's SFTConfig defaults, 2 epochs, LoRA r16
     python bench/sft_quality.py --variant padded --epochs 2
     python bench/sft_quality.py --variant lancy                  # what `lancy sft` does (its config and trainer)
+    python bench/sft_quality.py --variant lancy --full           # full fine-tuning instead of LoRA
 
 Each variant trains on the finsent train split that `lancy sft` uses (the same seeded 90%), on SmolLM2-135M with
-LoRA r16 on every linear layer, then the 75 held-out test sentences are scored with lancy's `score` and `generate`
+LoRA r16 on every linear layer (or every weight, --full), then the 75 held-out test sentences are scored with lancy's `score` and `generate`
 methods. Prints wall time, eval loss where the trainer has one, and one JSON line.
 """
 
@@ -27,6 +28,7 @@ def main() -> None:
     p.add_argument("--model", default="smollm2-135m-instruct")
     p.add_argument("--epochs", type=float, default=2.0)
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA r16")
     opts = p.parse_args()
 
     from peft import LoraConfig
@@ -39,11 +41,13 @@ def main() -> None:
     from lancy_trl.models import load_model, lora_targets, pick_device, resolve_model
 
     device = pick_device("auto")
-    args = resolve(SFTArgs, flags={"model": opts.model, "num_train_epochs": opts.epochs, "batch_size": opts.batch_size})
+    args = resolve(SFTArgs, flags={"model": opts.model, "num_train_epochs": opts.epochs, "batch_size": opts.batch_size,
+                                   "use_lora": not opts.full})
     data = build_data(args)
     loaded = load_model(resolve_model(opts.model), args, device=device)
     model, tok = loaded.model, loaded.tokenizer
-    peft_config = LoraConfig(r=16, lora_alpha=32, target_modules=lora_targets(model), task_type="CAUSAL_LM")
+    peft_config = None if opts.full else LoraConfig(r=16, lora_alpha=32, target_modules=lora_targets(model),
+                                                    task_type="CAUSAL_LM")
     out = tempfile.mkdtemp(prefix=f"lancy-quality-{opts.variant}-")
     common = dict(output_dir=out, num_train_epochs=opts.epochs, per_device_train_batch_size=opts.batch_size,
                   report_to="none", save_strategy="no", disable_tqdm=True, use_cpu=device == "cpu", seed=42)
@@ -58,25 +62,30 @@ def main() -> None:
             return tok(text, truncation=True, max_length=args.max_length, padding="max_length")
 
         train = data.train.map(render, remove_columns=data.train.column_names)
-        trainer = Trainer(model=get_peft_model(model, peft_config), args=TrainingArguments(**common, bf16=bf16),
+        if peft_config is not None:
+            model = get_peft_model(model, peft_config)
+        trainer = Trainer(model=model, args=TrainingArguments(**common, bf16=bf16),
                           train_dataset=train, data_collator=DataCollatorForLanguageModeling(tok, mlm=False))
     else:
         from trl import SFTConfig, SFTTrainer
 
+        extra = {}
         if opts.variant == "trl_default":
             config, cls = SFTConfig(**common, bf16=bf16), SFTTrainer
         else:
-            from lancy_trl.train.sft import to_trl_config
+            from lancy_trl.train.sft import to_trl_config, trainer_options
             from lancy_trl.train.trainer import LancySFTTrainer
 
             config, cls = to_trl_config(args, Path(out), loaded.info, has_eval=False), LancySFTTrainer
             config.save_strategy = "no"
-        trainer = cls(model=model, args=config, train_dataset=data.train, processing_class=tok, peft_config=peft_config)
+            extra = trainer_options(args, loaded.info)
+        trainer = cls(model=model, args=config, train_dataset=data.train, processing_class=tok, peft_config=peft_config,
+                      **extra)
     result = trainer.train()
     seconds = time.perf_counter() - start
     spec, rows, labels = eval_rows(resolve(EvalArgs, flags={"dataset": "finsent"}), {})
     prompts, targets = [r["prompt"] for r in rows], [r["target"] for r in rows]
-    report = {"variant": opts.variant, "train_seconds": round(seconds, 1), "steps": result.global_step,
+    report = {"variant": opts.variant, "full": opts.full, "train_seconds": round(seconds, 1), "steps": result.global_step,
               "train_loss": result.training_loss}
     for method in ("score", "generate"):
         preds = [r["prediction"] for r in classify(trainer.model, tok, prompts, labels, method, 16)]

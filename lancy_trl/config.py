@@ -99,7 +99,7 @@ class TrainArgs:
     gradient_checkpointing: bool = opt(False, "Recompute activations in backward to save memory.")
     lean_activations: bool | None = opt(
         None, "Keep fewer activations for backward in Llama-style MLPs and RMSNorms (cheap elementwise recompute, "
-        "same gradients); default: on when training in fp32."
+        "same gradients) and add the embedding's and LM head's gradients in place; default: on when training in fp32."
     )
     checkpoint_layers: float = opt(
         0.0, "Share of decoder layers whose activations are recomputed in backward (0.5: every other layer); "
