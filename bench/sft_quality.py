@@ -6,8 +6,8 @@
     python bench/sft_quality.py --variant lancy --full           # full fine-tuning instead of LoRA
 
 Each variant trains on the finsent train split that `lancy sft` uses (the same seeded 90%), on SmolLM2-135M with
-LoRA r16 on every linear layer (or every weight, --full), then the 75 held-out test sentences are scored with lancy's `score` and `generate`
-methods. Prints wall time, eval loss where the trainer has one, and one JSON line.
+LoRA r16 on every linear layer (or every weight, --full), then the 75 held-out test sentences are scored with
+lancy's `score` and `generate` methods. Prints wall time, the final train loss, and one JSON line.
 """
 
 from __future__ import annotations
