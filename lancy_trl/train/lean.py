@@ -82,6 +82,65 @@ class GatedDown(torch.autograd.Function):
         return grad_g, grad_u, grad_w, grad_b, None
 
 
+class GatedLoraDown(torch.autograd.Function):
+    """A LoRA down projection of act(g) * u: linear(h, W, b) + s * (h A^T) B^T, keeping g, u and h A^T (rank-wide)."""
+
+    @staticmethod
+    def forward(ctx: Any, g: torch.Tensor, u: torch.Tensor, weight: torch.Tensor, bias: Any, a: torch.Tensor,
+                b: torch.Tensor, scaling: float, act: Any) -> torch.Tensor:
+        h = (act(g) * u).reshape(-1, g.shape[-1])
+        xa = h @ a.t()
+        out = F.linear(h, weight, bias).addmm_(xa, b.t(), alpha=scaling)
+        ctx.save_for_backward(g, u, xa)
+        ctx.weight, ctx.a, ctx.b, ctx.scaling, ctx.act, ctx.has_bias = weight, a, b, scaling, act, bias is not None
+        return out.view(*g.shape[:-1], out.shape[-1])
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> Any:
+        g, u, xa = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        g2 = grad.reshape(-1, grad.shape[-1])
+        with torch.enable_grad():
+            g_ = g.detach().requires_grad_()
+            act = ctx.act(g_)
+        h = (act.detach() * u).reshape(-1, g.shape[-1])
+        gb = (g2 @ ctx.b).mul_(ctx.scaling)  # gradient at the rank-wide h A^T, scaled
+        grad_w = g2.t() @ h if need[2] else None
+        grad_bias = g2.sum(0) if ctx.has_bias and need[3] else None
+        grad_a = gb.t() @ h if need[4] else None
+        grad_b = (g2.t() @ xa).mul_(ctx.scaling) if need[5] else None
+        grad_g = grad_u = None
+        if need[0] or need[1]:
+            grad_h = (g2 @ ctx.weight).addmm_(gb, ctx.a).view(g.shape)
+            grad_g = torch.autograd.grad(act, g_, grad_h * u)[0] if need[0] else None
+            grad_u = grad_h * act.detach() if need[1] else None
+        return grad_g, grad_u, grad_w, grad_bias, grad_a, grad_b, None, None
+
+
+def _lora_parts(module: Any) -> tuple[Any, ...] | None:
+    """(W, b, A, B, scaling) of a PEFT LoRA Linear with one plain adapter active (no dropout, DoRA or bias), else None."""
+    lora = _peft_lora_linear()
+    if lora is None or type(module) is not lora or module.disable_adapters or module.merged:
+        return None
+    names = [n for n in module.active_adapters if n in module.lora_A]
+    if len(names) != 1 or names[0] in module.lora_variant or type(module.base_layer) is not torch.nn.Linear:
+        return None
+    name = names[0]
+    a, b = module.lora_A[name], module.lora_B[name]
+    if type(module.lora_dropout[name]) is not torch.nn.Identity or a.bias is not None or b.bias is not None:
+        return None
+    base = module.base_layer
+    return base.weight, base.bias, a.weight, b.weight, module.scaling[name]
+
+
+def _peft_lora_linear() -> Any:
+    try:
+        from peft.tuners.lora.layer import Linear
+    except ImportError:
+        return None
+    return Linear
+
+
 class RMSNormFn(torch.autograd.Function):
     """weight * (x * rsqrt(mean(x^2) + eps)) in fp32, cast back as Llama's RMSNorm does, keeping x and rstd."""
 
@@ -187,6 +246,9 @@ def _mlp_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
     down = self.down_proj
     if type(down) is torch.nn.Linear:  # plain (full fine-tuning): the product is not kept for its weight's gradient
         return GatedDown.apply(self.gate_proj(x), self.up_proj(x), down.weight, down.bias, self.act_fn)
+    parts = _lora_parts(down)
+    if parts is not None:  # LoRA: the product is not kept for the adapter's A gradient either
+        return GatedLoraDown.apply(self.gate_proj(x), self.up_proj(x), *parts, self.act_fn)
     return down(GatedProduct.apply(self.gate_proj(x), self.up_proj(x), self.act_fn))
 
 
