@@ -55,42 +55,18 @@ class GatedProduct(torch.autograd.Function):
 
 
 class GatedDown(torch.autograd.Function):
-    """linear(act(g) * u, W, b), keeping g, u and W: the product is recomputed for W's gradient."""
+    """linear(h, W, b) [+ s * (h A^T) B^T with a LoRA adapter] for h = act(g) * u, keeping g, u and the rank-wide
+    h A^T: h is recomputed in backward for the gradients of W and A, which would otherwise keep it."""
 
     @staticmethod
-    def forward(ctx: Any, g: torch.Tensor, u: torch.Tensor, weight: torch.Tensor, bias: Any, act: Any) -> torch.Tensor:
-        ctx.save_for_backward(g, u, weight)
-        ctx.act, ctx.has_bias = act, bias is not None
-        return F.linear(act(g) * u, weight, bias)
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> Any:
-        g, u, weight = ctx.saved_tensors
-        with torch.enable_grad():
-            g_ = g.detach().requires_grad_()
-            a = ctx.act(g_)
-        a = a.detach() if not ctx.needs_input_grad[0] else a
-        grad_h = grad @ weight
-        grad_w = grad_b = None
-        if ctx.needs_input_grad[2]:
-            h = a.detach() * u
-            grad_w = grad.reshape(-1, grad.shape[-1]).t() @ h.reshape(-1, h.shape[-1])
-        if ctx.has_bias and ctx.needs_input_grad[3]:
-            grad_b = grad.reshape(-1, grad.shape[-1]).sum(0)
-        grad_g = torch.autograd.grad(a, g_, grad_h * u)[0] if ctx.needs_input_grad[0] else None
-        grad_u = grad_h * a.detach() if ctx.needs_input_grad[1] else None
-        return grad_g, grad_u, grad_w, grad_b, None
-
-
-class GatedLoraDown(torch.autograd.Function):
-    """A LoRA down projection of act(g) * u: linear(h, W, b) + s * (h A^T) B^T, keeping g, u and h A^T (rank-wide)."""
-
-    @staticmethod
-    def forward(ctx: Any, g: torch.Tensor, u: torch.Tensor, weight: torch.Tensor, bias: Any, a: torch.Tensor,
-                b: torch.Tensor, scaling: float, act: Any) -> torch.Tensor:
+    def forward(ctx: Any, g: torch.Tensor, u: torch.Tensor, weight: torch.Tensor, bias: Any, a: Any, b: Any,
+                scaling: float, act: Any) -> torch.Tensor:
         h = (act(g) * u).reshape(-1, g.shape[-1])
-        xa = h @ a.t()
-        out = F.linear(h, weight, bias).addmm_(xa, b.t(), alpha=scaling)
+        out = F.linear(h, weight, bias)
+        xa = None
+        if a is not None:
+            xa = h @ a.t()
+            out.addmm_(xa, b.t(), alpha=scaling)
         ctx.save_for_backward(g, u, xa)
         ctx.weight, ctx.a, ctx.b, ctx.scaling, ctx.act, ctx.has_bias = weight, a, b, scaling, act, bias is not None
         return out.view(*g.shape[:-1], out.shape[-1])
@@ -104,14 +80,19 @@ class GatedLoraDown(torch.autograd.Function):
             g_ = g.detach().requires_grad_()
             act = ctx.act(g_)
         h = (act.detach() * u).reshape(-1, g.shape[-1])
-        gb = (g2 @ ctx.b).mul_(ctx.scaling)  # gradient at the rank-wide h A^T, scaled
         grad_w = g2.t() @ h if need[2] else None
         grad_bias = g2.sum(0) if ctx.has_bias and need[3] else None
-        grad_a = gb.t() @ h if need[4] else None
-        grad_b = (g2.t() @ xa).mul_(ctx.scaling) if need[5] else None
+        gb = grad_a = grad_b = None
+        if xa is not None:
+            gb = (g2 @ ctx.b).mul_(ctx.scaling)  # the gradient at h A^T, scaled
+            grad_a = gb.t() @ h if need[4] else None
+            grad_b = (g2.t() @ xa).mul_(ctx.scaling) if need[5] else None
         grad_g = grad_u = None
         if need[0] or need[1]:
-            grad_h = (g2 @ ctx.weight).addmm_(gb, ctx.a).view(g.shape)
+            grad_h = g2 @ ctx.weight
+            if gb is not None:
+                grad_h.addmm_(gb, ctx.a)
+            grad_h = grad_h.view(g.shape)
             grad_g = torch.autograd.grad(act, g_, grad_h * u)[0] if need[0] else None
             grad_u = grad_h * act.detach() if need[1] else None
         return grad_g, grad_u, grad_w, grad_bias, grad_a, grad_b, None, None
@@ -244,11 +225,12 @@ def _plain_vocab_modules(model: Any) -> list[tuple[Any, Any]]:
 
 def _mlp_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
     down = self.down_proj
-    if type(down) is torch.nn.Linear:  # plain (full fine-tuning): the product is not kept for its weight's gradient
-        return GatedDown.apply(self.gate_proj(x), self.up_proj(x), down.weight, down.bias, self.act_fn)
-    parts = _lora_parts(down)
-    if parts is not None:  # LoRA: the product is not kept for the adapter's A gradient either
-        return GatedLoraDown.apply(self.gate_proj(x), self.up_proj(x), *parts, self.act_fn)
+    if type(down) is torch.nn.Linear:  # plain (full fine-tuning)
+        parts: tuple[Any, ...] | None = (down.weight, down.bias, None, None, 0.0)
+    else:
+        parts = _lora_parts(down)
+    if parts is not None:  # the product is not kept for the weight's or the adapter's A gradient
+        return GatedDown.apply(self.gate_proj(x), self.up_proj(x), *parts, self.act_fn)
     return down(GatedProduct.apply(self.gate_proj(x), self.up_proj(x), self.act_fn))
 
 
