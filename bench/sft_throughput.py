@@ -147,6 +147,7 @@ def run_variant(variant: str, opts: argparse.Namespace) -> dict:
         return wrapped
 
     times: list[float] = []
+    computed: list[int] = []  # lancy: tokens its decoder layers computed so far, at the end of each step
 
     class Timer(TrainerCallback):
         def on_step_begin(self, a, state, control, **kw):
@@ -158,6 +159,7 @@ def run_variant(variant: str, opts: argparse.Namespace) -> dict:
             if device == "cuda":
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - self.t)
+            computed.append(getattr(trainer, "body_tokens", 0))
 
     peft_config = None
     if opts.lora:
@@ -216,12 +218,15 @@ def run_variant(variant: str, opts: argparse.Namespace) -> dict:
     # step i consumed batch i; drop the warm-up step
     ga = trainer.args.gradient_accumulation_steps  # the collator runs once per micro-batch
     tokens, seconds = sum(counts[ga: ga * len(times)]), sum(times[1:])
+    # the tokens the decoder layers computed: the real tokens, but lancy computes a batch's shared prefix once
+    body_tokens = computed[-1] - computed[0] if computed[-1] else tokens
     peak = (torch.cuda.max_memory_allocated() / 2**20 if device == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     base = loaded.model
     head = base.get_output_embeddings().weight
     n_body = sum(p.numel() for n, p in base.named_parameters() if "embed" not in n and "lora_" not in n and p is not head)
     return {"variant": variant, "tokens_per_s": tokens / seconds, "step_s": seconds / max(1, len(times) - 1),
+            "computed_share": body_tokens / max(tokens, 1),
             "peak_mb": peak, "heap_mb": heap_mb, "device": device, "params_body": n_body, "params_head": head.numel(),
             "loss_token_share": sum(loss_counts[ga: ga * len(times)]) / max(tokens, 1),
             "precision": "bf16" if (bf16_ok or getattr(trainer.args, "bf16", False)) else "fp32"}
@@ -270,25 +275,28 @@ def main() -> None:
     peaks = {dt: matmul_peak(device, dt) for dt in ("float32", "bfloat16")} if device == "cuda" else {
         "float32": matmul_peak(device, "float32")}
     # Model FLOPs per token: the body (2N forward + 2N input gradients, + 2N weight gradients without LoRA's frozen
-    # base) for every token, and the LM head only for the tokens the objective learns from (every token for the
-    # padded baseline, the answers for completion-only loss). Work beyond that (a head over prompt tokens) is waste.
+    # base) for every token it computes (the real tokens; for lancy, a batch's shared prefix once), and the LM head
+    # only for the tokens the objective learns from (every token for the padded baseline, the answers for
+    # completion-only loss). Work beyond that (padding, a head over prompt tokens) is waste.
     k = 4 if opts.lora else 6
     summary = {}
     heap = " heap MB" if opts.heap and device == "cpu" else ""
-    print(f"\n{'variant':12s} {'tok/s':>8s} {'step s':>8s} {'MFU':>6s} {'peak MB':>9s}{heap}  ({device}, {torch.__version__})")
+    print(f"\n{'variant':12s} {'tok/s':>8s} {'step s':>8s} {'computed':>8s} {'MFU':>6s} {'peak MB':>9s}{heap}  "
+          f"({device}, {torch.__version__})")
     for variant, runs in results.items():
         tps = statistics.median(r["tokens_per_s"] for r in runs)
         peak = peaks["bfloat16" if runs[0]["precision"] == "bf16" else "float32"] if device == "cuda" else peaks["float32"]
         share = statistics.median(r["loss_token_share"] for r in runs)
-        flops_per_token = k * (runs[0]["params_body"] + share * runs[0]["params_head"])
+        computed = statistics.median(r["computed_share"] for r in runs)
+        flops_per_token = k * (computed * runs[0]["params_body"] + share * runs[0]["params_head"])
         mfu = tps * flops_per_token / (peak * 1e9)
         summary[variant] = {"tokens_per_s": tps, "mfu": mfu, "peak_mb": max(r["peak_mb"] for r in runs),
-                            "loss_token_share": share,
+                            "loss_token_share": share, "computed_share": computed,
                             "step_s": statistics.median(r["step_s"] for r in runs), "precision": runs[0]["precision"]}
         s = summary[variant]
         if heap:
             s["heap_mb"] = max(r["heap_mb"] for r in runs)
-        print(f"{variant:12s} {tps:8.1f} {s['step_s']:8.2f} {mfu:6.1%} {s['peak_mb']:9.0f}"
+        print(f"{variant:12s} {tps:8.1f} {s['step_s']:8.2f} {computed:8.0%} {mfu:6.1%} {s['peak_mb']:9.0f}"
               + (f" {s['heap_mb']:7.0f}" if heap else ""))
     report = {
         "model": opts.model, "device": device, "lora": opts.lora, "steps": opts.steps, "repeats": opts.repeats,

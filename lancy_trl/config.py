@@ -101,6 +101,10 @@ class TrainArgs:
         None, "Keep fewer activations for backward in Llama-style MLPs and RMSNorms (cheap elementwise recompute, "
         "same gradients) and add the embedding's and LM head's gradients in place; default: on when training in fp32."
     )
+    shared_prefix: bool | None = opt(
+        None, "Compute the tokens all examples of a batch start with (chat header, system prompt, instruction) once "
+        "per batch instead of once per example; same loss and gradients. Default: on with SDPA attention."
+    )
     checkpoint_layers: float = opt(
         0.0, "Share of decoder layers whose activations are recomputed in backward (0.5: every other layer); "
         "a memory/compute dial below --gradient-checkpointing, which is all of them."

@@ -68,9 +68,20 @@ def use_lean_activations(args: SFTArgs, info: dict[str, Any]) -> bool:
     return info["precision"] == "fp32" if args.lean_activations is None else args.lean_activations
 
 
+def use_shared_prefix(args: SFTArgs, info: dict[str, Any]) -> bool:
+    """Shared-prefix batches (lancy_trl/train/prefix.py) where attention is transformers' SDPA, which they extend.
+    Flash-attention runs pack examples into rows with no padding at all (default_packing), a different layout."""
+    sdpa = info["attn_implementation"] == "sdpa"
+    if args.shared_prefix and not sdpa:
+        raise LancyError(f"--shared-prefix needs SDPA attention (this run uses {info['attn_implementation']}): "
+                         "pass --attn-implementation sdpa or drop --shared-prefix")
+    return sdpa if args.shared_prefix is None else args.shared_prefix
+
+
 def trainer_options(args: SFTArgs, info: dict[str, Any]) -> dict[str, Any]:
     """LancySFTTrainer's own keyword arguments for a run (the bench builds lancy's trainer with the same)."""
-    return {"checkpoint_layers": args.checkpoint_layers, "lean_activations": use_lean_activations(args, info)}
+    return {"checkpoint_layers": args.checkpoint_layers, "lean_activations": use_lean_activations(args, info),
+            "shared_prefix": use_shared_prefix(args, info)}
 
 
 def to_trl_config(args: SFTArgs, run_dir: Path, info: dict[str, Any], has_eval: bool) -> Any:
@@ -169,7 +180,7 @@ def run_sft(args: SFTArgs, console: Any, flags: dict[str, Any] | None = None) ->
     source = resolve_model(args.model, log=console.print)
     with console.status(f"Loading {source.path}..."):
         loaded = load_model(source, args, device=device)
-    use_lean_activations(args, loaded.info)  # refuses --lean-activations with bf16 before a run directory exists
+    trainer_options(args, loaded.info)  # refuses impossible --lean-activations / --shared-prefix before a run directory exists
     with console.status("Counting tokens..."):
         data_report = fit_to_model(data, loaded.tokenizer, args)
     if checkpoint is None:

@@ -43,9 +43,16 @@ def checkpoint_share(model: Any, share: float) -> int:
 
 
 class LancySFTTrainer(SFTTrainer):
-    def __init__(self, *args: Any, checkpoint_layers: float = 0.0, lean_activations: bool = False, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, checkpoint_layers: float = 0.0, lean_activations: bool = False,
+                 shared_prefix: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.checkpointed_layers = self.lean_modules = 0
+        self.shared_prefix = shared_prefix
+        self.body_tokens = 0  # training tokens the decoder layers computed, padding aside (a shared prefix once a batch)
+        if shared_prefix:
+            from lancy_trl.train.prefix import install
+
+            install()
         if checkpoint_layers and not self.args.gradient_checkpointing:
             self.checkpointed_layers = checkpoint_share(self.model, checkpoint_layers)
         if lean_activations:  # fp32 only: the lean backward formulas do not follow autocast
@@ -60,6 +67,14 @@ class LancySFTTrainer(SFTTrainer):
             and self.label_smoother is None and getattr(args, "loss_type", "nll") == "nll" and supports_compact_loss(model)
         )
 
+    def _plan_shared_prefix(self, forward: dict[str, Any], labels: Any) -> Any:
+        """(packed inputs, layout) when this batch's rows share a prefix (lancy_trl/train/prefix.py), else None."""
+        if not self.shared_prefix or set(forward) - {"input_ids", "attention_mask"} or "input_ids" not in forward:
+            return None
+        from lancy_trl.train.prefix import plan
+
+        return plan(forward["input_ids"], forward.get("attention_mask"), labels)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if "labels" not in inputs or not self._compact(model):
             return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
@@ -68,10 +83,23 @@ class LancySFTTrainer(SFTTrainer):
         mode = "train" if self.model.training else "eval"
         labels = inputs["labels"]
         rows, cols = torch.nonzero(labels[:, 1:] != -100, as_tuple=True)  # hidden position cols predicts cols + 1
-        keep = torch.unique(cols) if len(cols) else torch.zeros(1, dtype=torch.long, device=labels.device)
         forward = {k: v for k, v in inputs.items() if k != "labels"}
-        outputs = model(**forward, use_cache=False, logits_to_keep=keep)
-        logits = outputs.logits[rows, torch.searchsorted(keep, cols)].float()  # (answer tokens, vocab)
+        packed = self._plan_shared_prefix(forward, labels) if len(cols) else None
+        if packed is None:
+            keep = torch.unique(cols) if len(cols) else torch.zeros(1, dtype=torch.long, device=labels.device)
+            outputs = model(**forward, use_cache=False, logits_to_keep=keep)
+            logits = outputs.logits[rows, torch.searchsorted(keep, cols)].float()  # (answer tokens, vocab)
+            body = int(forward["attention_mask"].sum()) if "attention_mask" in forward else labels.numel()
+        else:
+            from lancy_trl.train.prefix import KEY
+
+            batch, layout = packed
+            positions = layout.packed_position(rows, cols)
+            keep = torch.unique(positions)
+            outputs = model(**batch, **{KEY: layout}, use_cache=False, logits_to_keep=keep)
+            layout.check(model)
+            logits = outputs.logits[0, torch.searchsorted(keep, positions)].float()
+            body = layout.tokens
         targets = labels[rows, cols + 1]
         logp = torch.log_softmax(logits, dim=-1)
         per_token = -logp.gather(1, targets[:, None]).squeeze(1)
@@ -84,6 +112,7 @@ class LancySFTTrainer(SFTTrainer):
         self._metrics[mode]["entropy"].append(entropy)
         self._metrics[mode]["mean_token_accuracy"].append(accuracy)
         if mode == "train":
+            self.body_tokens += body
             if "attention_mask" in inputs:
                 self._total_train_tokens += int(inputs["attention_mask"].sum().item())
             else:

@@ -1,0 +1,126 @@
+"""Shared-prefix batches: the common prefix computed once gives the batch's loss and gradients."""
+
+import pytest
+
+
+def rows_with_header(words: list[tuple[str, str]]) -> list[dict]:
+    system = {"role": "system", "content": "you are a financial analyst classify the sentiment"}
+    return [
+        {"prompt": [system, {"role": "user", "content": f"sentence: {text}"}],
+         "completion": [{"role": "assistant", "content": answer}]}
+        for text, answer in words
+    ]
+
+
+ROWS = rows_with_header([
+    ("profit rose", "positive"), ("sales fell for the quarter", "negative"),
+    ("the board will meet", "neutral sentiment"), ("net margin increased to a record", "positive"),
+])
+
+
+def test_plan_packs_the_common_prefix_once():
+    import torch
+
+    from lancy_trl.train.prefix import plan
+
+    ids = torch.tensor([[5, 6, 7, 8, 9, 0], [5, 6, 7, 3, 0, 0], [5, 6, 4, 4, 4, 4]])
+    mask = (ids != 0).long()
+    labels = torch.full_like(ids, -100)
+    labels[:, 4:] = ids[:, 4:]  # rows 0 and 2 learn from position 4 on: hidden position 3 predicts it
+    batch, layout = plan(ids, mask, labels)
+    assert layout.prefix == 2  # rows share [5, 6]
+    assert batch["input_ids"].tolist() == [[5, 6, 7, 8, 9, 7, 3, 4, 4, 4, 4]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 4, 2, 3, 2, 3, 4, 5]]
+    assert layout.tokens == 11 and layout.packed_position(torch.tensor([2]), torch.tensor([3])).tolist() == [8]
+    assert layout.mask.shape == (3, 1, 4, 6) and layout.mask[1, 0, 1].tolist() == [True, True, True, True, False, False]
+    labels[:, 2:] = ids[:, 2:]  # position 1 predicts a label now: the prefix stops before it
+    assert plan(ids, mask, labels)[1].prefix == 1
+    labels[:, 1:] = ids[:, 1:]
+    assert plan(ids, mask, labels) is None  # nothing left to share
+    assert plan(ids[:1], mask[:1], labels[:1]) is None  # one row
+    left = torch.tensor([[0, 5, 6, 7], [5, 6, 7, 8]])
+    assert plan(left, (left != 0).long(), torch.full_like(left, -100)) is None  # left padding: batch runs as it is
+    other = torch.tensor([[1, 6, 7, 8], [5, 6, 7, 8]])
+    assert plan(other, None, torch.full_like(other, -100)) is None  # first tokens differ
+
+
+@pytest.mark.parametrize(("arch", "use_lora", "lean", "checkpoint"),
+                         [("llama", False, False, 0.0), ("llama", True, True, 0.0), ("qwen2", False, True, 0.0),
+                          ("llama", False, True, 1.0)])
+def test_shared_prefix_keeps_loss_and_gradients(tmp_path, arch, use_lora, lean, checkpoint):
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig
+
+    from lancy_trl.train.trainer import LancySFTTrainer
+    from tests.conftest import build_tiny_model
+
+    path = build_tiny_model(tmp_path / arch, arch)
+    tok = AutoTokenizer.from_pretrained(path)
+    tok.pad_token = "<|endoftext|>"
+    results = []
+    for shared in (False, True):
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="sdpa")
+        config = SFTConfig(output_dir=str(tmp_path / str(shared)), per_device_train_batch_size=4, report_to="none",
+                           bf16=False, use_cpu=True, gradient_checkpointing=False, max_length=256)
+        peft = LoraConfig(r=4, target_modules=["q_proj", "k_proj", "v_proj", "down_proj"],
+                          init_lora_weights=False) if use_lora else None
+        trainer = LancySFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(ROWS), processing_class=tok,
+                                  peft_config=peft, shared_prefix=shared, lean_activations=lean,
+                                  checkpoint_layers=checkpoint)
+        batch = next(iter(trainer.get_train_dataloader()))
+        trainer.model.train()
+        planned = trainer._plan_shared_prefix({k: v for k, v in batch.items() if k != "labels"}, batch["labels"])
+        assert (planned is not None) is shared
+        if shared:
+            assert planned[1].prefix >= 10 and planned[1].tokens < batch["attention_mask"].sum()  # header shared
+        n = (batch["labels"][:, 1:] != -100).sum()
+        loss = trainer.compute_loss(trainer.model, dict(batch), num_items_in_batch=n)
+        loss.backward()
+        grads = {k: p.grad.clone() for k, p in trainer.model.named_parameters() if p.grad is not None}
+        results.append((loss.item(), grads, trainer.body_tokens))
+    (loss0, g0, body0), (loss1, g1, body1) = results
+    assert loss1 == pytest.approx(loss0, rel=1e-5) and g0.keys() == g1.keys() and g0
+    for k in g0:
+        assert torch.allclose(g0[k], g1[k], atol=1e-6, rtol=1e-4), k
+    assert body1 < body0
+
+
+def test_shared_prefix_refuses_a_model_whose_attention_ignores_it(tiny_model, tmp_path):
+    """Eager attention does not read the layout: attending over the packed row would mix examples, so it stops."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig
+
+    from lancy_trl.errors import LancyError
+    from lancy_trl.train.trainer import LancySFTTrainer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    tok.pad_token = "<|endoftext|>"
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, attn_implementation="eager")
+    config = SFTConfig(output_dir=str(tmp_path), per_device_train_batch_size=4, report_to="none", bf16=False,
+                       use_cpu=True, gradient_checkpointing=False, max_length=64)
+    trainer = LancySFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(ROWS), processing_class=tok,
+                              shared_prefix=True)
+    batch = next(iter(trainer.get_train_dataloader()))
+    with pytest.raises(LancyError, match="--no-shared-prefix"):
+        trainer.compute_loss(trainer.model, dict(batch))
+    with torch.no_grad():  # the model itself is untouched: the SDPA wrapper passes every other call through
+        model(input_ids=batch["input_ids"])
+
+
+def test_shared_prefix_default_follows_attention():
+    from lancy_trl.config import SFTArgs, resolve
+    from lancy_trl.errors import LancyError
+    from lancy_trl.train.sft import use_shared_prefix
+
+    args = resolve(SFTArgs)
+    assert use_shared_prefix(args, {"attn_implementation": "sdpa"}) is True
+    assert use_shared_prefix(args, {"attn_implementation": "flash_attention_2"}) is False
+    assert use_shared_prefix(resolve(SFTArgs, flags={"shared_prefix": False}), {"attn_implementation": "sdpa"}) is False
+    with pytest.raises(LancyError, match="--shared-prefix needs SDPA"):
+        use_shared_prefix(resolve(SFTArgs, flags={"shared_prefix": True}), {"attn_implementation": "eager"})
