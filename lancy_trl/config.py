@@ -82,7 +82,7 @@ class TrainArgs:
     gradient_accumulation_steps: int = opt(1, "Batches per optimizer step.")
     micro_batch_size: int | None = opt(
         None, "Examples per forward/backward pass; each batch is split into micro-batches whose gradients add up to "
-        "the batch's. Default: 4 on CPU with LoRA (activations are most of the memory there), the whole batch otherwise."
+        "the batch's (less activation memory, less speed). Default: the whole batch."
     )
     max_length: int = opt(256, "Longest tokenized sequence; with packing, the packed row length.")
     learning_rate: float | None = opt(None, "Peak learning rate; default 2e-4 with LoRA, 2e-5 for full fine-tuning.")
@@ -103,7 +103,7 @@ class TrainArgs:
     )
     shared_prefix: bool | None = opt(
         None, "Compute the tokens all examples of a batch start with (chat header, system prompt, instruction) once "
-        "per batch instead of once per example; same loss and gradients. Default: on with SDPA attention."
+        "per batch instead of once per example; same loss and gradients. Default: on on CPU with SDPA attention."
     )
     checkpoint_layers: float = opt(
         0.0, "Share of decoder layers whose activations are recomputed in backward (0.5: every other layer); "

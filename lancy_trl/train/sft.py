@@ -45,17 +45,17 @@ def default_pad_multiple(device: str) -> int | None:
     return 64 if device == "cuda" else None
 
 
-def micro_batches(args: SFTArgs, device: str) -> tuple[int, int]:
+def micro_batches(args: SFTArgs) -> tuple[int, int]:
     """(examples per forward/backward, micro-batches per optimizer step) for `--batch-size` x `--gradient-accumulation-steps`.
 
-    On CPU with LoRA the frozen weights and the small adapter state leave activations as the bulk of the peak memory,
-    so lancy runs a batch as micro-batches of 4: the same examples make each step (TRL groups lengths over the whole
-    step) and the loss is normalised over all of the step's answer tokens, so the gradients are the batch's. Measured
-    on SmolLM2-135M: peak RSS 1.87-1.94 GB against 2.5 GB for whole batches of 8 and 2.25-2.31 GB for TRL's
-    checkpointed defaults, at 10-15% less speed than whole batches (README, performance). With full fine-tuning the peak is weights,
-    gradients and AdamW state, which micro-batches do not lower, so batches stay whole.
+    Whole batches by default. `--micro-batch-size` splits each batch into micro-batches (the largest divisor of the
+    batch that fits): the same examples make each step (TRL groups lengths over the whole step) and the loss is
+    normalised over all of the step's answer tokens, so the gradients are the batch's, for less activation memory at
+    less speed. Lancy split LoRA batches on CPU into micro-batches of 4 by default until shared-prefix batches cut
+    the activations: whole batches of 8 then measured 1.80 GB peak RSS against 2.32 GB for TRL's checkpointed
+    defaults, at 1.6x the speed of micro-batches (README, performance).
     """
-    micro = args.micro_batch_size or (4 if device == "cpu" and args.use_lora else args.batch_size)
+    micro = args.micro_batch_size or args.batch_size
     micro = max(d for d in range(1, min(micro, args.batch_size) + 1) if args.batch_size % d == 0)
     return micro, args.gradient_accumulation_steps * (args.batch_size // micro)
 
@@ -69,13 +69,14 @@ def use_lean_activations(args: SFTArgs, info: dict[str, Any]) -> bool:
 
 
 def use_shared_prefix(args: SFTArgs, info: dict[str, Any]) -> bool:
-    """Shared-prefix batches (lancy_trl/train/prefix.py) where attention is transformers' SDPA, which they extend.
-    Flash-attention runs pack examples into rows with no padding at all (default_packing), a different layout."""
+    """Shared-prefix batches (lancy_trl/train/prefix.py) need transformers' SDPA attention, which they extend. On by
+    default on CPU, where they were measured (README, performance); on a GPU each batch's packed length is a new shape
+    (which `default_pad_multiple` avoids there) and the trade has not been measured, so there it is opt-in."""
     sdpa = info["attn_implementation"] == "sdpa"
     if args.shared_prefix and not sdpa:
         raise LancyError(f"--shared-prefix needs SDPA attention (this run uses {info['attn_implementation']}): "
                          "pass --attn-implementation sdpa or drop --shared-prefix")
-    return sdpa if args.shared_prefix is None else args.shared_prefix
+    return sdpa and info["device"] == "cpu" if args.shared_prefix is None else args.shared_prefix
 
 
 def trainer_options(args: SFTArgs, info: dict[str, Any]) -> dict[str, Any]:
@@ -91,7 +92,7 @@ def to_trl_config(args: SFTArgs, run_dir: Path, info: dict[str, Any], has_eval: 
     device, precision = info["device"], info["precision"]
     packing = default_packing(info["attn_implementation"]) if args.packing is None else args.packing
     eval_steps = args.eval_steps
-    micro, accumulation = micro_batches(args, device)
+    micro, accumulation = micro_batches(args)
     return SFTConfig(
         output_dir=str(run_dir / "checkpoints"),
         per_device_train_batch_size=micro,
@@ -301,7 +302,7 @@ def _train(args, run_dir, checkpoint, data, loaded, device, console, lora_target
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     info.update(trainable_params=trainable, packing=trl_config.packing, pad_to_multiple_of=trl_config.pad_to_multiple_of,
                 micro_batch_size=trl_config.per_device_train_batch_size, checkpointed_layers=trainer.checkpointed_layers,
-                lean_modules=trainer.lean_modules)
+                lean_modules=trainer.lean_modules, shared_prefix=trainer.shared_prefix)
     facts = {**{k: v for k, v in info.items() if v is not None}, **{f"version_{k}": v for k, v in _versions().items()}}
     trainer.add_callback(RunFacts(writer, facts, {"trainable_params": trainable, "total_params": info["total_params"]}))
     runs.update(run_dir, model_info=info)

@@ -118,9 +118,11 @@ def test_shared_prefix_default_follows_attention():
     from lancy_trl.errors import LancyError
     from lancy_trl.train.sft import use_shared_prefix
 
-    args = resolve(SFTArgs)
-    assert use_shared_prefix(args, {"attn_implementation": "sdpa"}) is True
-    assert use_shared_prefix(args, {"attn_implementation": "flash_attention_2"}) is False
-    assert use_shared_prefix(resolve(SFTArgs, flags={"shared_prefix": False}), {"attn_implementation": "sdpa"}) is False
+    args, cpu, cuda = resolve(SFTArgs), {"attn_implementation": "sdpa", "device": "cpu"}, {"device": "cuda"}
+    assert use_shared_prefix(args, cpu) is True
+    assert use_shared_prefix(args, {**cpu, "attn_implementation": "flash_attention_2"}) is False
+    assert use_shared_prefix(args, {**cpu, **cuda}) is False  # not measured on a GPU: opt-in there
+    assert use_shared_prefix(resolve(SFTArgs, flags={"shared_prefix": True}), {**cpu, **cuda}) is True
+    assert use_shared_prefix(resolve(SFTArgs, flags={"shared_prefix": False}), cpu) is False
     with pytest.raises(LancyError, match="--shared-prefix needs SDPA"):
-        use_shared_prefix(resolve(SFTArgs, flags={"shared_prefix": True}), {"attn_implementation": "eager"})
+        use_shared_prefix(resolve(SFTArgs, flags={"shared_prefix": True}), {**cpu, "attn_implementation": "eager"})

@@ -22,10 +22,11 @@ def test_batches_are_padded_to_a_multiple_by_device(tmp_path, device, flags, exp
 
 
 @pytest.mark.parametrize(("device", "flags", "expected"), [
-    ("cpu", {}, (4, 2)),  # LoRA on CPU: micro-batches of 4
-    ("cpu", {"use_lora": False}, (8, 1)),  # full fine-tuning: whole batches
+    ("cpu", {}, (8, 1)),  # whole batches
+    ("cpu", {"use_lora": False}, (8, 1)),
     ("cuda", {}, (8, 1)),
-    ("cpu", {"batch_size": 6}, (3, 2)),  # the largest divisor of the batch that fits
+    ("cpu", {"micro_batch_size": 4}, (4, 2)),
+    ("cpu", {"batch_size": 6, "micro_batch_size": 4}, (3, 2)),  # the largest divisor of the batch that fits
     ("cpu", {"batch_size": 2, "gradient_accumulation_steps": 3}, (2, 3)),
     ("cpu", {"micro_batch_size": 8}, (8, 1)),
     ("cuda", {"micro_batch_size": 2, "gradient_accumulation_steps": 2}, (2, 8)),
