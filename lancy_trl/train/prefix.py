@@ -140,6 +140,10 @@ def attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.
     layout = kwargs.pop(KEY, None)
     if layout is None:
         return _installed["sdpa"](module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
-    if kwargs.get("sliding_window") is not None or kwargs.get("softcap") is not None:
-        raise ValueError("shared-prefix batches support full causal attention only (no sliding window, no softcap)")
+    window = kwargs.get("sliding_window")
+    if kwargs.get("softcap") is not None or (window is not None and window < layout.prefix + layout.index.shape[1]):
+        from lancy_trl.errors import LancyError
+
+        raise LancyError("this model's attention has a sliding window shorter than its batches or a logit softcap, "
+                         "which shared-prefix batches do not reproduce; pass --no-shared-prefix")
     return layout.attend(query, key, value, dropout, scaling), None

@@ -310,6 +310,7 @@ def _train(args, run_dir, checkpoint, data, loaded, device, console, lora_target
         f"[bold]{run_dir}[/]\n  {info['architecture']} on {device} ({info['precision']}, {info['attn_implementation']}), "
         f"{trainable:,} of {info['total_params']:,} parameters trained, {len(data.train)} examples, "
         f"packing {'on' if trl_config.packing else 'off'}"
+        + (", shared prefixes computed once per batch" if trainer.shared_prefix else "")
         + (f", batches of {args.batch_size} run as micro-batches of {trl_config.per_device_train_batch_size}"
            if trl_config.per_device_train_batch_size < args.batch_size else "")
     )

@@ -126,3 +126,20 @@ def test_shared_prefix_default_follows_attention():
     assert use_shared_prefix(resolve(SFTArgs, flags={"shared_prefix": False}), cpu) is False
     with pytest.raises(LancyError, match="--shared-prefix needs SDPA"):
         use_shared_prefix(resolve(SFTArgs, flags={"shared_prefix": True}), {**cpu, "attn_implementation": "eager"})
+
+
+def test_shared_prefix_refuses_a_sliding_window_it_would_not_reproduce():
+    import torch
+
+    from lancy_trl.errors import LancyError
+    from lancy_trl.train.prefix import attention, plan
+
+    ids = torch.tensor([[5, 6, 7, 8], [5, 6, 9, 9]])
+    labels = torch.full_like(ids, -100)
+    labels[:, 3] = ids[:, 3]
+    batch, layout = plan(ids, None, labels)
+    q = torch.randn(1, 2, layout.tokens, 4)
+    out, _ = attention(None, q, q, q, None, sliding_window=4, **{"lancy_prefix_layout": layout})  # window covers it
+    assert out.shape == (1, layout.tokens, 2, 4)
+    with pytest.raises(LancyError, match="--no-shared-prefix"):
+        attention(None, q, q, q, None, sliding_window=2, **{"lancy_prefix_layout": layout})
