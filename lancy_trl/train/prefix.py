@@ -18,7 +18,8 @@ gradient with the unchanged batch.
 
 It changes the SDPA attention function only when a batch passes a layout (the `lancy_prefix_layout` keyword reaches
 attention through transformers' `**kwargs`, so gradient checkpointing's recompute sees it too); every other call goes
-to transformers' own SDPA function unchanged.
+to transformers' own SDPA function unchanged. Sliding-window layers (Mistral, Qwen2's windowed layers, Gemma's local
+ones) get their window by position, as transformers' masks apply it.
 """
 
 from __future__ import annotations
@@ -49,16 +50,24 @@ class Layout:
         return self.offsets[rows] + cols - self.prefix
 
     def attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, dropout: float,
-               scaling: float | None) -> torch.Tensor:
-        """Attention over the packed row: query (1, H, T, d), key/value (1, Hkv, T, d) -> (1, T, H, d)."""
+               scaling: float | None, window: int | None = None) -> torch.Tensor:
+        """Attention over the packed row: query (1, H, T, d), key/value (1, Hkv, T, d) -> (1, T, H, d); with a sliding
+        `window`, a token attends to the positions less than `window` behind it, as transformers' masks do."""
         self.calls += 1
-        p, rows = self.prefix, self.index.shape[0]
+        p, (rows, longest) = self.prefix, self.index.shape
+        head_mask, mask = None, self.mask
+        if window is not None and window < p + longest:
+            at = torch.arange(p + longest, device=query.device)
+            near = at[:, None] - at[None, :] < window  # (query position, key position)
+            head_mask = near[:p, :p].tril()
+            mask = mask & near[p:, :].unsqueeze(0)  # own tokens sit at positions p.. in every row
+            mask = mask | ~self.valid[:, None, :, None]  # padding queries (dropped) keep a key: no empty softmax rows
         repeat = query.shape[1] // key.shape[1]
         q, k, v = query[0], key[0], value[0]  # (heads, T, d)
         if repeat > 1:
             k, v = k.repeat_interleave(repeat, dim=0), v.repeat_interleave(repeat, dim=0)
-        head = F.scaled_dot_product_attention(q[:, :p], k[:, :p], v[:, :p], dropout_p=dropout, is_causal=True,
-                                              scale=scaling)  # (H, P, d)
+        head = F.scaled_dot_product_attention(q[:, :p], k[:, :p], v[:, :p], attn_mask=head_mask, dropout_p=dropout,
+                                              is_causal=head_mask is None, scale=scaling)  # (H, P, d)
 
         def own(x: torch.Tensor) -> torch.Tensor:  # (H, T, d) -> (B, H, S, d): each row's own tokens, padded
             return x[:, p:].transpose(0, 1)[self.index].transpose(1, 2)
@@ -66,7 +75,7 @@ class Layout:
         def with_prefix(x: torch.Tensor) -> torch.Tensor:  # (B, H, P + S, d)
             return torch.cat([x[:, :p].unsqueeze(0).expand(rows, -1, -1, -1), own(x)], dim=2)
 
-        tail = F.scaled_dot_product_attention(own(q), with_prefix(k), with_prefix(v), attn_mask=self.mask,
+        tail = F.scaled_dot_product_attention(own(q), with_prefix(k), with_prefix(v), attn_mask=mask,
                                               dropout_p=dropout, scale=scaling)  # (B, H, S, d)
         tail = tail.transpose(1, 2)[self.valid]  # (sum of own tokens, H, d), in packed order
         return torch.cat([head.transpose(0, 1), tail], dim=0).unsqueeze(0)
@@ -140,10 +149,9 @@ def attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.
     layout = kwargs.pop(KEY, None)
     if layout is None:
         return _installed["sdpa"](module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
-    window = kwargs.get("sliding_window")
-    if kwargs.get("softcap") is not None or (window is not None and window < layout.prefix + layout.index.shape[1]):
+    if kwargs.get("softcap") is not None:
         from lancy_trl.errors import LancyError
 
-        raise LancyError("this model's attention has a sliding window shorter than its batches or a logit softcap, "
-                         "which shared-prefix batches do not reproduce; pass --no-shared-prefix")
-    return layout.attend(query, key, value, dropout, scaling), None
+        raise LancyError("this model's attention has a logit softcap, which SDPA (and so shared-prefix batches) does "
+                         "not compute; pass --no-shared-prefix --attn-implementation eager")
+    return layout.attend(query, key, value, dropout, scaling, kwargs.get("sliding_window")), None

@@ -44,10 +44,14 @@ def test_plan_packs_the_common_prefix_once():
     assert plan(other, None, torch.full_like(other, -100)) is None  # first tokens differ
 
 
-@pytest.mark.parametrize(("arch", "use_lora", "lean", "checkpoint"),
-                         [("llama", False, False, 0.0), ("llama", True, True, 0.0), ("qwen2", False, True, 0.0),
-                          ("llama", False, True, 1.0)])
-def test_shared_prefix_keeps_loss_and_gradients(tmp_path, arch, use_lora, lean, checkpoint):
+WINDOW = {"sliding_window": 9, "layer_types": ["full_attention", "sliding_attention"]}  # shorter than the rows
+
+
+@pytest.mark.parametrize(("arch", "use_lora", "lean", "checkpoint", "window"),
+                         [("llama", False, False, 0.0, False), ("llama", True, True, 0.0, False),
+                          ("qwen2", False, True, 0.0, False), ("llama", False, True, 1.0, False),
+                          ("qwen2", False, True, 0.0, True)])
+def test_shared_prefix_keeps_loss_and_gradients(tmp_path, arch, use_lora, lean, checkpoint, window):
     import torch
     from datasets import Dataset
     from peft import LoraConfig
@@ -63,7 +67,7 @@ def test_shared_prefix_keeps_loss_and_gradients(tmp_path, arch, use_lora, lean, 
     results = []
     for shared in (False, True):
         torch.manual_seed(0)
-        model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="sdpa")
+        model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="sdpa", **(WINDOW if window else {}))
         config = SFTConfig(output_dir=str(tmp_path / str(shared)), per_device_train_batch_size=4, report_to="none",
                            bf16=False, use_cpu=True, gradient_checkpointing=False, max_length=256)
         peft = LoraConfig(r=4, target_modules=["q_proj", "k_proj", "v_proj", "down_proj"],
@@ -87,6 +91,11 @@ def test_shared_prefix_keeps_loss_and_gradients(tmp_path, arch, use_lora, lean, 
     for k in g0:
         assert torch.allclose(g0[k], g1[k], atol=1e-6, rtol=1e-4), k
     assert body1 < body0
+    if window:  # the window was in force: the same batch with full attention gives another loss
+        with torch.no_grad():
+            losses = [AutoModelForCausalLM.from_pretrained(path, attn_implementation="sdpa", **kw)(**batch).loss.item()
+                      for kw in ({}, WINDOW)]
+        assert abs(losses[0] - losses[1]) > 1e-4
 
 
 def test_shared_prefix_refuses_a_model_whose_attention_ignores_it(tiny_model, tmp_path):
@@ -128,7 +137,7 @@ def test_shared_prefix_default_follows_attention():
         use_shared_prefix(resolve(SFTArgs, flags={"shared_prefix": True}), {**cpu, "attn_implementation": "eager"})
 
 
-def test_shared_prefix_refuses_a_sliding_window_it_would_not_reproduce():
+def test_shared_prefix_refuses_a_softcap():
     import torch
 
     from lancy_trl.errors import LancyError
@@ -137,9 +146,7 @@ def test_shared_prefix_refuses_a_sliding_window_it_would_not_reproduce():
     ids = torch.tensor([[5, 6, 7, 8], [5, 6, 9, 9]])
     labels = torch.full_like(ids, -100)
     labels[:, 3] = ids[:, 3]
-    batch, layout = plan(ids, None, labels)
+    _, layout = plan(ids, None, labels)
     q = torch.randn(1, 2, layout.tokens, 4)
-    out, _ = attention(None, q, q, q, None, sliding_window=4, **{"lancy_prefix_layout": layout})  # window covers it
-    assert out.shape == (1, layout.tokens, 2, 4)
     with pytest.raises(LancyError, match="--no-shared-prefix"):
-        attention(None, q, q, q, None, sliding_window=2, **{"lancy_prefix_layout": layout})
+        attention(None, q, q, q, None, softcap=30.0, **{"lancy_prefix_layout": layout})
