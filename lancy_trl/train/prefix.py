@@ -19,7 +19,8 @@ gradient with the unchanged batch.
 It changes the SDPA attention function only when a batch passes a layout (the `lancy_prefix_layout` keyword reaches
 attention through transformers' `**kwargs`, so gradient checkpointing's recompute sees it too); every other call goes
 to transformers' own SDPA function unchanged. Sliding-window layers (Mistral, Qwen2's windowed layers, Gemma's local
-ones) get their window by position, as transformers' masks apply it.
+ones) get their window by position, as transformers' masks apply it. With attention dropout (0 in Llama, Qwen and
+SmolLM configs) the prefix's dropout is drawn once for all rows, as its hidden states are.
 """
 
 from __future__ import annotations
@@ -79,7 +80,6 @@ class Layout:
                                               dropout_p=dropout, scale=scaling)  # (B, H, S, d)
         tail = tail.transpose(1, 2)[self.valid]  # (sum of own tokens, H, d), in packed order
         return torch.cat([head.transpose(0, 1), tail], dim=0).unsqueeze(0)
-
 
     def check(self, model: Any) -> None:
         """Raise unless every decoder layer's attention read the layout: a model whose attention does not take
