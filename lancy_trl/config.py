@@ -103,7 +103,7 @@ class TrainArgs:
     )
     shared_prefix: bool | None = opt(
         None, "Compute the tokens all examples of a batch start with (chat header, system prompt, instruction) once "
-        "per batch instead of once per example; same loss and gradients. Default: on on CPU with SDPA attention."
+        "per batch instead of once per example; same loss and gradients. Default: on for CPU runs with SDPA attention."
     )
     checkpoint_layers: float = opt(
         0.0, "Share of decoder layers whose activations are recomputed in backward (0.5: every other layer); "

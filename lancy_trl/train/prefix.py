@@ -93,8 +93,8 @@ class Layout:
         self.calls = 0
 
 
-def plan(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, labels: torch.Tensor,
-         min_prefix: int = 1) -> tuple[dict[str, torch.Tensor], Layout] | None:
+def plan(input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+         labels: torch.Tensor) -> tuple[dict[str, torch.Tensor], Layout] | None:
     """(packed model inputs, layout) for a right-padded batch whose rows share a prefix, else None.
 
     The prefix stops before the first position that predicts a label, so every logit the loss reads comes from a
@@ -114,7 +114,7 @@ def plan(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, labels: t
     prefix = int(same.sum())
     learned = torch.nonzero(labels[:, 1:] != -100)[:, 1]  # hidden positions that predict a label
     prefix = min(prefix, int(lengths.min()) - 1, int(learned.min()) if len(learned) else width)
-    if prefix < min_prefix:
+    if prefix < 1:
         return None
     own = lengths - prefix  # (B,)
     longest = int(own.max())
