@@ -52,7 +52,8 @@ def main() -> None:
     from lancy_trl.evaluation.runner import eval_rows
 
     loaded = load(args.model)
-    spec, rows, labels = eval_rows(resolve(EvalArgs, flags={"dataset": "finsent", "limit": args.limit}), {})
+    es = eval_rows(resolve(EvalArgs, flags={"dataset": "finsent", "limit": args.limit}), {}, None)
+    rows, labels = es.rows, es.labels
     prompts = [r["prompt"] for r in rows]
     methods = {
         "score": lambda: classify.classify(loaded.model, loaded.tokenizer, prompts, labels, "score", args.batch_size),

@@ -83,7 +83,8 @@ def main() -> None:
                       **extra)
     result = trainer.train()
     seconds = time.perf_counter() - start
-    spec, rows, labels = eval_rows(resolve(EvalArgs, flags={"dataset": "finsent"}), {})
+    es = eval_rows(resolve(EvalArgs, flags={"dataset": "finsent"}), {}, None)
+    rows, labels = es.rows, es.labels
     prompts, targets = [r["prompt"] for r in rows], [r["target"] for r in rows]
     report = {"variant": opts.variant, "full": opts.full, "train_seconds": round(seconds, 1), "steps": result.global_step,
               "train_loss": result.training_loss}

@@ -114,6 +114,8 @@ class TrainArgs:
     eval_max_batches: int = opt(8, "Evaluate on at most this many batches.", group="Logging")
     save_steps: int = opt(50, "Save a resumable checkpoint every N steps.", group="Logging")
     save_total_limit: int = opt(2, "Keep at most this many checkpoints.", group="Logging")
+    save_minutes: float = opt(10.0, "Also save a checkpoint after this many minutes of training since the last one "
+                              "(0: steps only), so a killed run loses minutes.", group="Logging")
 
 
 @dataclass
@@ -121,7 +123,9 @@ class RunArgs:
     output_dir: str = opt("runs", "Parent folder of run directories.", group="Run")
     run_dir: str | None = opt(None, "Exact run directory (with --resume: the run to continue).", group="Run")
     run_name: str | None = opt(None, "Name the run directory yourself instead of the generated name.", group="Run")
-    resume: str | None = opt(None, "'latest' or a checkpoint/run path: continue a run where it stopped.", group="Run")
+    resume: str | None = opt(None, "'latest' (the newest resumable run) or a checkpoint/run path: continue a run "
+                             "where it stopped.", group="Run")
+    allow_data_change: bool = opt(False, "Resume even though the training data differ from the run's.", group="Run")
 
 
 @dataclass
@@ -239,8 +243,12 @@ def validate(args) -> None:
         problems.append(f"--eval-fraction must be in [0, 1) (got {args.eval_fraction})")
     if hasattr(args, "checkpoint_layers") and not 0 <= args.checkpoint_layers <= 1:
         problems.append(f"--checkpoint-layers must be in [0, 1] (got {args.checkpoint_layers})")
-    if getattr(args, "max_steps", -1) == 0 or getattr(args, "num_train_epochs", 1) <= 0:
-        problems.append("--max-steps must be positive or -1, and --num-train-epochs positive")
+    if getattr(args, "max_steps", -1) == 0 or getattr(args, "max_steps", -1) < -1:
+        problems.append(f"--max-steps must be positive, or -1 to run the epochs (got {args.max_steps})")
+    if getattr(args, "num_train_epochs", 1) <= 0:
+        problems.append(f"--num-train-epochs must be positive (got {args.num_train_epochs})")
+    if getattr(args, "save_minutes", 0) < 0:
+        problems.append(f"--save-minutes must be 0 (off) or positive (got {args.save_minutes})")
     if getattr(args, "load_in_4bit", False) and not getattr(args, "use_lora", True):
         problems.append("--load-in-4bit trains LoRA adapters on a frozen 4-bit base: drop --no-use-lora")
     if problems:
@@ -264,8 +272,11 @@ class EvalArgs:
     dataset: str | None = opt(None, "Registry name or local file; default: the run's dataset, else finsent.", group="Data")
     dataset_config: str | None = opt(None, "Hub config of --dataset.", group="Data")
     data_files: list[str] = opt([], "Local files in the hub schema: PATH or SPLIT=PATH.", group="Data")
-    split: str | None = opt(None, "Split to evaluate; default: test, else validation, else train.", group="Data")
-    limit: int | None = opt(None, "Evaluate at most this many examples.", group="Data")
+    split: str | None = opt(None, "Split to evaluate; default for a run: the rows it held out (its test split, else "
+                            "its validation rows); else test, then validation, then train. `train` on a run scores the "
+                            "rows it trained on, and says so.", group="Data")
+    limit: int | None = opt(None, "Evaluate at most this many examples (a seeded random sample).", group="Data")
+    seed: int = opt(42, "Seed of the --limit sample.", group="Data")
     system_prompt: str | None = opt(None, "Replace the template's system message (default: the run's).", group="Data")
     enable_thinking: bool | None = opt(None, "Thinking mode for templates that have one (default: the run's, else off).",
                                        group="Data")

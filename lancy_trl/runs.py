@@ -47,7 +47,51 @@ def create(parent: str | Path, name: str) -> Path:
 
 
 def read(run_dir: Path) -> dict[str, Any]:
-    return json.loads((run_dir / RUN_FILE).read_text())
+    """run.json, with the status a dead owner leaves (`running` from a killed process) shown as `interrupted`."""
+    info = json.loads((run_dir / RUN_FILE).read_text())
+    if info.get("status") == "running" and not owner_alive(info.get("owner")):
+        info["status"] = "interrupted"
+    return info
+
+
+def owner() -> dict[str, Any]:
+    """The process that runs a run, recorded in run.json so a `kill -9` can be told from a live run."""
+    import os
+    import socket
+
+    return {"pid": os.getpid(), "host": socket.gethostname()}
+
+
+def owner_alive(who: dict[str, Any] | None) -> bool:
+    """Whether the recorded owner still runs; a run recorded on another host is taken as alive (it cannot be checked)."""
+    import os
+    import socket
+
+    if not who or who.get("host") != socket.gethostname():
+        return bool(who)
+    try:
+        os.kill(int(who["pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError, TypeError):
+        return True
+    return True
+
+
+def save_rows(run_dir: Path, splits: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The rows a run holds out, as the chat rows it built (template, system prompt and answers as trained), in
+    data/<split>.jsonl: what `lancy eval` on the run scores by default. Returns what was written."""
+    folder = run_dir / "data"
+    folder.mkdir(exist_ok=True)
+    written = {}
+    for split, (ds, origin) in splits.items():
+        if ds is None or len(ds) == 0:
+            continue
+        with (folder / f"{split}.jsonl").open("w") as fh:
+            for row in ds:
+                fh.write(json.dumps(row) + "\n")
+        written[split] = {"file": f"data/{split}.jsonl", "rows": len(ds), "from": origin}
+    return written
 
 
 def update(run_dir: Path, **fields: Any) -> dict[str, Any]:
@@ -78,31 +122,50 @@ def complete_checkpoints(run_dir: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def latest_run(parent: Path) -> Path | None:
-    runs = [p for p in parent.glob("*") if (p / RUN_FILE).is_file()] if parent.is_dir() else []
-    return max(runs, key=lambda p: (p / RUN_FILE).stat().st_mtime, default=None)
+def all_runs(parent: Path) -> list[Path]:
+    """Run directories under parent, newest first."""
+    found = [p for p in parent.glob("*") if (p / RUN_FILE).is_file()] if parent.is_dir() else []
+    return sorted(found, key=lambda p: (p / RUN_FILE).stat().st_mtime, reverse=True)
+
+
+def why_not_resumable(run: Path) -> str | None:
+    """None when the run can be resumed, else the reason (complete, still running, no checkpoint)."""
+    info = read(run)
+    if info.get("status") == "complete":
+        return (f"{run} is complete ({info.get('steps', '?')} steps): resuming would train past its end. To train "
+                f"further, start a new run from it with a larger budget: `lancy sft --model {run} --max-steps N` "
+                "(or --num-train-epochs)")
+    if info.get("status") == "running":
+        who = info.get("owner") or {}
+        return f"{run} is still running (pid {who.get('pid')} on {who.get('host')}); stop it first"
+    if not complete_checkpoints(run):
+        return f"{run} stopped before its first checkpoint ({info.get('status')}); nothing to resume: start a new run"
+    return None
 
 
 def find_resume(resume: str, run_dir: str | None, output_dir: str) -> tuple[Path, Path]:
-    """(run dir, checkpoint) for `--resume latest|PATH`, or a clear error saying what exists."""
+    """(run dir, checkpoint) for `--resume latest|PATH`: `latest` is the newest run that can be resumed; a run
+    that is complete, still running, or has no checkpoint is refused with the reason."""
+    checkpoint = None
     if resume != "latest":
         path = Path(resume)
         if CHECKPOINT_RE.match(path.name) and path.is_dir():
-            return path.parent.parent, path
-        run_dir = str(path)
+            checkpoint, run_dir = path, str(path.parent.parent)
+        else:
+            run_dir = str(path)
     if run_dir is None:
-        found = latest_run(Path(output_dir))
-        if found is None:
-            raise LancyError(f"no run to resume in {output_dir}/; start one with `lancy sft` or pass --run-dir")
-        run = found
+        candidates = all_runs(Path(output_dir))
+        run = next((r for r in candidates if why_not_resumable(r) is None), None)
+        if run is None:
+            newest = f" (newest: {why_not_resumable(candidates[0])})" if candidates else ""
+            raise LancyError(f"no resumable run in {output_dir}/{newest}; start one with `lancy sft` or pass --run-dir")
     else:
         run = Path(run_dir)
         if not (run / RUN_FILE).is_file():
             raise LancyError(f"{run} is not a lancy run directory (no {RUN_FILE}); pass the folder `lancy sft` made")
-    checkpoints = complete_checkpoints(run)
-    if not checkpoints:
-        raise LancyError(f"{run} has no complete checkpoint to resume from; start a new run instead")
-    return run, checkpoints[-1]
+        if (why := why_not_resumable(run)) is not None:
+            raise LancyError(why)
+    return run, checkpoint or complete_checkpoints(run)[-1]
 
 
 def model_source(run_dir: Path, *, log=print):

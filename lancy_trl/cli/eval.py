@@ -32,7 +32,7 @@ def eval_(flags: dict[str, Any], json_out: bool = False) -> None:
     from lancy_trl.config import resolve
     from lancy_trl.evaluation.runner import run_eval
 
-    console = Console(stderr=json_out)
+    console = Console(stderr=json_out, soft_wrap=True)
     result = run_eval(resolve(EvalArgs, flags=flags), console)
     if json_out:
         typer.echo(json.dumps(result))
@@ -52,7 +52,8 @@ def show(console: Any, summary: dict[str, Any], result: dict[str, Any]) -> None:
     reports = [r for rs in summary.values() for r in rs.values()]
     columns = [c for c in COLUMNS if any(c[0] in r for r in reports)]
     labels = next((r["confusion"]["labels"] for r in reports if "confusion" in r), None)
-    title = f"{result['dataset']} ({result['task'].replace('_', ' ')}" + (f", {len(labels)} labels)" if labels else ")")
+    title = (f"{result['dataset']} ({result['task'].replace('_', ' ')}" + (f", {len(labels)} labels" if labels else "")
+             + f"; {result['rows']} rows: {result['rows_from']})")
     table = Table(title=title)
     for col in ("model", "method", "n", *(c[1] for c in columns)):
         table.add_column(col)

@@ -38,7 +38,7 @@ def sft(flags: dict[str, Any], config: Path | None = None) -> None:
     from lancy_trl.config import load_yaml, resolve
     from lancy_trl.train.sft import run_sft
 
-    console = Console()
+    console = Console(soft_wrap=True)  # paths and commands printed whole, never wrapped
     yaml_values = load_yaml(config) if config else {}
     args = resolve(SFTArgs, yaml_values, flags, source=str(config) if config else "config")
     result = run_sft(args, console, flags)

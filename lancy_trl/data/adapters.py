@@ -35,28 +35,59 @@ def _message(role: str, content: Any) -> dict[str, str]:
     return {"role": role, "content": str(content)}
 
 
-def from_local(row: dict[str, Any], fmt: str, system_prompt: str | None) -> dict[str, Any]:
-    """A row of a local file in one of the generic formats -> a chat row."""
+def _blank(value: Any) -> bool:
+    """An empty, null or missing cell (CSV reads an empty cell as None; pandas as NaN)."""
+    return value is None or (isinstance(value, float) and value != value) or (isinstance(value, str) and not value.strip())
+
+
+def _answer(value: Any) -> str:
+    """The answer text of a cell, never the string 'None': a blank answer is a row with nothing to learn."""
+    if _blank(value):
+        raise Skip("empty or missing answer")
+    return str(value)
+
+
+def _messages(value: Any, at: str) -> list[dict[str, str]]:
+    if not isinstance(value, list) or not all(isinstance(m, dict) and "role" in m and "content" in m for m in value):
+        raise LancyError(f"{at}: `messages` must be a list of {{role, content}} objects; fix the row")
+    return [{"role": str(m["role"]), "content": "" if m["content"] is None else str(m["content"])} for m in value]
+
+
+def from_local(row: dict[str, Any], fmt: str, system_prompt: str | None, at: str = "a row") -> dict[str, Any]:
+    """A row of a local file in one of the generic formats -> a chat row with its answer as `target`. Raises Skip
+    for a row with an empty, null or missing answer (or text), and an error naming `at` for a malformed one."""
     system = [_message("system", system_prompt)] if system_prompt else []
     if fmt == "text":
+        if _blank(row["text"]):
+            raise Skip("empty text")
         return {"text": str(row["text"])}
     if fmt == "messages":
-        messages = list(row["messages"])
+        messages = _messages(row["messages"], at)
         last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
         if last is None:
-            raise LancyError("a `messages` row has no assistant turn to learn; every conversation needs one")
+            raise LancyError(f"{at}: the conversation has no assistant turn to learn; every `messages` row needs one")
+        answer = _answer(messages[last]["content"])
         prompt = [m for m in messages[:last] if not (system and m["role"] == "system")]
         # loss on the final assistant turn; earlier turns are context
-        return {"prompt": system + prompt, "completion": [messages[last]]}
+        return {"prompt": system + prompt, "completion": [messages[last]], "target": answer}
     if fmt == "prompt_completion":
         prompt, completion = row["prompt"], row["completion"]
-        if isinstance(prompt, list):  # already conversational
-            return {"prompt": system + list(prompt), "completion": list(completion)}
-        return {"prompt": system + [_message("user", prompt)], "completion": [_message("assistant", completion)]}
+        if isinstance(completion, list):  # already conversational
+            completion = _messages(completion, at)
+            answer = _answer(" ".join(m["content"] for m in completion if m["role"] == "assistant"))
+            prompt = _messages(prompt, at) if isinstance(prompt, list) else [_message("user", prompt)]
+            return {"prompt": system + prompt, "completion": completion, "target": answer}
+        if _blank(prompt):
+            raise Skip("empty prompt")
+        answer = _answer(completion)
+        return {"prompt": system + [_message("user", prompt)], "completion": [_message("assistant", answer)], "target": answer}
+    if _blank(row["instruction"]):
+        raise Skip("empty instruction")
     instruction = str(row["instruction"]).strip()
-    extra = str(row.get("input") or "").strip()
+    extra = "" if _blank(row.get("input")) else str(row["input"]).strip()
     user = f"{instruction}\n\n{extra}" if extra else instruction
-    return {"prompt": system + [_message("user", user)], "completion": [_message("assistant", row["output"])]}
+    answer = _answer(row["output"])
+    return {"prompt": system + [_message("user", user)], "completion": [_message("assistant", answer)], "target": answer}
 
 
 @cache
@@ -100,7 +131,12 @@ class Skip(Exception):
     """This row is not trained on; the message is the reason it is counted under."""
 
 
-def label_word(spec: DatasetSpec, row: dict[str, Any], index: int) -> tuple[str, list[str]]:
+def _at(spec: DatasetSpec, index: int | str) -> str:
+    """Where a row is, for messages: a file and line (given by the reader), else the entry and the 1-based row."""
+    return index if isinstance(index, str) else f"{spec.name} row {index + 1}"
+
+
+def label_word(spec: DatasetSpec, row: dict[str, Any], index: int | str) -> tuple[str, list[str]]:
     """(the row's label word, the label words it chooses from); Skip for unlabelled rows, an error for bad ones."""
     how, column = spec.label.get("from", "id"), spec.label["column"]
     value, words = row[column], list(spec.labels)
@@ -110,7 +146,7 @@ def label_word(spec: DatasetSpec, row: dict[str, Any], index: int) -> tuple[str,
         raise Skip("label -1 or missing (unlabelled rows)")
     if how == "bins":
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise LancyError(f"{spec.name} row {index}: {column} {value!r} is not a number to bin; fix the row or the file")
+            raise LancyError(f"{_at(spec, index)}: {column} {value!r} is not a number to bin; fix the row or the file")
         low, high = spec.label["bins"]
         return words[0 if value < low else 1 if value < high else 2], words
     if isinstance(value, str) and value.strip() in words:  # a word already (fingpt, phrasebank's raw .txt)
@@ -118,12 +154,12 @@ def label_word(spec: DatasetSpec, row: dict[str, Any], index: int) -> tuple[str,
     if how != "word" and isinstance(value, int) and not isinstance(value, bool) and 0 <= value < len(words):
         return words[value], words
     raise LancyError(
-        f"{spec.name} row {index}: {column} {value!r} is not one of {words}"
+        f"{_at(spec, index)}: {column} {value!r} is not one of {words}"
         + (f" nor an id 0..{len(words) - 1}" if how != "word" else "") + "; fix the row or the file"
     )
 
 
-def _letter_answer(spec: DatasetSpec, row: dict[str, Any], index: int, n_options: int) -> str:
+def _letter_answer(spec: DatasetSpec, row: dict[str, Any], index: int | str, n_options: int) -> str:
     value = row[spec.choices["answer"]]
     if value is None or value == -1 or value == "":
         raise Skip("no answer")
@@ -132,12 +168,12 @@ def _letter_answer(spec: DatasetSpec, row: dict[str, Any], index: int, n_options
     if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < n_options:
         return LETTERS[value]
     raise LancyError(
-        f"{spec.name} row {index}: answer {value!r} does not name one of the {n_options} options "
+        f"{_at(spec, index)}: answer {value!r} does not name one of the {n_options} options "
         f"({LETTERS[:n_options]}); fix the row or the file"
     )
 
 
-def _expand(spec: DatasetSpec, row: dict[str, Any], index: int) -> list[dict[str, Any]]:
+def _expand(spec: DatasetSpec, row: dict[str, Any], index: int | str) -> list[dict[str, Any]]:
     """The cleaned source rows one raw row stands for (one per question for Sujet's qa_pairs)."""
     if "bytes_literal" in spec.clean:
         row = {k: _bytes_literal(v) for k, v in row.items()}
@@ -148,14 +184,14 @@ def _expand(spec: DatasetSpec, row: dict[str, Any], index: int) -> list[dict[str
         try:
             pairs = json.loads(pairs) if isinstance(pairs, str) else pairs
         except ValueError:
-            raise LancyError(f"{spec.name} row {index}: qa_pairs is not valid JSON; fix the row or the file") from None
+            raise LancyError(f"{_at(spec, index)}: qa_pairs is not valid JSON; fix the row or the file") from None
         if isinstance(pairs, dict):
             pairs = [pairs]
         return [{**row, "question": p.get("question"), "answer": p.get("answer")} for p in pairs or []]
     return [row]
 
 
-def from_spec(row: dict[str, Any], spec: DatasetSpec, index: int, system_prompt: str | None) -> list[dict[str, Any]]:
+def from_spec(row: dict[str, Any], spec: DatasetSpec, index: int | str, system_prompt: str | None) -> list[dict[str, Any]]:
     """One registry row -> chat rows: `text` for pretraining, else prompt/completion messages plus `target`
     (and `choices` where each row has its own options). Raises Skip for rows that carry nothing to learn."""
     missing = [c for c in spec.columns if c not in row and not (c == "qa_pairs" and "question" in row)]

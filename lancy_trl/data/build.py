@@ -35,6 +35,11 @@ class Source:
     spec: DatasetSpec | None
     raw: dict[str, Any]
     origin: str  # "hub", "files" or "package"
+    files: dict[str, list[str]] = field(default_factory=dict)  # split -> the local files it was read from
+
+    def where(self, split: str) -> Any:
+        """row index -> where that row is, for messages: `FILE line N` for JSON lines, `FILE row N` otherwise."""
+        return row_locator(self.files.get(split, []), f"{self.name} ({split})")
 
     @property
     def name(self) -> str:
@@ -45,7 +50,10 @@ class Source:
         if self.spec is None:
             aliases = {"validation": ("validation", "valid", "dev")}.get(split, (split,))
             return next((s for s in aliases if s in self.raw), None)
-        return self.spec.source_split(split, list(self.raw))
+        found = self.spec.source_split(split, list(self.raw))
+        if found is None and self.origin == "files" and split in self.raw:
+            return split  # `--data-files test=FILE` for an entry whose hub dataset has no such split
+        return found
 
 
 @dataclass
@@ -58,6 +66,7 @@ class DataBundle:
     stats: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # things the user should know, printed when the run starts
     label_words: tuple[str, ...] = ()
+    kind: str = "mixture"  # the task: a registry kind, one inferred from a local file, or "mixture"
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -102,9 +111,49 @@ def read_at_label_txt(path: str) -> list[dict[str, str]]:
     return rows
 
 
+def check_file(path: str) -> None:
+    """A local file lancy can read: not empty, and for JSON lines every line an object (errors name file and line)."""
+    import json
+
+    p = Path(path)
+    if p.stat().st_size == 0 or not p.read_bytes().strip():
+        raise LancyError(f"{path} is empty: it has no rows; check the file")
+    if p.suffix.lower() == ".jsonl":
+        with p.open(encoding="utf-8", errors="replace") as fh:
+            for n, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except ValueError as e:
+                    raise LancyError(f"{path} line {n}: not valid JSON ({e.args[0].split(':')[0]}); fix or remove the line") from None
+                if not isinstance(row, dict):
+                    raise LancyError(f"{path} line {n}: expected a JSON object with named columns, got {type(row).__name__}")
+    elif p.suffix.lower() == ".json":
+        try:
+            json.loads(p.read_text(encoding="utf-8"))
+        except ValueError as e:
+            line = getattr(e, "lineno", None)
+            raise LancyError(f"{path}{f' line {line}' if line else ''}: not valid JSON; fix the file, or write one "
+                             "object per line as .jsonl") from None
+
+
+def row_locator(paths: list[str], fallback: str) -> Any:
+    """row index -> `FILE line N` (JSON lines: the file's own line numbers) or `FILE row N` (1-based)."""
+    if len(paths) == 1 and not paths[0].lower().endswith(".jsonl"):
+        return lambda i: f"{paths[0]} row {i + 1}"
+    if not paths or not all(p.lower().endswith(".jsonl") for p in paths):
+        return lambda i: f"{fallback} row {i + 1}"
+    lines = [(p, n) for p in paths for n, line in enumerate(Path(p).open(encoding="utf-8", errors="replace"), 1) if line.strip()]
+    return lambda i: f"{lines[i][0]} line {lines[i][1]}" if i < len(lines) else f"{fallback} row {i + 1}"
+
+
 def read_files(files: dict[str, list[str]], spec: DatasetSpec | None = None) -> dict[str, Any]:
     """Local files -> {split: Dataset}; the builder follows the suffix."""
     from datasets import Dataset, load_dataset
+
+    for path in (p for ps in files.values() for p in ps):
+        check_file(path)
 
     suffixes = {Path(p).suffix.lower() for ps in files.values() for p in ps}
     if suffixes == {".txt"} and spec is not None and spec.local_format == "at_label_txt":
@@ -204,14 +253,15 @@ def load_source(name: str, config: str | None = None, data_files: list[str] | No
         files = {"train": [name]}
         for split, paths in parse_data_files(data_files or []).items():  # validation=PATH, test=PATH beside it
             files.setdefault(split, []).extend(p for p in paths if p != name)
-        return Source(name, None, read_files(files), "files")
+        return Source(name, None, read_files(files), "files", files)
     spec = require(name, config)
     if data_files:
         known = sorted({s for v in spec.splits.values() for s in ([v] if isinstance(v, str) else v)} | set(CANONICAL))
-        return Source(name, spec, read_files(parse_data_files(data_files, known), spec), "files")
+        files = parse_data_files(data_files, known)
+        return Source(name, spec, read_files(files, spec), "files", files)
     if spec.package_files:
         files = {split: [str(PACKAGE_DATA / f)] for split, f in spec.package_files.items()}
-        return Source(name, spec, read_files(files, spec), "package")
+        return Source(name, spec, read_files(files, spec), "package", files)
     return Source(name, spec, load_hub(spec, max_examples), "hub")
 
 
@@ -220,23 +270,26 @@ def load_source(name: str, config: str | None = None, data_files: list[str] | No
 
 
 def convert(rows: Any, spec: DatasetSpec | None, system_prompt: str | None, where: str,
-            required: bool = True) -> tuple[Any, Counter]:
-    """Raw rows -> chat rows, and the count of rows skipped by reason. All rows skipped: an error when required,
-    else (None, counts)."""
+            required: bool = True, locate: Any = None) -> tuple[Any, Counter]:
+    """Raw rows -> chat rows, and the count of rows skipped by reason (empty answers, unlabelled rows); never a row
+    changed to fit. All rows skipped: an error when required, else (None, counts). `locate(i)` names row i in errors
+    (`FILE line N`); by default `WHERE row N`, 1-based."""
     from datasets import Dataset
 
     if len(rows) == 0:
         if required:
             raise LancyError(f"{where} is empty: it has no rows to train on")
         return None, Counter()
-    if spec is None:
-        fmt = adapters.detect_format(rows.column_names, where)
-        return rows.map(lambda r: adapters.from_local(r, fmt, system_prompt), remove_columns=rows.column_names), Counter()
+    locate = locate or (lambda i: f"{where} row {i + 1}")
+    fmt = adapters.detect_format(rows.column_names, where) if spec is None else None
     out: list[dict[str, Any]] = []
     skipped: Counter = Counter()
     for i, row in enumerate(rows):
         try:
-            out.extend(adapters.from_spec(row, spec, i, system_prompt))
+            if fmt is None:
+                out.extend(adapters.from_spec(row, spec, locate(i), system_prompt))
+            else:
+                out.append(adapters.from_local(row, fmt, system_prompt, locate(i)))
         except adapters.Skip as why:
             skipped[str(why)] += 1
     if not out:
@@ -298,7 +351,7 @@ def source_splits(source: Source, args: Any) -> tuple[Any, Any, Any, dict[str, A
     def chat(split: str | None, required: bool) -> Any:
         if split is None:
             return None
-        rows, why = convert(source.raw[split], spec, args.system_prompt, f"{name} ({split})", required)
+        rows, why = convert(source.raw[split], spec, args.system_prompt, f"{name} ({split})", required, source.where(split))
         if why:
             skipped[split] = dict(why)
         return rows
@@ -315,7 +368,8 @@ def source_splits(source: Source, args: Any) -> tuple[Any, Any, Any, dict[str, A
     if skipped:
         stats["skipped"] = skipped
         for split, why in skipped.items():
-            notes.append(f"{name} ({split}): skipped " + ", ".join(f"{n} row(s): {w}" for w, n in why.items()))
+            origin = ", ".join(source.files.get(split, [])) or f"{name} ({split})"
+            notes.append(f"{origin}: dropped " + ", ".join(f"{n} row(s): {w}" for w, n in why.items()))
     if spec is not None and "drop_image" in spec.clean:
         notes.append(f"{name}: text-only training, the image column is dropped")
     return train, eval_, test, stats, notes
@@ -426,15 +480,18 @@ def _assemble(sources: list[Source], args: Any, rates: list[float] | None) -> Da
         test, spec = None, None
         stats = {"sources": per_source, "mixture": realised}
         name = "+".join(names) + "-mix"
-    if args.max_examples and len(train) > args.max_examples:
-        train = train.select(range(args.max_examples))
+    if args.max_examples and len(train) > args.max_examples:  # a seeded sample: a sorted file gives one class otherwise
+        stats["max_examples"] = f"{args.max_examples} of {len(train)} training rows, sampled with seed {args.seed}"
+        train = train.select(sorted(random.Random(args.seed).sample(range(len(train)), args.max_examples)))
     stats.update(
         train_examples=len(train),
         eval_examples=len(eval_) if eval_ is not None else 0,
         test_examples=len(test) if test is not None else 0,
         train_fingerprint=fingerprint(train),
     )
-    return DataBundle(train, eval_, test, name, spec, stats, notes, label_words(spec, train))
+    kind = task_kind(spec, train) if len(sources) == 1 else "mixture"
+    labels = label_words(spec, train) if len(sources) == 1 else ()
+    return DataBundle(train, eval_, test, name, spec, stats, notes, labels, kind)
 
 
 def _drop_choices(ds: Any) -> Any:
@@ -448,10 +505,31 @@ def _concat(parts: list[Any]) -> Any:
     return concatenate_datasets(parts)
 
 
+MAX_LABELS = 20  # a local file whose answers take at most this many short values is a classification task
+
+
+def infer_kind(rows: Any) -> str:
+    """The task of a generic local file: `pretraining` for text; `classification` when its answers form a small set
+    of short words (each used twice on average at least); else `qa`, scored by exact match and token F1."""
+    if "text" in rows.column_names:
+        return "pretraining"
+    targets = [str(t).strip() for t in rows["target"]]
+    distinct = set(targets)
+    short = all(len(t.split()) <= 4 and len(t) <= 40 for t in distinct)
+    return "classification" if 2 <= len(distinct) <= MAX_LABELS and len(distinct) * 2 <= len(targets) and short else "qa"
+
+
+def task_kind(spec: DatasetSpec | None, rows: Any) -> str:
+    return spec.kind if spec is not None else infer_kind(rows)
+
+
 def label_words(spec: DatasetSpec | None, train: Any) -> tuple[str, ...]:
-    """The label set of a classification run: the entry's words, or the options its rows carry (AdaptLLM)."""
-    if spec is None or spec.kind != "classification":
+    """The label set of a classification run: the entry's words, the options its rows carry (AdaptLLM), or the
+    answers a local file's rows take (sorted)."""
+    if task_kind(spec, train) != "classification":
         return ()
+    if spec is None:
+        return tuple(sorted({str(t).strip() for t in train["target"]}))
     if spec.labels:
         return spec.labels
     return tuple(dict.fromkeys(w for ws in train["choices"] for w in ws))

@@ -28,8 +28,9 @@ def _encode(tokenizer: Any, conversations: list[list[dict]], kwargs: dict[str, A
 
 def fit(ds: Any, tokenizer: Any, max_length: int, kwargs: dict[str, Any], where: str,
         batch: int = 512) -> tuple[Any, dict[str, Any]]:
-    """Drop examples whose prompt alone fills max_length (no answer token would be left to learn); count tokens
-    (after truncation) per source. All dropped is an error naming the fix."""
+    """Drop examples that truncation to max_length would change: a prompt that fills it (no answer token left to
+    learn), or an answer it would cut (trained without its end, the end-of-turn token or a final answer line).
+    Count tokens per source. All dropped is an error naming the fix."""
     if ds is None:
         return None, {}
     text = "text" in ds.column_names
@@ -37,6 +38,7 @@ def fit(ds: Any, tokenizer: Any, max_length: int, kwargs: dict[str, Any], where:
     tokens: Counter = Counter()
     examples: Counter = Counter()
     dropped: Counter = Counter()
+    cut: Counter = Counter()
     sources = ds["source"] if "source" in ds.column_names else None
     for start in range(0, len(ds), batch):
         rows = ds[start: start + batch]
@@ -53,17 +55,23 @@ def fit(ds: Any, tokenizer: Any, max_length: int, kwargs: dict[str, Any], where:
             if prompt_lengths[i] >= max_length:
                 dropped[source] += 1
                 continue
+            if not text and lengths[i] > max_length:
+                cut[source] += 1
+                continue
             keep.append(start + i)
             examples[source] += 1
             tokens[source] += min(lengths[i], max_length)
     if not keep:
         raise LancyError(
-            f"every {where} example's prompt fills --max-length {max_length}, leaving no answer token to learn; "
-            "raise --max-length"
+            f"every {where} example is longer than --max-length {max_length} ({sum(dropped.values())} prompt(s) fill "
+            f"it, {sum(cut.values())} answer(s) would be cut); raise --max-length"
         )
     report: dict[str, Any] = {"examples": dict(examples), "tokens": dict(tokens)}
     if dropped:
         report["dropped_truncated"] = dict(dropped)
+    if cut:
+        report["dropped_answer_cut"] = dict(cut)
+    if dropped or cut:
         ds = ds.select(keep)
     return ds, report
 

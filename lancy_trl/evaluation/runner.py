@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,23 +20,88 @@ from lancy_trl.errors import LancyError
 DEFAULT_NEW_TOKENS = {"multiple_choice": 16, "math": 320, "qa": 160}
 
 
-def eval_rows(args: EvalArgs, run_info: dict[str, Any]) -> tuple[Any, list[dict], list[str]]:
-    """(spec, chat rows with `target` (or `text`), label words) for the chosen split, built with the run's
-    template and system prompt."""
-    from lancy_trl.data.build import convert, label_words, load_source
+@dataclass
+class EvalSet:
+    """The rows an evaluation scores, and what they are: the task, its labels, the split and whether they were held
+    out from the model's training (None: not known, the model is not a lancy run)."""
+
+    name: str
+    kind: str
+    labels: list[str]
+    rows: list[dict]
+    split: str
+    rows_from: str
+    held_out: bool | None
+    notes: list[str] = field(default_factory=list)
+
+    def record(self) -> dict[str, Any]:
+        return {"dataset": self.name, "task": self.kind, "split": self.split, "rows": len(self.rows),
+                "rows_from": self.rows_from, "held_out": self.held_out}
+
+
+def eval_rows(args: EvalArgs, run_info: dict[str, Any], run_dir: Path | None) -> EvalSet:
+    """A run's own held-out rows (as it built them: template, system prompt, labels), or a dataset's split."""
+    if run_dir is not None and not args.dataset and not args.data_files and run_info.get("held_out") is not None:
+        return _run_rows(args, run_info, run_dir)
+    return _dataset_rows(args, run_info, run_dir)
+
+
+def _sample(rows: list[dict], limit: int | None, seed: int) -> list[dict]:
+    """At most `limit` rows, a seeded random sample in file order (a label-sorted file gives one class otherwise)."""
+    import random
+
+    if not limit or len(rows) <= limit:
+        return rows
+    return [rows[i] for i in sorted(random.Random(seed).sample(range(len(rows)), limit))]
+
+
+def _run_rows(args: EvalArgs, run_info: dict[str, Any], run_dir: Path) -> EvalSet:
+    held = run_info["held_out"]
+    kind, labels, name = run_info.get("task", "classification"), list(run_info.get("labels", [])), run_info["dataset"]
+    if kind == "mixture":
+        raise LancyError(f"{run_dir} trained on a mixture; evaluate each source with --dataset NAME (and its "
+                         "--data-files)")
+    split = args.split or ("test" if "test" in held else "validation")
+    if split == "train":
+        rows = _training_rows(run_info, run_dir)
+        note = f"scoring the {len(rows)} rows {run_dir.name} trained on: not a held-out score"
+        return EvalSet(name, kind, labels, _sample(rows, args.limit, args.seed), "train", "the run's training rows",
+                       False, [note])
+    if split not in held:
+        have = ", ".join(held) or "none"
+        raise LancyError(f"{run_dir} held out no {split!r} rows (it has: {have}); pass --split with one of those, "
+                         "--split train to score its training rows, or --dataset/--data-files for other data")
+    path = run_dir / held[split]["file"]
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return EvalSet(name, kind, labels, _sample(rows, args.limit, args.seed), split, held[split]["from"], True)
+
+
+def _training_rows(run_info: dict[str, Any], run_dir: Path) -> list[dict]:
+    """The rows a run trained on, rebuilt from its saved config; a changed source is said, not hidden."""
+    from lancy_trl.config import SFTArgs, resolve
+    from lancy_trl.data.build import build_data
+
+    args = resolve(SFTArgs, run_info.get("config", {}), source=str(run_dir / "config.yaml"))
+    data = build_data(args)
+    if data.stats.get("train_fingerprint") != run_info.get("data", {}).get("train_fingerprint"):
+        raise LancyError(f"the training data of {run_dir} changed since it ran (fingerprint differs); its training rows "
+                         "cannot be rebuilt")
+    return list(data.train)
+
+
+def _dataset_rows(args: EvalArgs, run_info: dict[str, Any], run_dir: Path | None) -> EvalSet:
+    from lancy_trl.data.build import convert, label_words, load_source, task_kind
 
     config = run_info.get("config", {})
     if args.dataset:
-        name, dataset_config = args.dataset, args.dataset_config
-    else:
+        name, dataset_config, files = args.dataset, args.dataset_config, args.data_files
+    else:  # the run's dataset (a run saved before held-out rows were recorded), else the demo
         name = (config.get("dataset") or ["finsent"])[0]
         dataset_config = args.dataset_config or (config.get("dataset_config") or [None])[0]
-    source = load_source(name, dataset_config, args.data_files, args.limit)
+        files = args.data_files or config.get("data_files", [])
+    source = load_source(name, dataset_config, files, args.limit)
     spec = source.spec
-    if spec is None:
-        raise LancyError(f"{name}: `lancy eval` needs a registry dataset to know the task and its answers; pass "
-                         "--dataset NAME --data-files FILE (`lancy datasets list`)")
-    if spec.kind == "code":
+    if spec is not None and spec.kind == "code":
         raise LancyError(f"{spec.name}: code is judged by running its tests, which lancy eval does not do; "
                          "use the benchmark's own harness")
     wanted = [args.split] if args.split else ["test", "validation", "train"]
@@ -43,16 +111,22 @@ def eval_rows(args: EvalArgs, run_info: dict[str, Any]) -> tuple[Any, list[dict]
     system = args.system_prompt or config.get("system_prompt")
     rows: Any = None
     for split in splits:  # the first split with answers: FinanceMath's test split has none
-        rows, _ = convert(source.raw[split], spec, system, f"{source.name} ({split})", required=split == splits[-1])
+        rows, _ = convert(source.raw[split], spec, system, f"{source.name} ({split})", split == splits[-1], source.where(split))
         if rows is not None:
             break
-    if args.limit:
-        rows = rows.select(range(min(args.limit, len(rows))))
-    if spec.kind == "multiple_choice":
+    kind = task_kind(spec, rows)
+    if kind == "multiple_choice":
         labels = list(dict.fromkeys(sorted(c for cs in rows["choices"] for c in cs)))
     else:
         labels = list(label_words(spec, rows))
-    return spec, list(rows), labels
+    canonical = next((w for w in ("test", "validation", "train") if source.split(w) == split), split)
+    notes = []
+    if canonical == "train" and not args.split:
+        notes.append(f"{source.name} has no test or validation split: scoring its train split, which a model "
+                     "fine-tuned on it has seen")
+    held = None if run_dir is None else (False if canonical == "train" and name in config.get("dataset", []) else None)
+    return EvalSet(spec.name if spec else source.name, kind, labels, _sample(list(rows), args.limit, args.seed), split,
+                   f"{split} split of {name}", held, notes)
 
 
 def methods_for(kind: str, method: str) -> list[str]:
@@ -65,8 +139,8 @@ def methods_for(kind: str, method: str) -> list[str]:
     return ["generate"]
 
 
-def evaluate_model(source: Any, args: EvalArgs, spec: Any, rows: list[dict], labels: list[str], methods: list[str],
-                   console: Any, thinking: bool = False) -> dict[str, dict[str, Any]]:
+def evaluate_model(source: Any, args: EvalArgs, es: EvalSet, methods: list[str], console: Any,
+                   thinking: bool = False) -> dict[str, dict[str, Any]]:
     from rich.progress import Progress
 
     from lancy_trl.data.tokens import chat_kwargs as template_kwargs
@@ -77,12 +151,12 @@ def evaluate_model(source: Any, args: EvalArgs, spec: Any, rows: list[dict], lab
     reports = {}
     for method in methods:
         with Progress(console=console, transient=True) as progress:
-            task = progress.add_task(f"{method} {source.name}", total=len(rows))
+            task = progress.add_task(f"{method} {source.name}", total=len(es.rows))
             advance = lambda n, t=task: progress.advance(t, n)  # noqa: E731
             start = time.perf_counter()
-            report = _evaluate(loaded, args, spec.kind, rows, labels, method, advance, chat_kwargs)
+            report = _evaluate(loaded, args, es.kind, es.rows, es.labels, method, advance, chat_kwargs)
             seconds = time.perf_counter() - start
-        report.update(task=spec.kind, method=method, examples_per_second=len(rows) / seconds,
+        report.update(task=es.kind, method=method, examples_per_second=len(es.rows) / seconds,
                       model=source.path, adapter=source.adapter)
         reports[method] = report
     return reports
@@ -147,31 +221,64 @@ def run_eval(args: EvalArgs, console: Any) -> dict[str, Any]:
     source = resolve_model(args.model, log=console.print)
     run_dir = Path(args.model) if source.origin == "run" else None
     run_info = runs.read(run_dir) if run_dir else {}
-    spec, rows, labels = eval_rows(args, run_info)
-    methods = methods_for(spec.kind, args.method)
+    es = eval_rows(args, run_info, run_dir)
+    methods = methods_for(es.kind, args.method)
+    if args.compare_base and run_info.get("base_model_path", source.path) == source.path and source.adapter is None:
+        raise LancyError("--compare-base needs a fine-tuned model: pass a run directory or an adapter to --model")
+    for note in es.notes:
+        console.print(f"[yellow]note:[/] {note}", highlight=False)
     thinking = args.enable_thinking
     if thinking is None:
         thinking = run_info.get("config", {}).get("enable_thinking", False)
-
-    def evaluate(src: Any) -> dict[str, dict[str, Any]]:
-        return evaluate_model(src, args, spec, rows, labels, methods, console, bool(thinking))
-
-    results = {"model": evaluate(source)}
-    if args.compare_base:
-        base_path = run_info.get("base_model_path", source.path)
-        if base_path == source.path and source.adapter is None:
-            raise LancyError("--compare-base needs a fine-tuned model: pass a run directory or an adapter to --model")
-        results["base"] = evaluate(ModelSource(short_name(base_path), base_path, "base"))
     out = Path(args.output_dir) if args.output_dir else (run_dir / "eval" if run_dir else Path("eval_runs") / source.name)
+    out.mkdir(parents=True, exist_ok=True)
+    with library_messages_to(out / "eval.log"):
+        results = {"model": evaluate_model(source, args, es, methods, console, bool(thinking))}
+        if args.compare_base:
+            base_path = run_info.get("base_model_path", source.path)
+            results["base"] = evaluate_model(ModelSource(short_name(base_path), base_path, "base"), args, es, methods,
+                                             console, bool(thinking))
     metrics = {tag: {m: {k: v for k, v in r.items() if k != "predictions"} for m, r in rs.items()}
                for tag, rs in results.items()}
-    save(out, results, metrics, spec.name)
-    return {"dataset": spec.name, "task": spec.kind, "output_dir": str(out), **metrics}
+    record = {**es.record(), "notes": es.notes}
+    save(out, results, metrics, record)
+    return {**record, "output_dir": str(out), **metrics}
 
 
-def save(out: Path, results: dict[str, Any], metrics: dict[str, Any], dataset: str) -> None:
+@contextmanager
+def library_messages_to(path: Path) -> Iterator[None]:
+    """Library warnings (FutureWarning, deprecation notices) and transformers' log lines go to a file, not the
+    terminal, while inside."""
+    import logging
+    import warnings
+
+    import transformers
+
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    loggers = [logging.getLogger(n) for n in ("transformers", "peft", "py.warnings")]
+    for logger in loggers:
+        logger.addHandler(handler)
+    propagate = loggers[-1].propagate
+    loggers[-1].propagate = False
+    logging.captureWarnings(True)
+    transformers.logging.disable_default_handler()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")
+            yield
+    finally:
+        logging.captureWarnings(False)
+        transformers.logging.enable_default_handler()
+        loggers[-1].propagate = propagate
+        for logger in loggers:
+            logger.removeHandler(handler)
+        handler.close()
+
+
+def save(out: Path, results: dict[str, Any], metrics: dict[str, Any], record: dict[str, Any]) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps({"dataset": dataset, **metrics}, indent=2))
+    (out / "metrics.json").write_text(json.dumps({**record, **metrics}, indent=2))
     with (out / "predictions.jsonl").open("w") as fh:
         for tag, rs in results.items():
             for method, report in rs.items():

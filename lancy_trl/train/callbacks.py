@@ -79,6 +79,40 @@ class RunFacts(TrainerCallback):
             self.writer.add_scalar("train/tokens_seen", logs["num_tokens"], state.global_step)
 
 
+class SaveEvery(TrainerCallback):
+    """A checkpoint at least every `minutes` of training (besides --save-steps), so a killed run loses minutes, not
+    the run. Each checkpoint's step is also logged, so the losses it keeps cover every step up to it (a resumed run's
+    train loss then covers the whole run)."""
+
+    def __init__(self, minutes: float) -> None:
+        self.seconds = minutes * 60
+        self.last = time.monotonic()
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.last = time.monotonic()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.seconds > 0 and time.monotonic() - self.last >= self.seconds:
+            control.should_save = True
+        if control.should_save:
+            control.should_log = True
+            self.last = time.monotonic()
+        return control
+
+
+def whole_run_loss(history: list[dict[str, Any]], start: int, session_loss: float, end: int) -> float:
+    """The mean training loss over every step of a run resumed at step `start`: the logged losses up to `start`
+    (each the mean over the steps since the log before it) and this session's mean over start..end."""
+    total, steps, previous = 0.0, 0, 0
+    for record in history:
+        step = record.get("step", 0)
+        if "loss" in record and previous < step <= start:
+            total += record["loss"] * (step - previous)
+            steps += step - previous
+            previous = step
+    return (total + session_loss * (end - start)) / max(steps + end - start, 1)
+
+
 class GracefulInterrupt(TrainerCallback):
     """First Ctrl-C: finish the step, save a resumable checkpoint, stop. Second Ctrl-C: abort."""
 
@@ -103,6 +137,7 @@ class GracefulInterrupt(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         if self.requested:
             control.should_save = True
+            control.should_log = True  # the last steps' loss goes into the checkpoint's history
             control.should_training_stop = True
         return control
 

@@ -158,50 +158,93 @@ def _versions() -> dict[str, str]:
     return {p: md.version(p) for p in ("torch", "transformers", "trl", "peft", "datasets", "accelerate", "lancy-trl")}
 
 
-def prepare_run(args: SFTArgs, flags: dict[str, Any]) -> tuple[SFTArgs, Path, str | None]:
+def prepare_run(args: SFTArgs, flags: dict[str, Any], console: Any) -> tuple[SFTArgs, Path, str | None]:
     """(args, run dir, checkpoint): a new run, or the saved config of the run being resumed + new flags."""
     if args.resume:
         from lancy_trl.config import resolve
 
         run_dir, checkpoint = runs.find_resume(args.resume, args.run_dir, args.output_dir)
+        console.print(f"Resuming {run_dir} from {checkpoint.name}", highlight=False, soft_wrap=True)
         saved = runs.read(run_dir).get("config", {})
         args = resolve(SFTArgs, saved, {**flags, "resume": args.resume}, source=str(run_dir / "config.yaml"))
         return args, run_dir, str(checkpoint)
+    check_writable(Path(args.run_dir).parent if args.run_dir else Path(args.output_dir))
     return args, Path(args.run_dir) if args.run_dir else Path(), None
+
+
+def check_writable(folder: Path) -> None:
+    """Refuse an output folder that cannot be created or written, before any model is loaded."""
+    import tempfile
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as e:
+        raise LancyError(f"cannot write runs to {folder} ({e.strerror or type(e).__name__}); pass a writable "
+                         "--output-dir") from None
+
+
+def check_targets(targets: list[str], model: Any) -> None:
+    """Every --lora-target-modules name must match a module of the model; else list the linear layers it has."""
+    from lancy_trl.models import lora_targets
+
+    leaves = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    missing = [t for t in targets if t not in leaves and not any(n.endswith("." + t) for n, _ in model.named_modules())]
+    if missing:
+        raise LancyError(f"--lora-target-modules {', '.join(missing)}: no such module in this model; its linear layers "
+                         f"are {', '.join(lora_targets(model))}")
+
+
+def check_same_data(run_dir: Path, data: Any, args: SFTArgs) -> None:
+    """A resumed run must see the rows it started on: the data order and the held-out rows depend on them."""
+    before = runs.read(run_dir).get("data", {}).get("train_fingerprint")
+    now = data.stats.get("train_fingerprint")
+    if before and now != before and not args.allow_data_change:
+        raise LancyError(f"the training data changed since {run_dir} started (fingerprint {now}, was {before}); "
+                         "resume with the same data, or pass --allow-data-change to continue on the new rows")
 
 
 def run_sft(args: SFTArgs, console: Any, flags: dict[str, Any] | None = None) -> SFTResult:
     from lancy_trl.data.build import build_data
-    from lancy_trl.models import load_model, lora_targets, pick_device, resolve_model
+    from lancy_trl.models import load_model, pick_device, resolve_model
 
-    args, run_dir, checkpoint = prepare_run(args, flags or {})
+    args, run_dir, checkpoint = prepare_run(args, flags or {}, console)
     device = pick_device(args.device)
     with console.status("Loading data..."):
         data = build_data(args)
+    if checkpoint is not None:
+        check_same_data(run_dir, data, args)
     source = resolve_model(args.model, log=console.print)
     with console.status(f"Loading {source.path}..."):
         loaded = load_model(source, args, device=device)
     trainer_options(args, loaded.info)  # refuses impossible --lean-activations / --shared-prefix before a run directory exists
+    if args.use_lora and args.lora_target_modules:
+        check_targets(args.lora_target_modules, loaded.model)
     with console.status("Counting tokens..."):
         data_report = fit_to_model(data, loaded.tokenizer, args)
     if checkpoint is None:
         name = args.run_name or runs.run_name(args, source.name, data.name)
         run_dir = runs.create(args.output_dir, name) if not args.run_dir else runs.create(run_dir.parent, run_dir.name)
+        held_out = runs.save_rows(run_dir, {"validation": (data.eval, data.stats.get("eval_from", "validation split")),
+                                            "test": (data.test, "test split")})
+        runs.update(run_dir, held_out=held_out, task=data.kind, dataset=data.name, labels=list(data.labels))
     config = to_dict(args)
     runs.save_config(run_dir, config)
     runs.update(
-        run_dir, status="running", config=config, model_name=source.name, base_model_path=source.path,
-        model_info=loaded.info, data={**data.stats, **data_report}, dataset=data.name, labels=list(data.labels),
+        run_dir, status="running", owner=runs.owner(), config=config, model_name=source.name,
+        base_model_path=source.path, model_info=loaded.info, data={**data.stats, **data_report},
         chat_template_kwargs=data_report["chat_template_kwargs"],
         template=data.spec.template if data.spec else None, versions=_versions(),
         started=time.strftime("%Y-%m-%dT%H:%M:%S"),
     )
     handler = _file_logging(run_dir)
     try:
-        return _train(args, run_dir, checkpoint, data, loaded, device, console, lora_targets, data_report)
+        return _train(args, run_dir, checkpoint, data, loaded, device, console, data_report)
     except KeyboardInterrupt:
         runs.update(run_dir, status="interrupted")
-        raise LancyError(f"aborted; resume from the last checkpoint with `lancy sft --resume latest --run-dir {run_dir}`") from None
+        if runs.complete_checkpoints(run_dir):
+            raise LancyError(f"aborted; resume from the last checkpoint with `lancy sft --resume latest --run-dir {run_dir}`") from None
+        raise LancyError(f"aborted before the first checkpoint: nothing to resume; start again (the logs stay in {run_dir})") from None
     except Exception as e:
         runs.update(run_dir, status="failed", error=f"{type(e).__name__}: {e}")
         raise
@@ -225,10 +268,14 @@ def fit_to_model(data: Any, tokenizer: Any, args: SFTArgs) -> dict[str, Any]:
     data.train, report = fit(data.train, tokenizer, args.max_length, kwargs, "training")
     if data.eval is not None:
         data.eval, eval_report = fit(data.eval, tokenizer, args.max_length, kwargs, "evaluation")
-        if eval_report.get("dropped_truncated"):
-            report["eval_dropped_truncated"] = eval_report["dropped_truncated"]
+        for key in ("dropped_truncated", "dropped_answer_cut"):
+            if eval_report.get(key):
+                report[f"eval_{key}"] = eval_report[key]
     for source, n in report.get("dropped_truncated", {}).items():
         data.notes.append(f"{source}: dropped {n} example(s) whose prompt fills --max-length {args.max_length}")
+    for source, n in report.get("dropped_answer_cut", {}).items():
+        data.notes.append(f"{source}: dropped {n} example(s) whose answer --max-length {args.max_length} would cut "
+                          "(raise --max-length to keep them)")
     for words in label_collisions(tokenizer, list(data.labels), kwargs):
         data.notes.append(f"label words {', '.join(words)} start with the same token; `lancy eval --method score` "
                           "still tells them apart, generation must get past it")
@@ -261,12 +308,13 @@ def _report_data(data: Any, report: dict[str, Any], console: Any, writer: Any) -
     writer.add_scalar("data/train_examples", sum(tokens["examples"].values()), 0)
 
 
-def _train(args, run_dir, checkpoint, data, loaded, device, console, lora_targets, data_report) -> SFTResult:
+def _train(args, run_dir, checkpoint, data, loaded, device, console, data_report) -> SFTResult:
     from torch.utils.tensorboard import SummaryWriter
     from transformers import PrinterCallback
     from transformers.integrations import TensorBoardCallback
 
-    from lancy_trl.train.callbacks import GracefulInterrupt, LogFile, RichProgress, RunFacts, ScoreEval
+    from lancy_trl.models import lora_targets
+    from lancy_trl.train.callbacks import GracefulInterrupt, LogFile, RichProgress, RunFacts, SaveEvery, ScoreEval, whole_run_loss
     from lancy_trl.train.trainer import LancySFTTrainer
 
     info = loaded.info
@@ -282,8 +330,8 @@ def _train(args, run_dir, checkpoint, data, loaded, device, console, lora_target
         )
         info["lora_target_modules"] = ",".join(targets)
     eval_ds = data.eval
-    if eval_ds is not None:
-        eval_ds = eval_ds.select(range(min(len(eval_ds), args.eval_max_batches * args.batch_size)))
+    if eval_ds is not None and len(eval_ds) > args.eval_max_batches * args.batch_size:  # a seeded sample, not the first rows
+        eval_ds = eval_ds.shuffle(seed=args.seed).select(range(args.eval_max_batches * args.batch_size))
     writer = SummaryWriter(str(run_dir / "tensorboard"))
     _report_data(data, data_report, console, writer)
     runs.update(run_dir, data={**data.stats, **data_report})
@@ -292,7 +340,8 @@ def _train(args, run_dir, checkpoint, data, loaded, device, console, lora_target
         trainer = LancySFTTrainer(
             model=loaded.model, args=trl_config, train_dataset=data.train, eval_dataset=eval_ds,
             processing_class=loaded.tokenizer, peft_config=peft_config, **trainer_options(args, info),
-            callbacks=[TensorBoardCallback(writer), LogFile(run_dir / "logs" / "training.log"), RichProgress(console), interrupt],
+            callbacks=[TensorBoardCallback(writer), LogFile(run_dir / "logs" / "training.log"), RichProgress(console),
+                       SaveEvery(args.save_minutes), interrupt],
         )
     if data.labels and eval_ds is not None and "prompt" in eval_ds.column_names:
         trainer.add_callback(ScoreEval(writer, loaded.tokenizer, eval_ds, list(data.labels), args.batch_size,
@@ -319,6 +368,8 @@ def _train(args, run_dir, checkpoint, data, loaded, device, console, lora_target
         output = trainer.train(resume_from_checkpoint=checkpoint)
     seconds = time.time() - start
     state = trainer.state
+    first = json.loads((Path(checkpoint) / "trainer_state.json").read_text())["global_step"] if checkpoint else 0
+    train_loss = whole_run_loss(state.log_history, first, output.training_loss, state.global_step)
     eval_loss = next((h["eval_loss"] for h in reversed(state.log_history) if "eval_loss" in h), None)
     final = {k: v for h in state.log_history for k, v in h.items() if k.startswith("eval_")}  # the latest of each
     if interrupt.requested:
@@ -327,16 +378,16 @@ def _train(args, run_dir, checkpoint, data, loaded, device, console, lora_target
             f"[yellow]Interrupted at step {state.global_step}; checkpoint saved.[/] Resume with:\n"
             f"  lancy sft --resume latest --run-dir {run_dir}"
         )
-        return SFTResult(run_dir, "interrupted", state.global_step, output.training_loss, eval_loss, seconds)
+        return SFTResult(run_dir, "interrupted", state.global_step, train_loss, eval_loss, seconds)
     _save_final(trainer, run_dir, data, args)
     writer.close()
     runs.update(
-        run_dir, status="complete", steps=state.global_step, train_loss=output.training_loss, eval_loss=eval_loss,
+        run_dir, status="complete", steps=state.global_step, train_loss=train_loss, eval_loss=eval_loss,
         train_seconds=round(seconds, 1), finished=time.strftime("%Y-%m-%dT%H:%M:%S"), final_eval=final,
     )
-    (run_dir / "metrics.json").write_text(json.dumps({"step": state.global_step, "train_loss": output.training_loss,
+    (run_dir / "metrics.json").write_text(json.dumps({"step": state.global_step, "train_loss": train_loss,
                                                       **final}, indent=2))
-    return SFTResult(run_dir, "complete", state.global_step, output.training_loss, eval_loss, seconds)
+    return SFTResult(run_dir, "complete", state.global_step, train_loss, eval_loss, seconds)
 
 
 def _save_final(trainer: Any, run_dir: Path, data: Any, args: SFTArgs) -> None:

@@ -62,16 +62,58 @@ def test_full_fine_tuning_changes_the_weights(quick, tmp_path, tiny_model):
     assert "model.layers.0.self_attn.q_proj.weight" in changed
 
 
-def test_resume_continues_from_the_checkpoint(quick, tmp_path):
+def _kill_after_first_checkpoint(run):
+    """What `kill -9` after the step-2 checkpoint leaves: no later checkpoint, no model, run.json saying running
+    for a process that is gone."""
+    import shutil
+    import subprocess
+
+    from lancy_trl import runs
+
+    shutil.rmtree(run / "checkpoints" / "checkpoint-4")
+    shutil.rmtree(run / "model")
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    runs.update(run, status="running", owner={**runs.owner(), "pid": dead.pid})
+
+
+def test_a_killed_run_resumes_to_the_uninterrupted_result(quick, tmp_path):
+    from lancy_trl import runs
+
+    fast = ["--max-steps", 4, "--learning-rate", "1e-2"]  # the loss moves from step to step
+    assert sft(*quick, *fast, "--run-name", "straight").exit_code == 0
+    assert sft(*quick, *fast, "--run-name", "killed").exit_code == 0
+    straight, killed = tmp_path / "runs" / "straight", tmp_path / "runs" / "killed"
+    _kill_after_first_checkpoint(killed)
+    assert runs.read(killed)["status"] == "interrupted"  # a dead owner is seen, not `running` forever
+    result = sft("--resume", "latest", "--output-dir", tmp_path / "runs")  # the newest resumable run, named
+    assert result.exit_code == 0, result.output
+    assert f"Resuming {killed} from checkpoint-2" in result.output
+    info, want = json.loads((killed / "run.json").read_text()), json.loads((straight / "run.json").read_text())
+    assert info["status"] == "complete" and info["steps"] == 4
+    # the train loss covers all four steps, not only the two after the resume
+    assert info["train_loss"] == pytest.approx(want["train_loss"], rel=1e-4)
+    assert len(list((tmp_path / "runs").iterdir())) == 2  # resumed in place, no new run
+
+
+def test_a_complete_run_is_not_resumed(quick, tmp_path):
     assert sft(*quick, "--max-steps", 2).exit_code == 0
     run = only_run(tmp_path)
     result = sft("--resume", "latest", "--run-dir", run, "--max-steps", 4)
+    assert result.exit_code == 1 and "is complete (2 steps)" in result.output and "--max-steps N" in result.output
+    result = sft("--resume", "latest", "--output-dir", tmp_path / "runs")
+    assert result.exit_code == 1 and "no resumable run" in result.output and "is complete" in result.output
+
+
+def test_resume_refuses_changed_data(quick, tmp_path, pc_file):
+    assert sft(*quick, "--dataset", pc_file, "--max-steps", 4).exit_code == 0
+    run = only_run(tmp_path)
+    _kill_after_first_checkpoint(run)
+    pc_file.write_text(pc_file.read_text().replace("rose", "grew"))
+    result = sft("--resume", "latest", "--run-dir", run)
+    assert result.exit_code == 1 and "training data changed" in result.output and "--allow-data-change" in result.output
+    result = sft("--resume", "latest", "--run-dir", run, "--allow-data-change")
     assert result.exit_code == 0, result.output
-    state = json.loads((run / "checkpoints" / "checkpoint-4" / "trainer_state.json").read_text())
-    steps = [h["step"] for h in state["log_history"] if "loss" in h]
-    assert steps[0] == 1 and steps[-1] == 4
-    assert json.loads((run / "run.json").read_text())["steps"] == 4
-    assert len(list((tmp_path / "runs").iterdir())) == 1  # resumed in place, no new run
 
 
 def test_yaml_config_with_flag_override(quick, tmp_path):

@@ -63,7 +63,7 @@ def test_empty_and_missing_files_are_clear_errors(tmp_path):
 
 def test_bad_label_names_the_row(tmp_path):
     f = write_jsonl(tmp_path / "t.jsonl", [{"sentence": "a", "label": 1}, {"sentence": "b", "label": 7}])
-    with pytest.raises(LancyError, match="row 1: label 7 is not one of"):
+    with pytest.raises(LancyError, match="t.jsonl line 2: label 7 is not one of"):
         build_data(resolve(SFTArgs, flags={"dataset": ["finsent"], "data_files": [str(f)]}))
 
 

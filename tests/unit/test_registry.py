@@ -95,11 +95,11 @@ def test_unlabelled_rows_are_dropped_with_a_count_and_bad_labels_name_the_row(tm
     bundle = build_data(resolve(SFTArgs, flags={"dataset": ["glue"], "dataset_config": ["sst2"], "data_files": files}))
     assert bundle.stats["skipped"] == {"test": {"label -1 or missing (unlabelled rows)": 1}}
     assert bundle.test is None and bundle.stats["eval_from"] == "validation split"
-    assert any("skipped 1 row(s)" in n for n in bundle.notes)
+    assert any(n.endswith("test.jsonl: dropped 1 row(s): label -1 or missing (unlabelled rows)") for n in bundle.notes)
     bad = tmp_path / "bad.jsonl"
     rows = [{"sentence": "a", "label": 0, "idx": 0}, {"sentence": "b", "label": 2, "idx": 1}]
     bad.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    with pytest.raises(LancyError, match=r"glue-sst2 row 1: label 2 is not one of \['negative', 'positive'\]"):
+    with pytest.raises(LancyError, match=r"bad.jsonl line 2: label 2 is not one of \['negative', 'positive'\]"):
         build_data(resolve(SFTArgs, flags={"dataset": ["glue-sst2"], "data_files": [str(bad)]}))
 
 

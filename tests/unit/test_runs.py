@@ -34,7 +34,7 @@ def test_resume_picks_the_newest_complete_checkpoint(tmp_path):
 def test_resume_without_checkpoint_says_so(tmp_path):
     run = runs.create(tmp_path, "r")
     runs.update(run, status="failed")
-    with pytest.raises(LancyError, match="no complete checkpoint"):
+    with pytest.raises(LancyError, match="stopped before its first checkpoint"):
         runs.find_resume("latest", str(run), str(tmp_path))
-    with pytest.raises(LancyError, match="no run to resume"):
+    with pytest.raises(LancyError, match="no resumable run"):
         runs.find_resume("latest", None, str(tmp_path / "empty"))
