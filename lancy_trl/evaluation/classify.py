@@ -11,9 +11,29 @@ import re
 from typing import Any
 
 
+def stop_ids(tokenizer: Any, chat_kwargs: dict | None = None) -> list[int]:
+    """EOS and the chat template's end-of-turn token: the first special or added token the template writes after an
+    assistant message (`<|im_end|>`, `<|eot_id|>`, `<end_of_turn>`), which base models of Qwen3 and Llama-3.2 do not
+    use as EOS."""
+    ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    kw = chat_kwargs or {}
+    prompt = [{"role": "user", "content": "x"}]
+    try:
+        prefix = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=False, **kw)
+        full = tokenizer.apply_chat_template(prompt + [{"role": "assistant", "content": "y"}], tokenize=True,
+                                             return_dict=False, **kw)
+    except Exception:  # a template that refuses this minimal conversation: EOS only
+        return ids
+    special = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}))
+    tail = list(full[len(prefix):]) if list(full[: len(prefix)]) == list(prefix) else []
+    end = next((t for t in tail if t in special), None)
+    return ids + ([end] if end is not None and end not in ids else [])
+
+
 def label_token_ids(tokenizer: Any, prompt: list[dict], labels: list[str], chat_kwargs: dict | None = None) -> list[list[int]]:
     """Each label's tokens as the chat template renders the assistant turn, through its end-of-turn token."""
     kw = chat_kwargs or {}
+    stops = set(stop_ids(tokenizer, chat_kwargs))
     prefix = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=False, **kw)
     out = []
     for label in labels:
@@ -24,8 +44,9 @@ def label_token_ids(tokenizer: Any, prompt: list[dict], labels: list[str], chat_
             ids = tokenizer(label, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         else:
             ids = list(full[len(prefix):])
-            if tokenizer.eos_token_id in ids:
-                ids = ids[: ids.index(tokenizer.eos_token_id) + 1]
+            end = next((i for i, t in enumerate(ids) if t in stops), None)
+            if end is not None:
+                ids = ids[: end + 1]
         out.append(ids)
     return out
 
@@ -195,21 +216,23 @@ def classify(model: Any, tokenizer: Any, prompts: list[list[dict]], labels: list
                     best = max(range(len(labels)), key=row.__getitem__)
                     results.append({"prediction": labels[best], "probs": dict(zip(labels, row))})
             else:
-                for text in _generate(model, tokenizer, ids, pad_id, max_new):
+                for text in _generate(model, tokenizer, ids, pad_id, max_new, stop_ids(tokenizer, chat_kwargs)):
                     results.append({"prediction": parse_label(text, labels), "output": text})
             if progress is not None:
                 progress(len(batch))
     return results
 
 
-def _generate(model: Any, tokenizer: Any, ids: list[list[int]], pad_id: int, max_new: int) -> list[str]:
+def _generate(model: Any, tokenizer: Any, ids: list[list[int]], pad_id: int, max_new: int,
+              stops: list[int] | None = None) -> list[str]:
+    """Greedy continuations, stopping at any of `stops` (EOS and the end-of-turn token)."""
     import torch
 
     p_len = max(map(len, ids))
     input_ids = torch.tensor([[pad_id] * (p_len - len(p)) + p for p in ids], device=model.device)
     mask = torch.tensor([[0] * (p_len - len(p)) + [1] * len(p) for p in ids], device=model.device)
     out = model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=max_new, do_sample=False,
-                         pad_token_id=pad_id, eos_token_id=tokenizer.eos_token_id)
+                         pad_token_id=pad_id, eos_token_id=stops or tokenizer.eos_token_id)
     return tokenizer.batch_decode(out[:, p_len:], skip_special_tokens=True)
 
 
@@ -220,13 +243,14 @@ def generate_texts(model: Any, tokenizer: Any, prompts: list[list[dict]], max_ne
 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     ids = encode_prompts(tokenizer, prompts, chat_kwargs)
+    stops = stop_ids(tokenizer, chat_kwargs)
     order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
     texts: list[str] = [""] * len(ids)
     model.eval()
     with torch.inference_mode():
         for start in range(0, len(order), batch_size):
             batch = order[start:start + batch_size]
-            for i, text in zip(batch, _generate(model, tokenizer, [ids[i] for i in batch], pad_id, max_new)):
+            for i, text in zip(batch, _generate(model, tokenizer, [ids[i] for i in batch], pad_id, max_new, stops)):
                 texts[i] = text
             if progress is not None:
                 progress(len(batch))

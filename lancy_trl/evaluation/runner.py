@@ -64,7 +64,7 @@ def _run_rows(args: EvalArgs, run_info: dict[str, Any], run_dir: Path) -> EvalSe
     split = args.split or ("test" if "test" in held else "validation")
     if split == "train":
         rows = _training_rows(run_info, run_dir)
-        note = f"scoring the {len(rows)} rows {run_dir.name} trained on: not a held-out score"
+        note = f"--split train: scoring rows {run_dir.name} trained on, not a held-out score"
         return EvalSet(name, kind, labels, _sample(rows, args.limit, args.seed), "train", "the run's training rows",
                        False, [note])
     if split not in held:

@@ -395,8 +395,11 @@ def _save_final(trainer: Any, run_dir: Path, data: Any, args: SFTArgs) -> None:
     import json
     import shutil
 
+    from transformers.utils import logging as hf_logging
+
     tmp, final = run_dir / "model.part", run_dir / "model"
     shutil.rmtree(tmp, ignore_errors=True)
+    hf_logging.disable_progress_bar()  # no "Writing model shards" bar after the run's own summary
     trainer.save_model(str(tmp))
     lancy_meta = {
         "dataset": data.name, "labels": list(data.labels), "template": data.spec.template if data.spec else None,
