@@ -126,15 +126,16 @@ def check_file(path: str) -> None:
                 try:
                     row = json.loads(line)
                 except ValueError as e:
-                    raise LancyError(f"{path} line {n}: not valid JSON ({e.args[0].split(':')[0]}); fix or remove the line") from None
+                    why = e.args[0].split(":")[0]
+                    raise LancyError(f"{path} line {n}: not valid JSON ({why}); fix or remove the line") from None
                 if not isinstance(row, dict):
                     raise LancyError(f"{path} line {n}: expected a JSON object with named columns, got {type(row).__name__}")
     elif p.suffix.lower() == ".json":
         try:
             json.loads(p.read_text(encoding="utf-8"))
         except ValueError as e:
-            line = getattr(e, "lineno", None)
-            raise LancyError(f"{path}{f' line {line}' if line else ''}: not valid JSON; fix the file, or write one "
+            at = f" line {e.lineno}" if isinstance(e, json.JSONDecodeError) else ""
+            raise LancyError(f"{path}{at}: not valid JSON; fix the file, or write one "
                              "object per line as .jsonl") from None
 
 
@@ -286,10 +287,10 @@ def convert(rows: Any, spec: DatasetSpec | None, system_prompt: str | None, wher
     skipped: Counter = Counter()
     for i, row in enumerate(rows):
         try:
-            if fmt is None:
+            if spec is not None:
                 out.extend(adapters.from_spec(row, spec, locate(i), system_prompt))
             else:
-                out.append(adapters.from_local(row, fmt, system_prompt, locate(i)))
+                out.append(adapters.from_local(row, fmt or "", system_prompt, locate(i)))
         except adapters.Skip as why:
             skipped[str(why)] += 1
     if not out:

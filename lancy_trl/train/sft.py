@@ -243,8 +243,10 @@ def run_sft(args: SFTArgs, console: Any, flags: dict[str, Any] | None = None) ->
     except KeyboardInterrupt:
         runs.update(run_dir, status="interrupted")
         if runs.complete_checkpoints(run_dir):
-            raise LancyError(f"aborted; resume from the last checkpoint with `lancy sft --resume latest --run-dir {run_dir}`") from None
-        raise LancyError(f"aborted before the first checkpoint: nothing to resume; start again (the logs stay in {run_dir})") from None
+            why = f"aborted; resume from the last checkpoint with `lancy sft --resume latest --run-dir {run_dir}`"
+        else:
+            why = f"aborted before the first checkpoint: nothing to resume; start again (the logs stay in {run_dir})"
+        raise LancyError(why) from None
     except Exception as e:
         runs.update(run_dir, status="failed", error=f"{type(e).__name__}: {e}")
         raise
