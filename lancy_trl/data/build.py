@@ -130,6 +130,10 @@ def check_file(path: str) -> None:
                     raise LancyError(f"{path} line {n}: not valid JSON ({why}); fix or remove the line") from None
                 if not isinstance(row, dict):
                     raise LancyError(f"{path} line {n}: expected a JSON object with named columns, got {type(row).__name__}")
+    elif p.suffix.lower() == ".csv":
+        with p.open(encoding="utf-8", errors="replace") as fh:
+            if sum(1 for line in fh if line.strip()) < 2:
+                raise LancyError(f"{path} has a header but no rows; check the file")
     elif p.suffix.lower() == ".json":
         try:
             json.loads(p.read_text(encoding="utf-8"))
@@ -242,6 +246,25 @@ def _load_hub(spec: DatasetSpec, max_examples: int | None) -> dict[str, Any]:
     return dict(load_dataset(spec.hub_id, spec.config))
 
 
+def load_hub_generic(hub_id: str, config: str | None) -> dict[str, Any]:
+    """A hub dataset outside the registry, read by the local-file column rules (messages, prompt + completion,
+    instruction + input + output, text)."""
+    from datasets import load_dataset
+
+    from lancy_trl.models import hub_offline, hub_reachable
+
+    fix = ("download its files and pass one as --dataset FILE.jsonl/.csv/.parquet with columns messages, "
+           "prompt + completion, instruction + input + output, or text")
+    if hub_offline() or not hub_reachable(hub_id, repo_type="dataset"):
+        raise LancyError(f"{hub_id} is not in lancy's registry (`lancy datasets list`) and the hub is not reachable "
+                         f"to load it; {fix}")
+    try:
+        with quiet():
+            return dict(load_dataset(hub_id, None if config in (None, "None", "none", "") else config))
+    except Exception as e:
+        raise LancyError(f"cannot load {hub_id} from the hub ({str(e).strip().splitlines()[0][:160]}); {fix}") from None
+
+
 def load_source(name: str, config: str | None = None, data_files: list[str] | None = None,
                 max_examples: int | None = None) -> Source:
     """Raw splits of one dataset: a local file, or a registry entry from --data-files, its shipped copy or the hub."""
@@ -255,6 +278,8 @@ def load_source(name: str, config: str | None = None, data_files: list[str] | No
         for split, paths in parse_data_files(data_files or []).items():  # validation=PATH, test=PATH beside it
             files.setdefault(split, []).extend(p for p in paths if p != name)
         return Source(name, None, read_files(files), "files", files)
+    if lookup(name, config) is None and name.count("/") == 1 and not Path(name).exists():
+        return Source(name, None, load_hub_generic(name, config), "hub")
     spec = require(name, config)
     if data_files:
         known = sorted({s for v in spec.splits.values() for s in ([v] if isinstance(v, str) else v)} | set(CANONICAL))

@@ -1,0 +1,137 @@
+"""Every mistake a user can make on the command line: one line naming the problem and the fix, exit code 1, no
+traceback, and no run directory left behind. One row per mistake: add a row for each new one."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from lancy_trl.cli import app
+
+
+def _files(tmp_path):
+    """The bad files the table refers to by name."""
+    def write(name, text):
+        path = tmp_path / name
+        path.write_text(text)
+        return path
+
+    rows = "".join(json.dumps({"prompt": f"p{i}", "completion": "a" if i % 2 else "b"}) + "\n" for i in range(8))
+    no_tokenizer = tmp_path / "no-tokenizer"
+    no_tokenizer.mkdir()
+    (no_tokenizer / "config.json").write_text('{"model_type": "llama"}')
+    from transformers import BertConfig
+
+    BertConfig(vocab_size=10, hidden_size=8, num_hidden_layers=1, num_attention_heads=2).save_pretrained(tmp_path / "bert")
+    (tmp_path / "not-a-run").mkdir()
+    return {
+        "EMPTY": write("empty.jsonl", ""),
+        "BLANK_LINES": write("blank.jsonl", "\n\n  \n"),
+        "BROKEN": write("broken.jsonl", rows + '{"prompt": "x", "completion": \n'),
+        "LIST_ROW": write("list.jsonl", rows + "[1, 2]\n"),
+        "BAD_JSON": write("bad.json", '[{"prompt": "x",'),
+        "COLUMNS": write("cols.jsonl", '{"foo": 1, "bar": 2}\n'),
+        "NO_ASSISTANT": write("chat.jsonl", json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n"),
+        "BAD_MESSAGES": write("msgs.jsonl", json.dumps({"messages": "hello"}) + "\n"),
+        "NO_ANSWERS": write("none.csv", "prompt,completion\nhello,\nworld,\n"),
+        "CSV_HEADER_ONLY": write("header.csv", "prompt,completion\n"),
+        "MIXED": write("mixed.csv", "prompt,completion\nx,y\n"),
+        "ROWS": write("rows.jsonl", rows),
+        "TXT": write("notes.txt", "some text\n"),
+        "YAML_KEY": write("key.yaml", "max_stepz: 3\n"),
+        "YAML_TYPE": write("type.yaml", "max_steps: many\n"),
+        "YAML_LIST": write("list.yaml", "- 1\n- 2\n"),
+        "YAML_BROKEN": write("broken.yaml", "max_steps: [1,\n"),
+        "A_FILE": write("a-file", "x"),
+        "NO_TOKENIZER": no_tokenizer,
+        "BERT": tmp_path / "bert",
+        "NOT_A_RUN": tmp_path / "not-a-run",
+    }
+
+
+CASES = [
+    # (command and arguments; names in capitals are files from _files, MODEL the tiny model), words expected
+    ("sft --dataset nope.jsonl", "dataset file 'nope.jsonl' not found"),
+    ("sft --dataset fnsent", "did you mean 'finsent'"),
+    ("sft --dataset someone/private-set", "is not in lancy's registry"),
+    ("sft --dataset EMPTY", "empty.jsonl is empty"),
+    ("sft --dataset BLANK_LINES", "blank.jsonl is empty"),
+    ("sft --dataset BROKEN", "broken.jsonl line 9: not valid JSON"),
+    ("sft --dataset LIST_ROW", "list.jsonl line 9: expected a JSON object"),
+    ("sft --dataset BAD_JSON", "bad.json line 1: not valid JSON"),
+    ("sft --dataset COLUMNS", "lancy reads `messages`"),
+    ("sft --dataset NO_ASSISTANT", "chat.jsonl line 1: the conversation has no assistant turn"),
+    ("sft --dataset BAD_MESSAGES", "msgs.jsonl line 1: `messages` must be a list"),
+    ("sft --dataset NO_ANSWERS", "every one of its 2 rows was skipped (2 empty or missing answer)"),
+    ("sft --dataset CSV_HEADER_ONLY", "header.csv has a header but no rows"),
+    ("sft --dataset TXT", "does not read .txt files"),
+    ("sft --dataset ROWS --dataset finsent --data-files MIXED", "prefix each file with its dataset"),
+    ("sft --dataset finsent --data-files ROWS --data-files MIXED", "cannot read .csv, .jsonl files together"),
+    ("sft --dataset finsent --data-files missing.parquet", "data file(s) not found: missing.parquet"),
+    ("sft --dataset-config sst2", "finsent does not take --dataset-config 'sst2'"),
+    ("sft --mixture-rates 0.5 0.5", "2 value(s) for 1 dataset"),
+    ("sft --dataset ROWS --dataset finsent --mixture-rates 0.5 0.6", "must sum to 1"),
+    ("sft --batch-size 0", "--batch-size must be positive"),
+    ("sft --max-steps -2", "--max-steps must be positive, or -1"),
+    ("sft --max-steps 0", "--max-steps must be positive, or -1"),
+    ("sft --num-train-epochs 0", "--num-train-epochs must be positive"),
+    ("sft --learning-rate -1", "--learning-rate must be positive"),
+    ("sft --lora-dropout 1.5", "--lora-dropout must be in [0, 1)"),
+    ("sft --eval-fraction 1", "--eval-fraction must be in [0, 1)"),
+    ("sft --checkpoint-layers 2", "--checkpoint-layers must be in [0, 1]"),
+    ("sft --save-minutes -1", "--save-minutes must be 0 (off) or positive"),
+    ("sft --precision fp8", "--precision must be one of auto, fp32, bf16, fp16"),
+    ("sft --device tpu", "--device must be one of"),
+    ("sft --precision fp16", "fp16 is not supported on CPU"),
+    ("sft --device cuda", "torch sees no CUDA GPU"),
+    ("sft --load-in-4bit --no-use-lora", "--load-in-4bit trains LoRA adapters"),
+    ("sft --load-in-4bit", "needs a CUDA GPU and bitsandbytes"),
+    ("sft --attn-implementation flash_attention_2", "flash_attention_2 needs a CUDA GPU"),
+    ("sft --lean-activations --precision bf16", "--lean-activations needs fp32"),
+    ("sft --shared-prefix --attn-implementation eager", "--shared-prefix needs SDPA"),
+    ("sft --lora-target-modules q_proj nonexistent", "--lora-target-modules nonexistent: no such module"),
+    ("sft --output-dir A_FILE/runs", "cannot write runs to"),
+    ("sft --model ./nowhere", "model path './nowhere' does not exist"),
+    ("sft --model someone/missing-model", "is neither a local directory nor cached"),
+    ("sft --model smollm2-135m-instrct", "did you mean 'smollm2-135m-instruct'"),
+    ("sft --model nowhere.gguf", "GGUF file 'nowhere.gguf' not found"),
+    ("sft --model NO_TOKENIZER", "has no tokenizer files"),
+    ("sft --model BERT", "encoder-only"),
+    ("sft --config missing.yaml", "config file 'missing.yaml' not found"),
+    ("sft --config YAML_KEY", "unknown key 'max_stepz'"),
+    ("sft --config YAML_TYPE", "key 'max_steps' in"),
+    ("sft --config YAML_LIST", "must hold a mapping"),
+    ("sft --config YAML_BROKEN", "is not valid YAML"),
+    ("sft --resume latest", "no resumable run"),
+    ("sft --resume NOT_A_RUN", "is not a lancy run directory"),
+    ("eval --model ./nowhere", "model path './nowhere' does not exist"),
+    ("eval --compare-base --limit 2", "--compare-base needs a fine-tuned model"),
+    ("eval --dataset EMPTY", "empty.jsonl is empty"),
+    ("eval --dataset finsent --split nope", "finsent has no split 'nope'"),
+    ("eval --dataset finsent --method score --dataset-config x", "finsent does not take --dataset-config 'x'"),
+    ("eval --limit 0", "--limit must be positive"),
+]
+
+
+@pytest.mark.parametrize("command, words", CASES, ids=[c for c, _ in CASES])
+def test_bad_input_is_one_line_exit_1_and_no_run_left(command, words, tiny_model, tmp_path, monkeypatch):
+    files = _files(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    argv = []
+    for word in command.split():
+        head, _, rest = word.partition("/")
+        argv.append(str(files[head]) + ("/" + rest if rest else "") if head in files else word)
+    if "--model" not in argv:
+        argv += ["--model", str(tiny_model)]
+    if argv[0] == "sft" and "--output-dir" not in argv:
+        argv += ["--output-dir", str(tmp_path / "runs")]
+    result = CliRunner().invoke(app, argv)
+    output = " ".join(result.output.split())
+    assert result.exit_code == 1, output
+    assert words in output and output.startswith("error:") and output.count("error:") == 1, output
+    assert "Traceback" not in result.output and result.exception is None or isinstance(result.exception, SystemExit)
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir()), "a run directory was left"
+
+
+def test_the_table_covers_at_least_thirty_mistakes():
+    assert len(CASES) >= 30 and len({c for c, _ in CASES}) == len(CASES)
