@@ -248,12 +248,18 @@ def pick_precision(requested: str, device: str) -> str:
     return requested
 
 
-def pick_attention(requested: str, device: str) -> str:
+def pick_attention(requested: str, device: str, model_class: Any = None) -> str:
+    """auto: flash-attention 2 on CUDA when installed and the family supports it, eager on MPS and for families whose
+    transformers code refuses SDPA (Gemma-2: its logit softcap), sdpa otherwise."""
     flash = importlib.util.find_spec("flash_attn") is not None
+    sdpa_ok = getattr(model_class, "_supports_sdpa", True)
     if requested == "auto":
-        if device == "cuda" and flash:
+        if device == "cuda" and flash and getattr(model_class, "_supports_flash_attn", True):
             return "flash_attention_2"
-        return "eager" if device == "mps" else "sdpa"
+        return "eager" if device == "mps" or not sdpa_ok else "sdpa"
+    if requested == "sdpa" and not sdpa_ok:
+        raise LancyError(f"{model_class.__name__} does not support sdpa attention in transformers; use "
+                         "--attn-implementation eager (or auto)")
     if requested == "flash_attention_2" and (device != "cuda" or not flash):
         raise LancyError(
             "flash_attention_2 needs a CUDA GPU and the flash-attn package (pip install 'lancy-trl[gpu]'); "
@@ -312,6 +318,16 @@ def check_causal(path: str, trust_remote_code: bool) -> Any:
     return config
 
 
+def model_class(config: Any) -> Any:
+    """The transformers class a causal-LM config loads into (None for remote code or an unknown family)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    try:
+        return MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
+    except KeyError:
+        return None
+
+
 def setup_tokenizer(tokenizer: Any) -> dict[str, Any]:
     """A pad token distinct from EOS (so EOS is never masked as padding) and a chat template if none."""
     notes: dict[str, Any] = {}
@@ -352,13 +368,13 @@ def load_model(source: ModelSource, args: Any, *, device: str, for_training: boo
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # lancy's own status line says what is loading; no bar under it
-    check_causal(source.path, args.trust_remote_code)
+    config = check_causal(source.path, args.trust_remote_code)
     tokenizer_dir = Path(source.adapter or source.path)
     if tokenizer_dir.is_dir() and not any((tokenizer_dir / f).is_file() for f in TOKENIZER_FILES):
         raise LancyError(f"{tokenizer_dir} has no tokenizer files ({', '.join(TOKENIZER_FILES[:2])}); save the "
                          "tokenizer next to the weights: tokenizer.save_pretrained(DIR)")
     precision = pick_precision(args.precision, device)
-    attention = pick_attention(args.attn_implementation, device)
+    attention = pick_attention(args.attn_implementation, device, model_class(config))
     tokenizer = AutoTokenizer.from_pretrained(source.adapter or source.path, trust_remote_code=args.trust_remote_code)
     tok_notes = setup_tokenizer(tokenizer)
     kwargs: dict[str, Any] = {"attn_implementation": attention, "trust_remote_code": args.trust_remote_code}
@@ -389,6 +405,7 @@ def load_model(source: ModelSource, args: Any, *, device: str, for_training: boo
         "precision": precision,
         "attn_implementation": model.config._attn_implementation,
         "architecture": (model.config.architectures or [type(model).__name__])[0],
+        "model_type": model.config.model_type,
         "total_params": sum(p.numel() for p in model.parameters()),
         **{f"tokenizer_{k}": v for k, v in tok_notes.items()},
     }

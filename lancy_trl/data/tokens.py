@@ -19,6 +19,33 @@ def chat_kwargs(tokenizer: Any, enable_thinking: bool) -> dict[str, Any]:
     return {"enable_thinking": enable_thinking} if "enable_thinking" in template else {}
 
 
+def refuses_system(tokenizer: Any, kwargs: dict[str, Any] | None = None) -> bool:
+    """Whether the chat template rejects a system message (Gemma's raises "System role not supported")."""
+    messages = [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}]
+    try:
+        tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **(kwargs or {}))
+    except Exception:
+        try:
+            tokenizer.apply_chat_template(messages[1:], tokenize=False, add_generation_prompt=True, **(kwargs or {}))
+        except Exception:
+            return False  # it refuses more than the system message: leave the error to the template
+        return True
+    return False
+
+
+def fold_system(messages: list[dict[str, str]]) -> list[dict[str, str]]:
+    """The system message folded into the first user turn (as Gemma's own docs suggest), for templates without one;
+    the same in training, eval and chat."""
+    if not messages or messages[0]["role"] != "system":
+        return messages
+    system, rest = messages[0]["content"], list(messages[1:])
+    at = next((i for i, m in enumerate(rest) if m["role"] == "user"), None)
+    if at is None:
+        return [{"role": "user", "content": system}, *rest]
+    rest[at] = {**rest[at], "content": f"{system}\n\n{rest[at]['content']}"}
+    return rest
+
+
 def _encode(tokenizer: Any, conversations: list[list[dict]], kwargs: dict[str, Any], generation: bool) -> list[list[int]]:
     out = tokenizer.apply_chat_template(
         conversations, add_generation_prompt=generation, tokenize=True, return_dict=False, **kwargs

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Iterator
@@ -144,10 +145,14 @@ def evaluate_model(source: Any, args: EvalArgs, es: EvalSet, methods: list[str],
     from rich.progress import Progress
 
     from lancy_trl.data.tokens import chat_kwargs as template_kwargs
+    from lancy_trl.data.tokens import fold_system, refuses_system
     from lancy_trl.models import load_model, pick_device
 
     loaded = load_model(source, args, device=pick_device(args.device), for_training=False)
     chat_kwargs = template_kwargs(loaded.tokenizer, thinking)
+    if refuses_system(loaded.tokenizer, chat_kwargs):  # Gemma: the system prompt goes into the first user turn
+        es = dataclasses.replace(es, rows=[{**r, "prompt": fold_system(r["prompt"])} if "prompt" in r else r
+                                           for r in es.rows])
     reports = {}
     for method in methods:
         with Progress(console=console, transient=True) as progress:

@@ -16,9 +16,11 @@ The loss, the logits it reads and the gradients are those of the batch: the pref
 what each row sends back, which is what the batch's B copies received one by one. Tests compare loss and every
 gradient with the unchanged batch.
 
-It changes the SDPA attention function only when a batch passes a layout (the `lancy_prefix_layout` keyword reaches
-attention through transformers' `**kwargs`, so gradient checkpointing's recompute sees it too); every other call goes
-to transformers' own SDPA function unchanged. Sliding-window layers (Mistral, Qwen2's windowed layers, Gemma's local
+Its attention is registered under its own name in transformers' attention registry (the model is pointed at it; the
+name is not saved with the model) and differs from transformers' SDPA function only when a batch passes a layout (the
+`lancy_prefix_layout` keyword reaches attention through transformers' `**kwargs`, so gradient checkpointing's
+recompute sees it too). It runs only on the model families its tests cover (MODEL_TYPES) and refuses any attention
+argument it does not compute (a softcap, attention sinks). Sliding-window layers (Mistral, Qwen2's windowed layers, Gemma's local
 ones) get their window by position, as transformers' masks apply it. With attention dropout (0 in Llama, Qwen and
 SmolLM configs) the prefix's dropout is drawn once for all rows, as its hidden states are.
 """
@@ -132,26 +134,49 @@ def plan(input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
     return {"input_ids": ids[None], "position_ids": positions[None]}, layout
 
 
-_installed: dict[str, Any] = {}
+NAME = "lancy_shared_prefix"
+MODEL_TYPES = ("llama", "qwen2", "qwen3")  # attention, positions and masks checked by tests against the plain batch
+# what these models' attention layers pass besides the layout; anything else with a value stops the run
+KNOWN_KWARGS = {"sliding_window", "position_ids", "cache_position", "use_cache", "output_attentions", "is_causal",
+                "past_key_values", "position_embeddings"}
 
 
-def install() -> None:
-    """Route transformers' SDPA attention through `attention` below (idempotent): unchanged unless a layout is passed."""
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+def supported(model: Any) -> bool:
+    config = getattr(model, "config", None)
+    return getattr(config, "model_type", None) in MODEL_TYPES
 
-    if "sdpa" not in _installed:
-        _installed["sdpa"] = ALL_ATTENTION_FUNCTIONS["sdpa"]
-        ALL_ATTENTION_FUNCTIONS["sdpa"] = attention
+
+def install(model: Any) -> None:
+    """Register lancy's attention under its own name in transformers' attention and mask registries and point the
+    model at it: transformers' SDPA function everywhere else stays as it is. Unchanged unless a layout is passed."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    from lancy_trl.errors import LancyError
+
+    if not supported(model):
+        kind = getattr(getattr(model, "config", None), "model_type", None)
+        raise LancyError(f"shared-prefix batches are written for {', '.join(MODEL_TYPES)} models, not {kind}; "
+                         "pass --no-shared-prefix")
+    if model.config._attn_implementation not in ("sdpa", NAME):
+        raise LancyError(f"shared-prefix batches extend SDPA attention (this model uses "
+                         f"{model.config._attn_implementation}); pass --no-shared-prefix or --attn-implementation sdpa")
+    AttentionInterface.register(NAME, attention)
+    AttentionMaskInterface.register(NAME, sdpa_mask)
+    model.config._attn_implementation = NAME
 
 
 def attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask: Any,
               dropout: float = 0.0, scaling: float | None = None, **kwargs: Any) -> tuple[torch.Tensor, None]:
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
     layout = kwargs.pop(KEY, None)
     if layout is None:
-        return _installed["sdpa"](module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
-    if kwargs.get("softcap") is not None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+    unknown = sorted(k for k, v in kwargs.items() if v is not None and k not in KNOWN_KWARGS)
+    if unknown:
         from lancy_trl.errors import LancyError
 
-        raise LancyError("this model's attention has a logit softcap, which SDPA (and so shared-prefix batches) does "
-                         "not compute; pass --no-shared-prefix --attn-implementation eager")
+        raise LancyError(f"this model's attention takes {', '.join(unknown)}, which shared-prefix batches do not "
+                         "compute; pass --no-shared-prefix")
     return layout.attend(query, key, value, dropout, scaling, kwargs.get("sliding_window")), None

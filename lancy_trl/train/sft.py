@@ -72,11 +72,17 @@ def use_shared_prefix(args: SFTArgs, info: dict[str, Any]) -> bool:
     """Shared-prefix batches (lancy_trl/train/prefix.py) need transformers' SDPA attention, which they extend. On by
     default on CPU, where they were measured (README, performance); on a GPU each batch's packed length is a new shape
     (which `default_pad_multiple` avoids there) and the trade has not been measured, so there it is opt-in."""
+    from lancy_trl.train.prefix import MODEL_TYPES
+
     sdpa = info["attn_implementation"] == "sdpa"
     if args.shared_prefix and not sdpa:
         raise LancyError(f"--shared-prefix needs SDPA attention (this run uses {info['attn_implementation']}): "
                          "pass --attn-implementation sdpa or drop --shared-prefix")
-    return sdpa and info["device"] == "cpu" if args.shared_prefix is None else args.shared_prefix
+    family = info.get("model_type") in MODEL_TYPES
+    if args.shared_prefix and not family:
+        raise LancyError(f"--shared-prefix is written for {', '.join(MODEL_TYPES)} models (this is "
+                         f"{info.get('model_type')}): drop --shared-prefix")
+    return sdpa and family and info["device"] == "cpu" if args.shared_prefix is None else args.shared_prefix
 
 
 def trainer_options(args: SFTArgs, info: dict[str, Any]) -> dict[str, Any]:
@@ -259,9 +265,16 @@ def run_sft(args: SFTArgs, console: Any, flags: dict[str, Any] | None = None) ->
 def fit_to_model(data: Any, tokenizer: Any, args: SFTArgs) -> dict[str, Any]:
     """Tokenizer-dependent data checks, done once before training: the thinking-mode switch, examples whose answer
     truncation would remove (dropped, counted), tokens per source, and label words sharing a first token."""
-    from lancy_trl.data.tokens import chat_kwargs, fit, label_collisions
+    from lancy_trl.data.tokens import chat_kwargs, fit, fold_system, label_collisions, refuses_system
 
     kwargs = chat_kwargs(tokenizer, args.enable_thinking)
+    if refuses_system(tokenizer, kwargs):
+        for split in ("train", "eval", "test"):
+            ds = getattr(data, split)
+            if ds is not None and "prompt" in ds.column_names:
+                setattr(data, split, ds.map(lambda r: {"prompt": fold_system(r["prompt"])}))
+        data.notes.append("the chat template takes no system message: the system prompt is folded into the first user "
+                          "turn (in training and eval alike)")
     if kwargs:
         for split in ("train", "eval"):
             ds = getattr(data, split)
@@ -317,6 +330,7 @@ def _train(args, run_dir, checkpoint, data, loaded, device, console, data_report
 
     from lancy_trl.models import lora_targets
     from lancy_trl.train.callbacks import GracefulInterrupt, LogFile, RichProgress, RunFacts, SaveEvery, ScoreEval, whole_run_loss
+    from lancy_trl.train.prefix import MODEL_TYPES
     from lancy_trl.train.trainer import LancySFTTrainer
 
     info = loaded.info
@@ -362,6 +376,8 @@ def _train(args, run_dir, checkpoint, data, loaded, device, console, data_report
         f"{trainable:,} of {info['total_params']:,} parameters trained, {len(data.train)} examples, "
         f"packing {'on' if trl_config.packing else 'off'}"
         + (", shared prefixes computed once per batch" if trainer.shared_prefix else "")
+        + (f", shared-prefix batches off (written for {', '.join(MODEL_TYPES)}; this is {info.get('model_type')})"
+           if args.shared_prefix is None and device == "cpu" and info.get("model_type") not in MODEL_TYPES else "")
         + (f", batches of {args.batch_size} run as micro-batches of {trl_config.per_device_train_batch_size}"
            if trl_config.per_device_train_batch_size < args.batch_size else "")
     )

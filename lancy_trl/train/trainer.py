@@ -53,7 +53,8 @@ class LancySFTTrainer(SFTTrainer):
         if shared_prefix:
             from lancy_trl.train.prefix import install
 
-            install()
+            model: Any = self.model
+            install(model.get_base_model() if hasattr(model, "get_base_model") else model)
         if checkpoint_layers and not self.args.gradient_checkpointing:
             self.checkpointed_layers = checkpoint_share(self.model, checkpoint_layers)
         if lean_activations:  # fp32 only: the lean backward formulas do not follow autocast

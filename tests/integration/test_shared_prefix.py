@@ -98,28 +98,38 @@ def test_shared_prefix_keeps_loss_and_gradients(tmp_path, arch, use_lora, lean, 
         assert abs(losses[0] - losses[1]) > 1e-4
 
 
-def test_shared_prefix_refuses_a_model_whose_attention_ignores_it(tiny_model, tmp_path):
-    """Eager attention does not read the layout: attending over the packed row would mix examples, so it stops."""
-    import torch
+def test_shared_prefix_refuses_other_attention_and_leaves_transformers_sdpa_alone(tiny_model, tmp_path):
+    """lancy's attention is registered under its own name: asked for with eager attention it stops, and after a
+    shared-prefix step transformers' global SDPA function is still its own."""
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
     from trl import SFTConfig
 
     from lancy_trl.errors import LancyError
+    from lancy_trl.train.prefix import NAME, Layout
     from lancy_trl.train.trainer import LancySFTTrainer
 
     tok = AutoTokenizer.from_pretrained(tiny_model)
     tok.pad_token = "<|endoftext|>"
-    model = AutoModelForCausalLM.from_pretrained(tiny_model, attn_implementation="eager")
     config = SFTConfig(output_dir=str(tmp_path), per_device_train_batch_size=4, report_to="none", bf16=False,
                        use_cpu=True, gradient_checkpointing=False, max_length=64)
-    trainer = LancySFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(ROWS), processing_class=tok,
-                              shared_prefix=True)
-    batch = next(iter(trainer.get_train_dataloader()))
+
+    def trainer(attn):
+        model = AutoModelForCausalLM.from_pretrained(tiny_model, attn_implementation=attn)
+        return LancySFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(ROWS), processing_class=tok,
+                               shared_prefix=True)
+
     with pytest.raises(LancyError, match="--no-shared-prefix"):
-        trainer.compute_loss(trainer.model, dict(batch))
-    with torch.no_grad():  # the model itself is untouched: the SDPA wrapper passes every other call through
-        model(input_ids=batch["input_ids"])
+        trainer("eager")
+    sdpa = trainer("sdpa")
+    assert sdpa.model.config._attn_implementation == NAME
+    sdpa.compute_loss(sdpa.model, dict(next(iter(sdpa.get_train_dataloader()))))
+    assert ALL_ATTENTION_FUNCTIONS["sdpa"] is sdpa_attention_forward
+    layout = Layout(prefix=1, index=None, valid=None, mask=None, offsets=None, tokens=3, calls=1)
+    with pytest.raises(LancyError, match="reached 1 of this model's 2 attention layers"):
+        layout.check(sdpa.model)  # a layer whose attention bypassed the registry
 
 
 def test_shared_prefix_default_follows_attention():
@@ -127,7 +137,8 @@ def test_shared_prefix_default_follows_attention():
     from lancy_trl.errors import LancyError
     from lancy_trl.train.sft import use_shared_prefix
 
-    args, cpu, cuda = resolve(SFTArgs), {"attn_implementation": "sdpa", "device": "cpu"}, {"device": "cuda"}
+    args, cuda = resolve(SFTArgs), {"device": "cuda"}
+    cpu = {"attn_implementation": "sdpa", "device": "cpu", "model_type": "llama"}
     assert use_shared_prefix(args, cpu) is True
     assert use_shared_prefix(args, {**cpu, "attn_implementation": "flash_attention_2"}) is False
     assert use_shared_prefix(args, {**cpu, **cuda}) is False  # not measured on a GPU: opt-in there
@@ -135,6 +146,10 @@ def test_shared_prefix_default_follows_attention():
     assert use_shared_prefix(resolve(SFTArgs, flags={"shared_prefix": False}), cpu) is False
     with pytest.raises(LancyError, match="--shared-prefix needs SDPA"):
         use_shared_prefix(resolve(SFTArgs, flags={"shared_prefix": True}), {**cpu, "attn_implementation": "eager"})
+    gpt2 = {**cpu, "model_type": "gpt2"}  # a family it is not written for: off by default, refused when asked for
+    assert use_shared_prefix(args, gpt2) is False
+    with pytest.raises(LancyError, match="written for llama, qwen2, qwen3 models \\(this is gpt2\\)"):
+        use_shared_prefix(resolve(SFTArgs, flags={"shared_prefix": True}), gpt2)
 
 
 def test_shared_prefix_refuses_a_softcap():
