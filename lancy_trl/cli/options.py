@@ -62,12 +62,24 @@ class LancyCommand(TyperCommand):
         return super().parse_args(ctx, normalize_argv(args, multi))
 
 
-def _option(name: str, tp: Any, meta: dict) -> tuple[Any, Any]:
+def _shown_default(f: dataclasses.Field) -> str | None:
+    """The default as `--help` shows it (the field's own help already explains a None default)."""
+    value = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    if value is None or value == []:
+        return None
+    if isinstance(value, bool):
+        return flag(f.name) if value else f"no-{flag(f.name)}"
+    return " ".join(map(str, value)) if isinstance(value, list) else f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _option(name: str, tp: Any, meta: dict, default: str | None = None) -> tuple[Any, Any]:
     """(annotation, default) for one config field; defaults are None so we know what the user set."""
     inner, _ = _base_type(tp)
     help_ = meta["help"]
     if meta.get("choices"):
-        help_ += f" [{'|'.join(meta['choices'])}]"
+        help_ += f" \\[{'|'.join(meta['choices'])}]"  # escaped: rich reads [...] as markup
+    if default is not None:
+        help_ += f" \\[default: {default}]"
     decls = [f"--{flag(name)}/--no-{flag(name)}"] if inner is bool else [f"--{flag(name)}"]
     option = typer.Option(*decls, help=help_, rich_help_panel=meta.get("group"), show_default=False)
     return Annotated[inner | None, option], None
@@ -81,7 +93,7 @@ def config_command(cls, extra: list[inspect.Parameter]) -> Callable[[Callable], 
     def wrap(fn: Callable) -> Callable:
         params = list(extra)
         for name, tp in types_.items():
-            annotation, default = _option(name, tp, dict(fields[name].metadata))
+            annotation, default = _option(name, tp, dict(fields[name].metadata), _shown_default(fields[name]))
             params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation))
 
         def command(**kwargs: Any) -> None:

@@ -211,3 +211,17 @@ def test_help_and_dataset_list_import_no_heavy_libraries():
     assert run("--help")[0] == [] and run("--help")[1] > 100
     heavy, size = run("datasets", "list", "--json")
     assert heavy == [] and size > 1000
+
+
+def test_sft_help_shows_each_default():
+    import dataclasses
+
+    from lancy_trl.cli.options import _shown_default
+    from lancy_trl.config import SFTArgs
+
+    result = runner.invoke(app, ["sft", "--help"], env={"COLUMNS": "200"})
+    text = " ".join(result.output.replace("│", " ").split())
+    for f in dataclasses.fields(SFTArgs):
+        if (shown := _shown_default(f)) is not None:
+            assert f"[default: {shown}]" in text, f.name
+    assert "[default: 16]" in text and "[default: finsent]" in text and "[auto|fp32|bf16|fp16]" in text
