@@ -56,10 +56,13 @@ def _record(spec: Any) -> dict[str, Any]:
     return record
 
 
+WIDE = Annotated[bool, typer.Option("--wide", help="Every column: hub id and config, splits, license.")]
+
+
 @datasets_app.command("list", cls=LancyCommand)
 @guarded
-def list_datasets(json_out: JSON = False) -> None:
-    """Every registry dataset: name, hub id, task, labels, splits, license."""
+def list_datasets(json_out: JSON = False, wide: WIDE = False) -> None:
+    """Every registry dataset: name, task and labels (--wide adds hub id, splits and license; --json everything)."""
     from lancy_trl.data.registry import entries
 
     if json_out:
@@ -69,19 +72,31 @@ def list_datasets(json_out: JSON = False) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{len(entries())} datasets (lancy datasets show NAME for one)", show_lines=False)
-    for col in ("name", "hub id [config]", "task", "labels", "splits", "license"):
-        table.add_column(col, overflow="fold")
+    table = Table(title=f"{len(entries())} datasets (lancy datasets show NAME for one; --wide for hub ids)", box=None)
+    table.add_column("name", no_wrap=True)  # names and hub ids are copied: never broken
+    if wide:
+        table.add_column("hub id [config]", no_wrap=True)
+    table.add_column("task", no_wrap=True)
+    table.add_column("labels")
+    if wide:
+        table.add_column("splits")
+        table.add_column("license")
     for spec in entries().values():
-        hub = spec.hub_id or "(shipped with lancy)"
-        if spec.config:
-            hub += f" [{spec.config}]"
-        elif spec.configs:
-            hub += f" [{spec.default_config}, +{len(spec.configs) - 1}]"
-        if spec.loader != "hub":
-            hub += f" ({spec.loader})"
-        table.add_row(spec.name, hub, spec.kind.replace("_", " "), _labels(spec), _splits(spec), spec.license)
-    Console().print(table)
+        row = [spec.name, spec.kind.replace("_", " "), _labels(spec)]
+        if wide:
+            row[1:1] = [_hub(spec)]
+            row += [_splits(spec), spec.license]
+        table.add_row(*row)
+    Console(width=None if not wide else 10_000).print(table)
+
+
+def _hub(spec: Any) -> str:
+    hub = spec.hub_id or "(shipped with lancy)"
+    if spec.config:
+        hub += f" [{spec.config}]"
+    elif spec.configs:
+        hub += f" [{spec.default_config}, +{len(spec.configs) - 1}]"
+    return hub + (f" ({spec.loader})" if spec.loader != "hub" else "")
 
 
 @datasets_app.command("show", cls=LancyCommand)

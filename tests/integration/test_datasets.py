@@ -143,3 +143,21 @@ def test_label_words_sharing_a_first_token_are_reported(tmp_path, tiny_model):
     assert result.exit_code == 0, result.output
     # the tiny tokenizer spells words it does not know letter by letter: "mildly" and "moderately" share "m"
     assert "mildly negative, moderately negative" in " ".join(result.output.split())
+
+
+def test_lists_read_at_80_columns_and_never_break_a_name():
+    from typer.testing import CliRunner
+
+    from lancy_trl.cli import app
+    from lancy_trl.data.registry import entries
+    from lancy_trl.models import CATALOG
+
+    runner = CliRunner()
+    datasets = runner.invoke(app, ["datasets", "list"], env={"COLUMNS": "80"}).output
+    models = runner.invoke(app, ["models", "list"], env={"COLUMNS": "80"}).output
+    assert all(len(line) <= 80 for line in (datasets + models).splitlines())
+    words = set(datasets.split()) | set(models.split())
+    assert {s.name for s in entries().values()} <= words
+    assert set(CATALOG) <= words and {e.hub_id for e in CATALOG.values()} <= words
+    wide = runner.invoke(app, ["datasets", "list", "--wide"], env={"COLUMNS": "80"}).output
+    assert {s.hub_id for s in entries().values() if s.hub_id} <= set(wide.split())
