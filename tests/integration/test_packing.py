@@ -1,18 +1,38 @@
-"""Packed, padding-free batches must not let one example attend to another."""
+"""`--packing`: lancy's trainer on a packed, padding-free batch gives each example the loss it has alone (no example
+attends to another)."""
 
 
-def test_packed_log_probs_match_each_example_alone(tiny_model):
+def test_lancy_packed_batch_loss_equals_each_example_alone(tiny_model, tmp_path):
     import torch
-    from transformers import AutoModelForCausalLM
+    from datasets import Dataset
 
-    model = AutoModelForCausalLM.from_pretrained(tiny_model, attn_implementation="sdpa").eval()
-    a, b = torch.tensor([[5, 6, 7, 8, 9]]), torch.tensor([[10, 11, 12]])
-    packed = torch.cat([a, b], dim=1)
-    position_ids = torch.tensor([[0, 1, 2, 3, 4, 0, 1, 2]])
+    from lancy_trl.config import SFTArgs, resolve
+    from lancy_trl.models import ModelSource, load_model
+    from lancy_trl.train.sft import to_trl_config, trainer_options
+    from lancy_trl.train.trainer import LancySFTTrainer
+    from tests.integration.test_compact_loss import chat_rows
+
+    args = resolve(SFTArgs, flags={"model": str(tiny_model), "packing": True, "use_lora": False, "batch_size": 1,
+                                   "max_length": 128})
+    loaded = load_model(ModelSource("tiny", str(tiny_model), "local"), args, device="cpu")
+    rows = chat_rows("profit rose ", [(2, "positive"), (5, "negative"), (3, "neutral sentiment")])
+    config = to_trl_config(args, tmp_path, loaded.info, has_eval=False)
+    trainer = LancySFTTrainer(model=loaded.model, args=config, train_dataset=Dataset.from_list(rows),
+                              processing_class=loaded.tokenizer, **trainer_options(args, loaded.info))
+    batch = next(iter(trainer.get_train_dataloader()))
+    ids, positions, labels = batch["input_ids"], batch["position_ids"], batch["labels"]
+    assert ids.shape[0] == 1 and int((positions[0] == 0).sum()) == 3  # three examples packed into one row
+    model = trainer.model.eval()
     with torch.no_grad():
-        # TRL trains with use_cache=False; transformers only reads packing from position_ids without a cache
-        together = model(input_ids=packed, position_ids=position_ids, use_cache=False).logits
-        alone = torch.cat([model(input_ids=a).logits, model(input_ids=b).logits], dim=1)
-        leaky = model(input_ids=packed, use_cache=False).logits  # no position reset: b sees a
-    torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-4)
-    assert not torch.allclose(leaky[:, 5:], alone[:, 5:], atol=1e-4)
+        packed = trainer.compute_loss(model, dict(batch)).item()
+        starts = torch.nonzero(positions[0] == 0)[:, 0].tolist() + [ids.shape[1]]
+        total, count = 0.0, 0
+        for a, b in zip(starts, starts[1:]):  # each example alone, as an unpacked batch of one
+            logits = model(input_ids=ids[:, a:b]).logits[0, :-1]
+            target = labels[0, a + 1:b]
+            keep = target != -100
+            total += torch.nn.functional.cross_entropy(logits[keep], target[keep], reduction="sum").item()
+            count += int(keep.sum())
+        leaky = trainer.compute_loss(model, {k: v for k, v in batch.items() if k != "position_ids"}).item()
+    assert abs(packed - total / count) < 1e-5
+    assert abs(leaky - total / count) > 1e-4  # without the position resets the examples would see each other
