@@ -37,7 +37,10 @@ def eval_(flags: dict[str, Any], json_out: bool = False) -> None:
     if json_out:
         typer.echo(json.dumps(result))
         return
+    for part in result.get("sources", {}).values():  # a mixture: each source, then the overall score
+        show(console, {tag: part[tag] for tag in ("model", "base") if tag in part}, part)
     show(console, {tag: result[tag] for tag in ("model", "base") if tag in result}, result)
+    console.print(f"metrics.json, predictions.jsonl and any confusion.png in {result['output_dir']}")
 
 
 COLUMNS = [("accuracy", "accuracy", "{:.3f}"), ("macro_f1", "macro-F1", "{:.3f}"), ("mcc", "MCC", "{:.3f}"),
@@ -52,8 +55,9 @@ def show(console: Any, summary: dict[str, Any], result: dict[str, Any]) -> None:
     reports = [r for rs in summary.values() for r in rs.values()]
     columns = [c for c in COLUMNS if any(c[0] in r for r in reports)]
     labels = next((r["confusion"]["labels"] for r in reports if "confusion" in r), None)
-    title = (f"{result['dataset']} ({result['task'].replace('_', ' ')}" + (f", {len(labels)} labels" if labels else "")
-             + f"; {result['rows']} rows: {result['rows_from']})")
+    task = "overall: accuracy (F1 for free-text answers) weighted by rows" if result["task"] == "mixture" else \
+        result["task"].replace("_", " ") + (f", {len(labels)} labels" if labels else "")
+    title = f"{result['dataset']} ({task}; {result['rows']} rows: {result['rows_from']})"
     table = Table(title=title)
     for col in ("model", "method", "n", *(c[1] for c in columns)):
         table.add_column(col)
@@ -66,4 +70,3 @@ def show(console: Any, summary: dict[str, Any], result: dict[str, Any]) -> None:
             delta = summary["model"][method][headline] - summary["base"][method][headline]
             table.add_row("delta", method, "", *(f"{delta:+.3f}" if key == headline else "" for key, _, _ in columns))
     console.print(table)
-    console.print(f"metrics.json, predictions.jsonl{', confusion.png' if labels else ''} in {result['output_dir']}")

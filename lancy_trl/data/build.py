@@ -493,7 +493,8 @@ def _assemble(sources: list[Source], args: Any, rates: list[float] | None) -> Da
         trains.append(train)
         evals.append(eval_)
         tests.append(test)
-        per_source[source.name] = stats
+        per_source[source.name] = {**stats, "kind": task_kind(source.spec, train),
+                                   "labels": list(label_words(source.spec, train))}
         notes += source_notes
     if len(sources) == 1:
         train, eval_, test, spec = trains[0], evals[0], tests[0], sources[0].spec

@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from collections.abc import Iterator
@@ -34,6 +33,7 @@ class EvalSet:
     rows_from: str
     held_out: bool | None
     notes: list[str] = field(default_factory=list)
+    parts: list[EvalSet] = field(default_factory=list)  # a mixture's sources, each scored with its own task
 
     def record(self) -> dict[str, Any]:
         return {"dataset": self.name, "task": self.kind, "split": self.split, "rows": len(self.rows),
@@ -59,10 +59,10 @@ def _sample(rows: list[dict], limit: int | None, seed: int) -> list[dict]:
 def _run_rows(args: EvalArgs, run_info: dict[str, Any], run_dir: Path) -> EvalSet:
     held = run_info["held_out"]
     kind, labels, name = run_info.get("task", "classification"), list(run_info.get("labels", [])), run_info["dataset"]
-    if kind == "mixture":
-        raise LancyError(f"{run_dir} trained on a mixture; evaluate each source with --dataset NAME (and its "
-                         "--data-files)")
     split = args.split or ("test" if "test" in held else "validation")
+    if kind == "mixture" and split == "train":
+        raise LancyError(f"{run_dir} trained on a mixture: score its training rows source by source with --dataset "
+                         "NAME --data-files FILE --split train")
     if split == "train":
         rows = _training_rows(run_info, run_dir)
         note = f"--split train: scoring rows {run_dir.name} trained on, not a held-out score"
@@ -74,7 +74,15 @@ def _run_rows(args: EvalArgs, run_info: dict[str, Any], run_dir: Path) -> EvalSe
                          "--split train to score its training rows, or --dataset/--data-files for other data")
     path = run_dir / held[split]["file"]
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return EvalSet(name, kind, labels, _sample(rows, args.limit, args.seed), split, held[split]["from"], True)
+    es = EvalSet(name, kind, labels, _sample(rows, args.limit, args.seed), split, held[split]["from"], True)
+    if kind == "mixture":  # each source with its own task and labels, sampled on its own
+        for source, stats in run_info.get("data", {}).get("sources", {}).items():
+            mine = [r for r in rows if r.get("source") == source]
+            if mine:
+                es.parts.append(EvalSet(source, stats["kind"], stats["labels"], _sample(mine, args.limit, args.seed),
+                                        split, stats.get("eval_from", split), True))
+        es.rows = [r for part in es.parts for r in part.rows]
+    return es
 
 
 def _training_rows(run_info: dict[str, Any], run_dir: Path) -> list[dict]:
@@ -140,8 +148,9 @@ def methods_for(kind: str, method: str) -> list[str]:
     return ["generate"]
 
 
-def evaluate_model(source: Any, args: EvalArgs, es: EvalSet, methods: list[str], console: Any,
-                   thinking: bool = False) -> dict[str, dict[str, Any]]:
+def evaluate_model(source: Any, args: EvalArgs, sets: list[EvalSet], console: Any,
+                   thinking: bool = False) -> dict[str, dict[str, dict[str, Any]]]:
+    """{set name: {method: report}}: the model is loaded once and scores each set (a mixture's sources) in turn."""
     from rich.progress import Progress
 
     from lancy_trl.data.tokens import chat_kwargs as template_kwargs
@@ -150,21 +159,22 @@ def evaluate_model(source: Any, args: EvalArgs, es: EvalSet, methods: list[str],
 
     loaded = load_model(source, args, device=pick_device(args.device), for_training=False)
     chat_kwargs = template_kwargs(loaded.tokenizer, thinking)
-    if refuses_system(loaded.tokenizer, chat_kwargs):  # Gemma: the system prompt goes into the first user turn
-        es = dataclasses.replace(es, rows=[{**r, "prompt": fold_system(r["prompt"])} if "prompt" in r else r
-                                           for r in es.rows])
-    reports = {}
-    for method in methods:
-        with Progress(console=console, transient=True) as progress:
-            task = progress.add_task(f"{method} {source.name}", total=len(es.rows))
-            advance = lambda n, t=task: progress.advance(t, n)  # noqa: E731
-            start = time.perf_counter()
-            report = _evaluate(loaded, args, es.kind, es.rows, es.labels, method, advance, chat_kwargs)
-            seconds = time.perf_counter() - start
-        report.update(task=es.kind, method=method, examples_per_second=len(es.rows) / seconds,
-                      model=source.path, adapter=source.adapter)
-        reports[method] = report
-    return reports
+    fold = refuses_system(loaded.tokenizer, chat_kwargs)  # Gemma: the system prompt goes into the first user turn
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for es in sets:
+        rows = [{**r, "prompt": fold_system(r["prompt"])} if fold and "prompt" in r else r for r in es.rows]
+        out[es.name] = {}
+        for method in methods_for(es.kind, args.method):
+            with Progress(console=console, transient=True) as progress:
+                task = progress.add_task(f"{method} {es.name} {source.name}", total=len(rows))
+                advance = lambda n, t=task: progress.advance(t, n)  # noqa: E731
+                start = time.perf_counter()
+                report = _evaluate(loaded, args, es.kind, rows, es.labels, method, advance, chat_kwargs)
+                seconds = time.perf_counter() - start
+            report.update(task=es.kind, method=method, examples_per_second=len(rows) / seconds,
+                          model=source.path, adapter=source.adapter)
+            out[es.name][method] = report
+    return out
 
 
 def _evaluate(loaded: Any, args: EvalArgs, kind: str, rows: list[dict], labels: list[str], method: str,
@@ -227,7 +237,9 @@ def run_eval(args: EvalArgs, console: Any) -> dict[str, Any]:
     run_dir = Path(args.model) if source.origin == "run" else None
     run_info = runs.read(run_dir) if run_dir else {}
     es = eval_rows(args, run_info, run_dir)
-    methods = methods_for(es.kind, args.method)
+    sets = es.parts or [es]
+    for part in sets:
+        methods_for(part.kind, args.method)  # a method the task cannot take stops here, before any model loads
     if args.compare_base and run_info.get("base_model_path", source.path) == source.path and source.adapter is None:
         raise LancyError("--compare-base needs a fine-tuned model: pass a run directory or an adapter to --model")
     for note in es.notes:
@@ -238,16 +250,36 @@ def run_eval(args: EvalArgs, console: Any) -> dict[str, Any]:
     out = Path(args.output_dir) if args.output_dir else (run_dir / "eval" if run_dir else Path("eval_runs") / source.name)
     out.mkdir(parents=True, exist_ok=True)
     with library_messages_to(out / "eval.log"):
-        results = {"model": evaluate_model(source, args, es, methods, console, bool(thinking))}
+        results = {"model": evaluate_model(source, args, sets, console, bool(thinking))}
         if args.compare_base:
             base_path = run_info.get("base_model_path", source.path)
-            results["base"] = evaluate_model(ModelSource(short_name(base_path), base_path, "base"), args, es, methods,
-                                             console, bool(thinking))
-    metrics = {tag: {m: {k: v for k, v in r.items() if k != "predictions"} for m, r in rs.items()}
-               for tag, rs in results.items()}
+            results["base"] = evaluate_model(ModelSource(short_name(base_path), base_path, "base"), args, sets, console,
+                                             bool(thinking))
+    metrics = {name: {tag: {m: {k: v for k, v in r.items() if k != "predictions"} for m, r in results[tag][name].items()}
+                      for tag in results} for name in results["model"]}
     record = {**es.record(), "notes": es.notes}
-    save(out, results, metrics, record)
-    return {**record, "output_dir": str(out), **metrics}
+    if es.parts:
+        record.update(sources={p.name: {**p.record(), **metrics[p.name]} for p in es.parts}, **overall(metrics))
+    else:
+        record.update(metrics[es.name])
+    save(out, results, record)
+    return {**record, "output_dir": str(out)}
+
+
+def overall(metrics: dict[str, dict[str, dict[str, dict[str, Any]]]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """A mixture's overall score per model and method: each source's accuracy (F1 for free-text answers) weighted by
+    its rows, over the sources that have the method."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for per_tag in metrics.values():
+        for tag, per_method in per_tag.items():
+            for method, report in per_method.items():
+                key = next((k for k in ("accuracy", "f1") if k in report), None)
+                if key is None:
+                    continue
+                acc = out.setdefault(tag, {}).setdefault(method, {"n": 0, "accuracy": 0.0})
+                acc["accuracy"] = (acc["accuracy"] * acc["n"] + report[key] * report["n"]) / (acc["n"] + report["n"])
+                acc["n"] += report["n"]
+    return out
 
 
 @contextmanager
@@ -281,16 +313,19 @@ def library_messages_to(path: Path) -> Iterator[None]:
         handler.close()
 
 
-def save(out: Path, results: dict[str, Any], metrics: dict[str, Any], record: dict[str, Any]) -> None:
+def save(out: Path, results: dict[str, Any], record: dict[str, Any]) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps({**record, **metrics}, indent=2))
+    (out / "metrics.json").write_text(json.dumps(record, indent=2))
+    several = len(results["model"]) > 1
     with (out / "predictions.jsonl").open("w") as fh:
-        for tag, rs in results.items():
-            for method, report in rs.items():
-                for p in report["predictions"]:
-                    fh.write(json.dumps({"model": tag, "method": method, **p}) + "\n")
-    if any("confusion" in r for rs in results.values() for r in rs.values()):
-        _confusion_png(out / "confusion.png", results)
+        for tag, per_set in results.items():
+            for name, rs in per_set.items():
+                for method, report in rs.items():
+                    for p in report["predictions"]:
+                        fh.write(json.dumps({"model": tag, **({"source": name} if several else {}), "method": method, **p}) + "\n")
+    panels = {f"{tag}{f' {name}' if several else ''}": rs for tag, per_set in results.items() for name, rs in per_set.items()}
+    if any("confusion" in r for rs in panels.values() for r in rs.values()):
+        _confusion_png(out / "confusion.png", panels)
 
 
 def _confusion_png(path: Path, results: dict[str, Any]) -> None:
@@ -299,7 +334,7 @@ def _confusion_png(path: Path, results: dict[str, Any]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [(tag, m, r["confusion"]) for tag, rs in results.items() for m, r in rs.items()]
+    panels = [(tag, m, r["confusion"]) for tag, rs in results.items() for m, r in rs.items() if "confusion" in r]
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.6), squeeze=False)
     for ax, (tag, method, conf) in zip(axes[0], panels):
         ax.imshow(conf["matrix"], cmap="Blues")

@@ -169,3 +169,27 @@ def test_generation_stops_at_the_end_of_turn_token(eos):
 
     generate_texts(Model(), tok, [[{"role": "user", "content": "profit rose"}]], max_new=3)
     assert set(captured["eos_token_id"]) == {tok.eos_token_id, end_of_turn}
+
+
+def test_a_mixture_run_is_scored_per_source_and_overall(tiny_model, tmp_path):
+    a, b = tmp_path / "labels.jsonl", tmp_path / "answers.jsonl"
+    a.write_text("".join(json.dumps(r) + "\n" for r in sorted_rows(40)))
+    b.write_text("".join(json.dumps({"prompt": f"fee {i}", "completion": f"the fee is {i} percent"}) + "\n"
+                         for i in range(40)))
+    result = invoke("sft", "--model", tiny_model, "--dataset", a, "--dataset", b, "--mixture-rates", 0.5, 0.5,
+                    "--max-steps", 2, "--output-dir", tmp_path / "runs", "--eval-steps", 2)
+    assert result.exit_code == 0, result.output
+    (run,) = (tmp_path / "runs").iterdir()
+    result = invoke("eval", "--model", run, "--json", "--max-new-tokens", 4)
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    labels, answers = out["sources"]["labels"], out["sources"]["answers"]
+    assert (labels["task"], answers["task"]) == ("classification", "qa")
+    assert labels["held_out"] and answers["held_out"] and labels["rows"] + answers["rows"] == out["rows"]
+    gen = out["model"]["generate"]  # overall: accuracy and F1 weighted by rows
+    want = (labels["model"]["generate"]["accuracy"] * labels["rows"] + answers["model"]["generate"]["f1"] * answers["rows"])
+    assert gen["n"] == out["rows"] and gen["accuracy"] == pytest.approx(want / out["rows"])
+    sources = {json.loads(line)["source"] for line in (run / "eval" / "predictions.jsonl").read_text().splitlines()}
+    assert sources == {"labels", "answers"}
+    table = invoke("eval", "--model", run, "--max-new-tokens", 4)
+    assert table.exit_code == 0 and "labels (classification" in table.output and "answers (qa" in table.output
