@@ -1,6 +1,7 @@
 """Eval quality behind the speed: train the baselines on the same data, then score them as `lancy eval` does.
 
     python bench/sft_quality.py --variant trl_default            # TRL's SFTConfig defaults, 2 epochs, LoRA r16
+    python bench/sft_quality.py --variant trl_default --learning-rate 2e-4   # TRL at lancy's LoRA learning rate
     python bench/sft_quality.py --variant padded --epochs 2
     python bench/sft_quality.py --variant lancy                  # what `lancy sft` does (its config and trainer)
     python bench/sft_quality.py --variant lancy --full           # full fine-tuning instead of LoRA
@@ -29,6 +30,8 @@ def main() -> None:
     p.add_argument("--epochs", type=float, default=2.0)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA r16")
+    p.add_argument("--learning-rate", type=float, help="the same peak learning rate for any variant (default: each "
+                   "tool's own: TRL's 2e-5, lancy's 2e-4 with LoRA / 2e-5 full)")
     opts = p.parse_args()
 
     from peft import LoraConfig
@@ -42,7 +45,7 @@ def main() -> None:
 
     device = pick_device("auto")
     args = resolve(SFTArgs, flags={"model": opts.model, "num_train_epochs": opts.epochs, "batch_size": opts.batch_size,
-                                   "use_lora": not opts.full})
+                                   "use_lora": not opts.full, "learning_rate": opts.learning_rate})
     data = build_data(args)
     loaded = load_model(resolve_model(opts.model), args, device=device)
     model, tok = loaded.model, loaded.tokenizer
@@ -50,7 +53,8 @@ def main() -> None:
                                                     task_type="CAUSAL_LM")
     out = tempfile.mkdtemp(prefix=f"lancy-quality-{opts.variant}-")
     common = dict(output_dir=out, num_train_epochs=opts.epochs, per_device_train_batch_size=opts.batch_size,
-                  report_to="none", save_strategy="no", disable_tqdm=True, use_cpu=device == "cpu", seed=42)
+                  report_to="none", save_strategy="no", disable_tqdm=True, use_cpu=device == "cpu", seed=42,
+                  **({"learning_rate": opts.learning_rate} if opts.learning_rate else {}))
     bf16 = device == "cuda"
     start = time.perf_counter()
     if opts.variant == "padded":
@@ -86,7 +90,8 @@ def main() -> None:
     es = eval_rows(resolve(EvalArgs, flags={"dataset": "finsent"}), {}, None)
     rows, labels = es.rows, es.labels
     prompts, targets = [r["prompt"] for r in rows], [r["target"] for r in rows]
-    report = {"variant": opts.variant, "full": opts.full, "train_seconds": round(seconds, 1), "steps": result.global_step,
+    report = {"variant": opts.variant, "full": opts.full, "learning_rate": opts.learning_rate,
+              "train_seconds": round(seconds, 1), "steps": result.global_step,
               "train_loss": result.training_loss}
     for method in ("score", "generate"):
         preds = [r["prediction"] for r in classify(trainer.model, tok, prompts, labels, method, 16)]

@@ -74,6 +74,8 @@ def _run_rows(args: EvalArgs, run_info: dict[str, Any], run_dir: Path) -> EvalSe
                          "--split train to score its training rows, or --dataset/--data-files for other data")
     path = run_dir / held[split]["file"]
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if args.system_prompt:  # asked for: the run's system message replaced, as the flag says
+        rows = [{**r, "prompt": _with_system(r["prompt"], args.system_prompt)} if "prompt" in r else r for r in rows]
     es = EvalSet(name, kind, labels, _sample(rows, args.limit, args.seed), split, held[split]["from"], True)
     if kind == "mixture":  # each source with its own task and labels, sampled on its own
         for source, stats in run_info.get("data", {}).get("sources", {}).items():
@@ -83,6 +85,11 @@ def _run_rows(args: EvalArgs, run_info: dict[str, Any], run_dir: Path) -> EvalSe
                                         split, stats.get("eval_from", split), True))
         es.rows = [r for part in es.parts for r in part.rows]
     return es
+
+
+def _with_system(messages: list[dict], system: str) -> list[dict]:
+    rest = [m for m in messages if m["role"] != "system"]
+    return [{"role": "system", "content": system}, *rest]
 
 
 def _training_rows(run_info: dict[str, Any], run_dir: Path) -> list[dict]:

@@ -195,7 +195,8 @@ def check_targets(targets: list[str], model: Any) -> None:
     from lancy_trl.models import lora_targets
 
     leaves = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-    missing = [t for t in targets if t not in leaves and not any(n.endswith("." + t) for n, _ in model.named_modules())]
+    names = [t for t in targets if t != "all-linear" and not set(t) & set("*+?[]()|^$\\")]  # peft's keyword and regexes pass
+    missing = [t for t in names if t not in leaves and not any(n.endswith("." + t) for n, _ in model.named_modules())]
     if missing:
         raise LancyError(f"--lora-target-modules {', '.join(missing)}: no such module in this model; its linear layers "
                          f"are {', '.join(lora_targets(model))}")

@@ -31,6 +31,8 @@ def test_lora_run_trains_saves_and_records(quick, tmp_path):
     result = sft(*quick, "--max-steps", 4)
     assert result.exit_code == 0, result.output
     run = only_run(tmp_path)
+    lines = [line.strip() for line in result.output.splitlines()]  # paths printed whole, whatever the width
+    assert f"model: {run / 'model'}" in lines and f"logs: tensorboard --logdir {run / 'tensorboard'}" in lines
     assert run.name.endswith("_tiny-llama0_finsent-sentiment_sft_bs8_len256_steps4_lora-r16")
     info = json.loads((run / "run.json").read_text())
     assert info["status"] == "complete" and info["steps"] == 4
@@ -230,3 +232,17 @@ def test_sft_help_shows_each_default():
         if (shown := _shown_default(f)) is not None:
             assert f"[default: {shown}]" in text, f.name
     assert "[default: 16]" in text and "[default: finsent]" in text and "[auto|fp32|bf16|fp16]" in text
+
+
+def test_a_second_ctrl_c_before_any_checkpoint_says_there_is_nothing_to_resume(quick, tmp_path, monkeypatch):
+    from lancy_trl.train import callbacks
+
+    def abort(self, args, state, control, **kwargs):
+        raise KeyboardInterrupt  # what the second Ctrl-C raises
+
+    monkeypatch.setattr(callbacks.GracefulInterrupt, "on_step_end", abort)
+    result = sft(*quick, "--max-steps", 4)
+    output = " ".join(result.output.split())
+    assert result.exit_code == 1 and "aborted before the first checkpoint: nothing to resume" in output
+    assert "--resume" not in output
+    assert json.loads((only_run(tmp_path) / "run.json").read_text())["status"] == "interrupted"

@@ -76,3 +76,39 @@ def test_flags_that_do_not_apply_are_refused_not_ignored():
     for flags, message in cases:
         with pytest.raises(LancyError, match=message):
             build_data(resolve(SFTArgs, flags=flags))
+
+
+def test_max_examples_is_a_seeded_sample_not_the_first_rows(tmp_path):
+    rows = [{"prompt": f"p{i}", "completion": "negative" if i < 30 else "positive"} for i in range(60)]  # label-sorted
+    f = write_jsonl(tmp_path / "sorted.jsonl", rows)
+    flags = {"dataset": [str(f)], "max_examples": 10, "eval_fraction": 0.0}
+    bundle = build_data(resolve(SFTArgs, flags=flags))
+    assert len(bundle.train) == 10 and set(bundle.train["target"]) == {"negative", "positive"}
+    assert bundle.train["prompt"] == build_data(resolve(SFTArgs, flags=flags)).train["prompt"]  # the same seed, the same rows
+    assert "sampled with seed 42" in bundle.stats["max_examples"]
+
+
+def test_empty_and_null_answers_are_dropped_and_counted_never_stringified(tmp_path):
+    rows = [{"prompt": "a", "completion": "yes"}, {"prompt": "b", "completion": None}, {"prompt": "c", "completion": ""},
+            {"prompt": "d", "completion": "no"}, {"prompt": "e"}, {"prompt": "f", "completion": "  "}]
+    f = tmp_path / "holes.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    bundle = build_data(resolve(SFTArgs, flags={"dataset": [str(f)], "eval_fraction": 0.0}))
+    assert sorted(bundle.train["target"]) == ["no", "yes"]
+    assert bundle.stats["skipped"] == {"train": {"empty or missing answer": 4}}
+    assert f"{f}: dropped 4 row(s): empty or missing answer" in bundle.notes
+
+
+def test_answers_max_length_would_cut_are_dropped_with_a_count():
+    from datasets import Dataset
+
+    from lancy_trl.data.tokens import fit
+    from tests.conftest import build_tokenizer
+
+    tok = build_tokenizer(pad=True)
+    rows = [{"prompt": [{"role": "user", "content": "profit rose"}],
+             "completion": [{"role": "assistant", "content": "positive " * n}]} for n in (1, 40, 2)]
+    ds, report = fit(Dataset.from_list(rows), tok, max_length=30, kwargs={}, where="training")
+    assert len(ds) == 2 and report["dropped_answer_cut"] == {"all": 1}  # trained whole or not at all
+    with pytest.raises(LancyError, match="1 answer\\(s\\) would be cut"):
+        fit(Dataset.from_list(rows[1:2]), tok, max_length=30, kwargs={}, where="training")

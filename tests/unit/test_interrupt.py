@@ -19,3 +19,23 @@ def test_first_ctrl_c_saves_and_stops_at_the_step_boundary_second_aborts():
         with pytest.raises(KeyboardInterrupt):
             interrupt._handle(signal.SIGINT, None)
     assert signal.getsignal(signal.SIGINT) != interrupt._handle
+
+
+def test_a_checkpoint_every_few_minutes_and_a_log_at_each_checkpoint():
+    import time
+
+    from lancy_trl.train.callbacks import SaveEvery, whole_run_loss
+
+    every = SaveEvery(minutes=1)
+    control = every.on_step_end(None, None, TrainerControl())
+    assert not control.should_save and not control.should_log
+    every.last = time.monotonic() - 61  # a minute of training since the last checkpoint
+    control = every.on_step_end(None, None, TrainerControl())
+    assert control.should_save and control.should_log
+    assert not every.on_step_end(None, None, TrainerControl()).should_save  # the clock restarted
+    step_save = TrainerControl(should_save=True)  # a --save-steps checkpoint is logged too
+    assert every.on_step_end(None, None, step_save).should_log
+    assert not SaveEvery(minutes=0).on_step_end(None, None, TrainerControl()).should_save
+    # losses logged at steps 1, 2 and 4 (each the mean since the log before), resumed at 4, 2 more steps at 1.0
+    history = [{"step": 1, "loss": 4.0}, {"step": 2, "loss": 3.0}, {"step": 4, "loss": 2.0}, {"step": 6, "loss": 1.0}]
+    assert whole_run_loss(history, 4, 1.0, 6) == (4.0 + 3.0 + 2 * 2.0 + 2 * 1.0) / 6
