@@ -5,26 +5,16 @@
 
 from __future__ import annotations
 
-import json
-import logging
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lancy_trl import runs
-from lancy_trl.config import SFTArgs, to_dict
+from lancy_trl.config import SFTArgs
 from lancy_trl.errors import LancyError
+from lancy_trl.train import lifecycle
+from lancy_trl.train.lifecycle import RunResult
 
-
-@dataclass
-class SFTResult:
-    run_dir: Path
-    status: str
-    steps: int
-    train_loss: float | None
-    eval_loss: float | None
-    seconds: float
+SFTResult = RunResult  # the name earlier releases used
 
 
 def default_packing(attention: str) -> bool:
@@ -138,129 +128,29 @@ def to_trl_config(args: SFTArgs, run_dir: Path, info: dict[str, Any], has_eval: 
     )
 
 
-LOGGERS = ("transformers", "trl", "peft", "lancy", "py.warnings")
-
-
-def _file_logging(run_dir: Path) -> logging.Handler:
-    import datasets
-    import transformers
-
-    (run_dir / "logs").mkdir(exist_ok=True)
-    handler = logging.FileHandler(run_dir / "logs" / "training.log")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    for name in LOGGERS:
-        logging.getLogger(name).addHandler(handler)
-    logging.captureWarnings(True)  # library deprecation warnings go to the log file, not over the progress bar
-    logging.getLogger("py.warnings").propagate = False
-    transformers.logging.set_verbosity_warning()
-    transformers.logging.disable_default_handler()  # warnings go to the log file, not over the progress bar
-    datasets.disable_progress_bars()
-    return handler
-
-
-def _versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    return {p: md.version(p) for p in ("torch", "transformers", "trl", "peft", "datasets", "accelerate", "lancy-trl")}
-
-
-def prepare_run(args: SFTArgs, flags: dict[str, Any], console: Any) -> tuple[SFTArgs, Path, str | None]:
-    """(args, run dir, checkpoint): a new run, or the saved config of the run being resumed + new flags."""
-    if args.resume:
-        from lancy_trl.config import resolve
-
-        run_dir, checkpoint = runs.find_resume(args.resume, args.run_dir, args.output_dir)
-        console.print(f"Resuming {run_dir} from {checkpoint.name}", highlight=False, soft_wrap=True)
-        saved = runs.read(run_dir).get("config", {})
-        args = resolve(SFTArgs, saved, {**flags, "resume": args.resume}, source=str(run_dir / "config.yaml"))
-        return args, run_dir, str(checkpoint)
-    check_writable(Path(args.run_dir).parent if args.run_dir else Path(args.output_dir))
-    return args, Path(args.run_dir) if args.run_dir else Path(), None
-
-
-def check_writable(folder: Path) -> None:
-    """Refuse an output folder that cannot be created or written, before any model is loaded."""
-    import tempfile
-
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=folder).close()
-    except OSError as e:
-        raise LancyError(f"cannot write runs to {folder} ({e.strerror or type(e).__name__}); pass a writable "
-                         "--output-dir") from None
-
-
-def check_targets(targets: list[str], model: Any) -> None:
-    """Every --lora-target-modules name must match a module of the model; else list the linear layers it has."""
-    from lancy_trl.models import lora_targets
-
-    leaves = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-    names = [t for t in targets if t != "all-linear" and not set(t) & set("*+?[]()|^$\\")]  # peft's keyword and regexes pass
-    missing = [t for t in names if t not in leaves and not any(n.endswith("." + t) for n, _ in model.named_modules())]
-    if missing:
-        raise LancyError(f"--lora-target-modules {', '.join(missing)}: no such module in this model; its linear layers "
-                         f"are {', '.join(lora_targets(model))}")
-
-
-def check_same_data(run_dir: Path, data: Any, args: SFTArgs) -> None:
-    """A resumed run must see the rows it started on: the data order and the held-out rows depend on them."""
-    before = runs.read(run_dir).get("data", {}).get("train_fingerprint")
-    now = data.stats.get("train_fingerprint")
-    if before and now != before and not args.allow_data_change:
-        raise LancyError(f"the training data changed since {run_dir} started (fingerprint {now}, was {before}); "
-                         "resume with the same data, or pass --allow-data-change to continue on the new rows")
-
-
-def run_sft(args: SFTArgs, console: Any, flags: dict[str, Any] | None = None) -> SFTResult:
+def run_sft(args: SFTArgs, console: Any, flags: dict[str, Any] | None = None) -> RunResult:
     from lancy_trl.data.build import build_data
     from lancy_trl.models import load_model, pick_device, resolve_model
 
-    args, run_dir, checkpoint = prepare_run(args, flags or {}, console)
+    args, run_dir, checkpoint = lifecycle.prepare(args, flags or {}, console, SFTArgs, "sft")
     device = pick_device(args.device)
     with console.status("Loading data..."):
         data = build_data(args)
     if checkpoint is not None:
-        check_same_data(run_dir, data, args)
+        lifecycle.check_same_data(run_dir, data, args)
     source = resolve_model(args.model, log=console.print)
     with console.status(f"Loading {source.path}..."):
         loaded = load_model(source, args, device=device)
     trainer_options(args, loaded.info)  # refuses impossible --lean-activations / --shared-prefix before a run directory exists
     if args.use_lora and args.lora_target_modules:
-        check_targets(args.lora_target_modules, loaded.model)
+        lifecycle.check_targets(args.lora_target_modules, loaded.model)
     with console.status("Counting tokens..."):
         data_report = fit_to_model(data, loaded.tokenizer, args)
-    if checkpoint is None:
-        name = args.run_name or runs.run_name(args, source.name, data.name)
-        run_dir = runs.create(args.output_dir, name) if not args.run_dir else runs.create(run_dir.parent, run_dir.name)
-        held_out = runs.save_rows(run_dir, {"validation": (data.eval, data.stats.get("eval_from", "validation split")),
-                                            "test": (data.test, "test split")})
-        runs.update(run_dir, held_out=held_out, task=data.kind, dataset=data.name, labels=list(data.labels))
-    config = to_dict(args)
-    runs.save_config(run_dir, config)
-    runs.update(
-        run_dir, status="running", owner=runs.owner(), config=config, model_name=source.name,
-        base_model_path=source.path, model_info=loaded.info, data={**data.stats, **data_report},
-        chat_template_kwargs=data_report["chat_template_kwargs"],
-        template=data.spec.template if data.spec else None, versions=_versions(),
-        started=time.strftime("%Y-%m-%dT%H:%M:%S"),
-    )
-    handler = _file_logging(run_dir)
-    try:
+    extra = {"data": {**data.stats, **data_report}, "chat_template_kwargs": data_report["chat_template_kwargs"],
+             "template": data.spec.template if data.spec else None}
+    run_dir = lifecycle.open_run(args, "sft", run_dir, checkpoint, source, loaded, data, extra)
+    with lifecycle.recorded(run_dir, "sft"):
         return _train(args, run_dir, checkpoint, data, loaded, device, console, data_report)
-    except KeyboardInterrupt:
-        runs.update(run_dir, status="interrupted")
-        if runs.complete_checkpoints(run_dir):
-            why = f"aborted; resume from the last checkpoint with `lancy sft --resume latest --run-dir {run_dir}`"
-        else:
-            why = f"aborted before the first checkpoint: nothing to resume; start again (the logs stay in {run_dir})"
-        raise LancyError(why) from None
-    except Exception as e:
-        runs.update(run_dir, status="failed", error=f"{type(e).__name__}: {e}")
-        raise
-    finally:
-        for name in LOGGERS:
-            logging.getLogger(name).removeHandler(handler)
-        logging.captureWarnings(False)
 
 
 def fit_to_model(data: Any, tokenizer: Any, args: SFTArgs) -> dict[str, Any]:
@@ -324,28 +214,18 @@ def _report_data(data: Any, report: dict[str, Any], console: Any, writer: Any) -
     writer.add_scalar("data/train_examples", sum(tokens["examples"].values()), 0)
 
 
-def _train(args, run_dir, checkpoint, data, loaded, device, console, data_report) -> SFTResult:
+def _train(args, run_dir, checkpoint, data, loaded, device, console, data_report) -> RunResult:
     from torch.utils.tensorboard import SummaryWriter
     from transformers import PrinterCallback
     from transformers.integrations import TensorBoardCallback
 
-    from lancy_trl.models import lora_targets
-    from lancy_trl.train.callbacks import GracefulInterrupt, LogFile, RichProgress, RunFacts, SaveEvery, ScoreEval, whole_run_loss
+    from lancy_trl.train.callbacks import GracefulInterrupt, LogFile, RichProgress, RunFacts, SaveEvery, ScoreEval
     from lancy_trl.train.prefix import MODEL_TYPES
     from lancy_trl.train.trainer import LancySFTTrainer
 
     info = loaded.info
     trl_config = to_trl_config(args, run_dir, info, data.eval is not None)
-    peft_config = None
-    if args.use_lora:
-        from peft import LoraConfig
-
-        targets = args.lora_target_modules or lora_targets(loaded.model)
-        peft_config = LoraConfig(
-            r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
-            target_modules=targets, task_type="CAUSAL_LM",
-        )
-        info["lora_target_modules"] = ",".join(targets)
+    peft_config = lifecycle.lora_config(args, loaded.model, info)
     eval_ds = data.eval
     if eval_ds is not None and len(eval_ds) > args.eval_max_batches * args.batch_size:  # a seeded sample, not the first rows
         eval_ds = eval_ds.shuffle(seed=args.seed).select(range(args.eval_max_batches * args.batch_size))
@@ -369,7 +249,7 @@ def _train(args, run_dir, checkpoint, data, loaded, device, console, data_report
     info.update(trainable_params=trainable, packing=trl_config.packing, pad_to_multiple_of=trl_config.pad_to_multiple_of,
                 micro_batch_size=trl_config.per_device_train_batch_size, checkpointed_layers=trainer.checkpointed_layers,
                 lean_modules=trainer.lean_modules, shared_prefix=trainer.shared_prefix)
-    facts = {**{k: v for k, v in info.items() if v is not None}, **{f"version_{k}": v for k, v in _versions().items()}}
+    facts = {**{k: v for k, v in info.items() if v is not None}, **{f"version_{k}": v for k, v in lifecycle.versions().items()}}
     trainer.add_callback(RunFacts(writer, facts, {"trainable_params": trainable, "total_params": info["total_params"]}))
     runs.update(run_dir, model_info=info)
     console.print(
@@ -382,48 +262,10 @@ def _train(args, run_dir, checkpoint, data, loaded, device, console, data_report
         + (f", batches of {args.batch_size} run as micro-batches of {trl_config.per_device_train_batch_size}"
            if trl_config.per_device_train_batch_size < args.batch_size else "")
     )
-    start = time.time()
-    with interrupt:
-        output = trainer.train(resume_from_checkpoint=checkpoint)
-    seconds = time.time() - start
-    state = trainer.state
-    first = json.loads((Path(checkpoint) / "trainer_state.json").read_text())["global_step"] if checkpoint else 0
-    train_loss = whole_run_loss(state.log_history, first, output.training_loss, state.global_step)
-    eval_loss = next((h["eval_loss"] for h in reversed(state.log_history) if "eval_loss" in h), None)
-    final = {k: v for h in state.log_history for k, v in h.items() if k.startswith("eval_")}  # the latest of each
-    if interrupt.requested:
-        runs.update(run_dir, status="interrupted", steps=state.global_step)
-        console.print(
-            f"[yellow]Interrupted at step {state.global_step}; checkpoint saved.[/] Resume with:\n"
-            f"  lancy sft --resume latest --run-dir {run_dir}"
-        )
-        return SFTResult(run_dir, "interrupted", state.global_step, train_loss, eval_loss, seconds)
-    _save_final(trainer, run_dir, data, args)
+    result = lifecycle.train(trainer, run_dir, checkpoint, interrupt, console, "sft")
+    if result.status == "complete":
+        meta = {"dataset": data.name, "labels": list(data.labels), "template": data.spec.template if data.spec else None,
+                "system_prompt": args.system_prompt, "use_lora": args.use_lora, "enable_thinking": args.enable_thinking}
+        lifecycle.finish(trainer, result, meta)
     writer.close()
-    runs.update(
-        run_dir, status="complete", steps=state.global_step, train_loss=train_loss, eval_loss=eval_loss,
-        train_seconds=round(seconds, 1), finished=time.strftime("%Y-%m-%dT%H:%M:%S"), final_eval=final,
-    )
-    (run_dir / "metrics.json").write_text(json.dumps({"step": state.global_step, "train_loss": train_loss,
-                                                      **final}, indent=2))
-    return SFTResult(run_dir, "complete", state.global_step, train_loss, eval_loss, seconds)
-
-
-def _save_final(trainer: Any, run_dir: Path, data: Any, args: SFTArgs) -> None:
-    """The adapter (or full model) and tokenizer, written to model.part and renamed once complete."""
-    import json
-    import shutil
-
-    from transformers.utils import logging as hf_logging
-
-    tmp, final = run_dir / "model.part", run_dir / "model"
-    shutil.rmtree(tmp, ignore_errors=True)
-    hf_logging.disable_progress_bar()  # no "Writing model shards" bar after the run's own summary
-    trainer.save_model(str(tmp))
-    lancy_meta = {
-        "dataset": data.name, "labels": list(data.labels), "template": data.spec.template if data.spec else None,
-        "system_prompt": args.system_prompt, "use_lora": args.use_lora, "enable_thinking": args.enable_thinking,
-    }
-    (tmp / "lancy.json").write_text(json.dumps(lancy_meta, indent=2))
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
+    return result

@@ -38,3 +38,20 @@ def test_resume_without_checkpoint_says_so(tmp_path):
         runs.find_resume("latest", str(run), str(tmp_path))
     with pytest.raises(LancyError, match="no resumable run"):
         runs.find_resume("latest", None, str(tmp_path / "empty"))
+
+
+def test_a_run_resumes_only_with_the_command_that_made_it(tmp_path):
+    from rich.console import Console
+
+    from lancy_trl.train import lifecycle
+
+    run = runs.create(tmp_path, "r")
+    runs.update(run, status="interrupted", command="pretrain", config={})
+    (run / "checkpoints" / "checkpoint-5").mkdir(parents=True)
+    (run / "checkpoints" / "checkpoint-5" / "trainer_state.json").write_text("{}")
+    args = resolve(SFTArgs, flags={"resume": "latest", "run_dir": str(run)})
+    with pytest.raises(LancyError, match="is a `lancy pretrain` run; resume it with `lancy pretrain`"):
+        lifecycle.prepare(args, {}, Console(quiet=True), SFTArgs, "sft")
+    runs.update(run, command="sft")
+    _, run_dir, checkpoint = lifecycle.prepare(args, {}, Console(quiet=True), SFTArgs, "sft")
+    assert run_dir == run and checkpoint.endswith("checkpoint-5")

@@ -1,0 +1,213 @@
+"""One run lifecycle for every training command (sft today; pretrain and grpo on the same pieces).
+
+    args, run_dir, checkpoint = prepare(args, flags, console, SFTArgs, "sft")   # new run, or a resume
+    run_dir = open_run(args, "sft", run_dir, checkpoint, source, loaded, data, extra)
+    with recorded(run_dir, "sft"):                                             # log file, Ctrl-C, failures
+        outcome = train(trainer, run_dir, checkpoint, interrupt, console, "sft")
+        if outcome.status == "complete":
+            finish(trainer, run_dir, outcome, meta)                             # model.part -> model, metrics.json
+
+A command keeps what only it knows (its TRL config, its trainer, its data checks); the run directory, run.json and
+its status, the saved config, held-out rows, the log file, resume, interrupts, the whole-run loss and the final save
+are here, once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lancy_trl import runs
+from lancy_trl.config import to_dict
+from lancy_trl.errors import LancyError
+
+LOGGERS = ("transformers", "trl", "peft", "lancy", "py.warnings")
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    status: str
+    steps: int
+    train_loss: float | None
+    eval_loss: float | None
+    seconds: float
+    final_eval: dict[str, float] = field(default_factory=dict)
+
+
+def prepare(args: Any, flags: dict[str, Any], console: Any, cls: Any, command: str) -> tuple[Any, Path, str | None]:
+    """(args, run dir, checkpoint): a new run (its folder checked writable), or the saved config of the run being
+    resumed with the new flags on top."""
+    if args.resume:
+        from lancy_trl.config import resolve
+
+        run_dir, checkpoint = runs.find_resume(args.resume, args.run_dir, args.output_dir)
+        saved = runs.read(run_dir)
+        if saved.get("command", command) != command:
+            raise LancyError(f"{run_dir} is a `lancy {saved['command']}` run; resume it with `lancy {saved['command']}`")
+        console.print(f"Resuming {run_dir} from {checkpoint.name}", highlight=False, soft_wrap=True)
+        args = resolve(cls, saved.get("config", {}), {**flags, "resume": args.resume}, source=str(run_dir / "config.yaml"))
+        return args, run_dir, str(checkpoint)
+    check_writable(Path(args.run_dir).parent if args.run_dir else Path(args.output_dir))
+    return args, Path(args.run_dir) if args.run_dir else Path(), None
+
+
+def check_writable(folder: Path) -> None:
+    """Refuse an output folder that cannot be created or written, before any model is loaded."""
+    import tempfile
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as e:
+        raise LancyError(f"cannot write runs to {folder} ({e.strerror or type(e).__name__}); pass a writable "
+                         "--output-dir") from None
+
+
+def check_same_data(run_dir: Path, data: Any, args: Any) -> None:
+    """A resumed run must see the rows it started on: the data order and the held-out rows depend on them."""
+    before = runs.read(run_dir).get("data", {}).get("train_fingerprint")
+    now = data.stats.get("train_fingerprint")
+    if before and now != before and not args.allow_data_change:
+        raise LancyError(f"the training data changed since {run_dir} started (fingerprint {now}, was {before}); "
+                         "resume with the same data, or pass --allow-data-change to continue on the new rows")
+
+
+def open_run(args: Any, command: str, run_dir: Path, checkpoint: str | None, source: Any, loaded: Any, data: Any,
+             extra: dict[str, Any]) -> Path:
+    """The run directory (created for a new run, with the rows it holds out) and run.json saying `running`, owned by
+    this process."""
+    if checkpoint is None:
+        name = args.run_name or runs.run_name(args, source.name, data.name, mode=command)
+        run_dir = runs.create(args.output_dir, name) if not args.run_dir else runs.create(run_dir.parent, run_dir.name)
+        held_out = runs.save_rows(run_dir, {"validation": (data.eval, data.stats.get("eval_from", "validation split")),
+                                            "test": (data.test, "test split")})
+        runs.update(run_dir, command=command, held_out=held_out, task=data.kind, dataset=data.name,
+                    labels=list(data.labels))
+    config = to_dict(args)
+    runs.save_config(run_dir, config)
+    runs.update(run_dir, status="running", owner=runs.owner(), config=config, model_name=source.name,
+                base_model_path=source.path, model_info=loaded.info, versions=versions(),
+                started=time.strftime("%Y-%m-%dT%H:%M:%S"), **extra)
+    return run_dir
+
+
+@contextmanager
+def recorded(run_dir: Path, command: str) -> Iterator[None]:
+    """Everything logged goes to logs/training.log; a failure marks the run `failed`, an abort `interrupted` with
+    the resume command only when a checkpoint exists."""
+    handler = file_logging(run_dir)
+    try:
+        yield
+    except KeyboardInterrupt:
+        runs.update(run_dir, status="interrupted")
+        if runs.complete_checkpoints(run_dir):
+            why = f"aborted; resume from the last checkpoint with `lancy {command} --resume latest --run-dir {run_dir}`"
+        else:
+            why = f"aborted before the first checkpoint: nothing to resume; start again (the logs stay in {run_dir})"
+        raise LancyError(why) from None
+    except Exception as e:
+        runs.update(run_dir, status="failed", error=f"{type(e).__name__}: {e}")
+        raise
+    finally:
+        for name in LOGGERS:
+            logging.getLogger(name).removeHandler(handler)
+        logging.captureWarnings(False)
+
+
+def train(trainer: Any, run_dir: Path, checkpoint: str | None, interrupt: Any, console: Any, command: str) -> RunResult:
+    """trainer.train() under the Ctrl-C handler; the train loss covers the whole run, resumed or not."""
+    from lancy_trl.train.callbacks import whole_run_loss
+
+    start = time.time()
+    with interrupt:
+        output = trainer.train(resume_from_checkpoint=checkpoint)
+    seconds = time.time() - start
+    state = trainer.state
+    first = json.loads((Path(checkpoint) / "trainer_state.json").read_text())["global_step"] if checkpoint else 0
+    train_loss = whole_run_loss(state.log_history, first, output.training_loss, state.global_step)
+    eval_loss = next((h["eval_loss"] for h in reversed(state.log_history) if "eval_loss" in h), None)
+    final = {k: v for h in state.log_history for k, v in h.items() if k.startswith("eval_")}  # the latest of each
+    if not interrupt.requested:
+        return RunResult(run_dir, "complete", state.global_step, train_loss, eval_loss, seconds, final)
+    runs.update(run_dir, status="interrupted", steps=state.global_step)
+    console.print(f"[yellow]Interrupted at step {state.global_step}; checkpoint saved.[/] Resume with:\n"
+                  f"  lancy {command} --resume latest --run-dir {run_dir}")
+    return RunResult(run_dir, "interrupted", state.global_step, train_loss, eval_loss, seconds, final)
+
+
+def finish(trainer: Any, result: RunResult, meta: dict[str, Any]) -> None:
+    """The adapter (or full model) and tokenizer with lancy.json (`meta`), written to model.part and renamed once
+    complete, so a `model/` folder always means a finished run; then run.json `complete` and metrics.json."""
+    import shutil
+
+    from transformers.utils import logging as hf_logging
+
+    run_dir = result.run_dir
+    tmp, final = run_dir / "model.part", run_dir / "model"
+    shutil.rmtree(tmp, ignore_errors=True)
+    hf_logging.disable_progress_bar()  # no "Writing model shards" bar after the run's own summary
+    trainer.save_model(str(tmp))
+    (tmp / "lancy.json").write_text(json.dumps(meta, indent=2))
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    runs.update(run_dir, status="complete", steps=result.steps, train_loss=result.train_loss,
+                eval_loss=result.eval_loss, train_seconds=round(result.seconds, 1),
+                finished=time.strftime("%Y-%m-%dT%H:%M:%S"), final_eval=result.final_eval)
+    metrics = {"step": result.steps, "train_loss": result.train_loss, **result.final_eval}
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+
+
+def lora_config(args: Any, model: Any, info: dict[str, Any]) -> Any:
+    """peft's LoraConfig from the shared LoRA options (every linear layer but the LM head by default), or None."""
+    if not args.use_lora:
+        return None
+    from peft import LoraConfig
+
+    from lancy_trl.models import lora_targets
+
+    targets = args.lora_target_modules or lora_targets(model)
+    info["lora_target_modules"] = ",".join(targets)
+    return LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
+                      target_modules=targets, task_type="CAUSAL_LM")
+
+
+def check_targets(targets: list[str], model: Any) -> None:
+    """Every --lora-target-modules name must match a module of the model; else list the linear layers it has."""
+    from lancy_trl.models import lora_targets
+
+    leaves = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    names = [t for t in targets if t != "all-linear" and not set(t) & set("*+?[]()|^$\\")]  # peft's keyword and regexes pass
+    missing = [t for t in names if t not in leaves and not any(n.endswith("." + t) for n, _ in model.named_modules())]
+    if missing:
+        raise LancyError(f"--lora-target-modules {', '.join(missing)}: no such module in this model; its linear layers "
+                         f"are {', '.join(lora_targets(model))}")
+
+
+def file_logging(run_dir: Path) -> logging.Handler:
+    import datasets
+    import transformers
+
+    (run_dir / "logs").mkdir(exist_ok=True)
+    handler = logging.FileHandler(run_dir / "logs" / "training.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    for name in LOGGERS:
+        logging.getLogger(name).addHandler(handler)
+    logging.captureWarnings(True)  # library deprecation warnings go to the log file, not over the progress bar
+    logging.getLogger("py.warnings").propagate = False
+    transformers.logging.set_verbosity_warning()
+    transformers.logging.disable_default_handler()  # warnings go to the log file, not over the progress bar
+    datasets.disable_progress_bars()
+    return handler
+
+
+def versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    return {p: md.version(p) for p in ("torch", "transformers", "trl", "peft", "datasets", "accelerate", "lancy-trl")}
