@@ -133,6 +133,21 @@ class SFTArgs(ModelArgs, DataArgs, TrainArgs, RunArgs):
     """`lancy sft`: supervised fine-tuning with completion-only loss."""
 
 
+@dataclass
+class PretrainArgs(ModelArgs, DataArgs, TrainArgs, RunArgs):
+    """`lancy pretrain`: causal LM loss on every token of plain text, documents packed into blocks of --max-length."""
+
+    dataset: list[str] = opt(
+        [], "Registry name, hub id or local file (.txt/.jsonl/.json/.csv/.parquet); repeat for a mixture. Default: the "
+        "--data-files.", group="Data",
+    )
+    max_length: int = opt(1024, "Block length: documents are joined with EOS and packed into blocks of this many "
+                          "tokens (a longer document continues in the next block).")
+
+
+RunnableArgs = SFTArgs | PretrainArgs  # the configs one run lifecycle trains with (lancy_trl/train/lifecycle.py)
+
+
 # ---------------------------------------------------------------------------------------------
 # Resolving a config from defaults, a YAML file and flags
 

@@ -12,13 +12,6 @@ def _not_yet(name: str, what: str) -> None:
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 @guarded
-def pretrain(ctx: typer.Context) -> None:
-    """Continue pre-training on plain text (not yet available)."""
-    _not_yet("pretrain", "causal LM training on plain-text corpora")
-
-
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-@guarded
 def grpo(ctx: typer.Context) -> None:
     """Reinforcement learning with verifiable rewards via TRL's GRPOTrainer (not yet available)."""
     _not_yet("grpo", "GRPO with reward functions")

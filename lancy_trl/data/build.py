@@ -87,11 +87,16 @@ def infer_split(path: str, known: list[str]) -> str:
 def parse_data_files(values: list[str], known: list[str] | None = None) -> dict[str, list[str]]:
     """`PATH` or `SPLIT=PATH` entries -> split -> paths; every path must exist. A bare path's split is read from its
     file name when it starts with a split name (test.parquet), else it is train."""
+    import glob
+
     files: dict[str, list[str]] = {}
     for value in values:
         split, eq, path = value.partition("=")
         split, path = (split, path) if eq else (infer_split(value, known or list(CANONICAL)), value)
-        files.setdefault(split, []).append(path)
+        matches = sorted(glob.glob(path)) if glob.has_magic(path) else [path]  # "reports/*.txt", quoted for lancy
+        if not matches:
+            raise LancyError(f"--data-files {path!r} matches no file; check the pattern")
+        files.setdefault(split, []).extend(matches)
     missing = [p for ps in files.values() for p in ps if not Path(p).is_file()]
     if missing:
         raise LancyError(f"data file(s) not found: {', '.join(missing)}; check the paths given to --data-files")
@@ -169,11 +174,11 @@ def read_files(files: dict[str, list[str]], spec: DatasetSpec | None = None) -> 
             f"cannot read {', '.join(sorted(suffixes))} files together; use one of .jsonl, .json, .csv, .parquet"
         )
     builder = LOCAL_BUILDERS[suffixes.pop()]
-    if builder == "text":
-        raise LancyError(f"{spec.name if spec else 'this dataset'} does not read .txt files; use .jsonl, .json, .csv or .parquet")
+    if builder == "text" and spec is not None:
+        raise LancyError(f"{spec.name} does not read .txt files; use .jsonl, .json, .csv or .parquet")
     with quiet():  # local files load in moments; a bar per split is noise
-        try:
-            loaded = load_dataset(builder, data_files=files)
+        try:  # a .txt file is one document (a filing, a report), read as the `text` column
+            loaded = load_dataset(builder, data_files=files, **({"sample_by": "document"} if builder == "text" else {}))
         except Exception as e:  # malformed JSON/CSV surfaces as several library exception types
             raise LancyError(f"cannot read {', '.join(p for ps in files.values() for p in ps)}: {str(e)[:200]}") from None
     return dict(loaded)
@@ -469,8 +474,9 @@ def _configs(args: Any) -> list[str | None]:
     return [None if c in ("None", "none", "") else c for c in configs]
 
 
-def build_data(args: Any) -> DataBundle:
-    """Train / eval / test chat datasets for a run: one dataset, or a mixture sampled by --mixture-rates."""
+def build_data(args: Any, transform: Any = None) -> DataBundle:
+    """Train / eval / test chat datasets for a run: one dataset, or a mixture sampled by --mixture-rates.
+    `transform` rewrites each source's splits before they are mixed (pretraining: every row as plain text)."""
     if not args.dataset:
         raise LancyError("no --dataset given; name a registry dataset (`lancy datasets list`) or a local file")
     configs = _configs(args)
@@ -480,21 +486,23 @@ def build_data(args: Any) -> DataBundle:
     files = _route_files(list(args.data_files), list(zip(args.dataset, configs)))
     sources = [load_source(n, c, f, args.max_examples) for n, c, f in zip(args.dataset, configs, files)]
     with quiet():
-        return _assemble(sources, args, rates)
+        return _assemble(sources, args, rates, transform)
 
 
-def _assemble(sources: list[Source], args: Any, rates: list[float] | None) -> DataBundle:
+def _assemble(sources: list[Source], args: Any, rates: list[float] | None, transform: Any = None) -> DataBundle:
     names = [s.name for s in sources]
     if len(set(names)) != len(names):
         raise LancyError(f"a dataset is named twice in the mixture ({', '.join(names)}); give each one once")
     trains, evals, tests, per_source, notes = [], [], [], {}, []
     for source in sources:
         train, eval_, test, stats, source_notes = source_splits(source, args)
+        stats = {**stats, "kind": task_kind(source.spec, train), "labels": list(label_words(source.spec, train))}
+        if transform is not None:
+            train, eval_, test = transform(train), transform(eval_), transform(test)
         trains.append(train)
         evals.append(eval_)
         tests.append(test)
-        per_source[source.name] = {**stats, "kind": task_kind(source.spec, train),
-                                   "labels": list(label_words(source.spec, train))}
+        per_source[source.name] = stats
         notes += source_notes
     if len(sources) == 1:
         train, eval_, test, spec = trains[0], evals[0], tests[0], sources[0].spec
@@ -516,8 +524,8 @@ def _assemble(sources: list[Source], args: Any, rates: list[float] | None) -> Da
         test_examples=len(test) if test is not None else 0,
         train_fingerprint=fingerprint(train),
     )
-    kind = task_kind(spec, train) if len(sources) == 1 else "mixture"
-    labels = label_words(spec, train) if len(sources) == 1 else ()
+    kind = stats.pop("kind") if len(sources) == 1 else "mixture"
+    labels = tuple(stats.pop("labels")) if len(sources) == 1 else ()
     return DataBundle(train, eval_, test, name, spec, stats, notes, labels, kind)
 
 

@@ -175,3 +175,18 @@ class ScoreEval(TrainerCallback):
             "step %d: score accuracy %.4f, macro-F1 %.4f on %d eval examples", state.global_step,
             report["accuracy"], report["macro_f1"], len(self.targets),
         )
+
+
+class Perplexity(TrainerCallback):
+    """exp(eval loss) beside the eval loss: TensorBoard (eval/perplexity), the log file and the trainer state."""
+
+    def __init__(self, writer: Any) -> None:
+        self.writer = writer
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        import math
+
+        if metrics and "eval_loss" in metrics:
+            perplexity = math.exp(min(metrics["eval_loss"], 50.0))
+            self.writer.add_scalar("eval/perplexity", perplexity, state.global_step)
+            state.log_history.append({"eval_perplexity": perplexity, "step": state.global_step})

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from lancy_trl import runs
-from lancy_trl.config import SFTArgs
+from lancy_trl.config import RunnableArgs, SFTArgs
 from lancy_trl.errors import LancyError
 from lancy_trl.train import lifecycle
 from lancy_trl.train.lifecycle import RunResult
@@ -35,7 +35,7 @@ def default_pad_multiple(device: str) -> int | None:
     return 64 if device == "cuda" else None
 
 
-def micro_batches(args: SFTArgs) -> tuple[int, int]:
+def micro_batches(args: RunnableArgs) -> tuple[int, int]:
     """(examples per forward/backward, micro-batches per optimizer step) for `--batch-size` x `--gradient-accumulation-steps`.
 
     Whole batches by default. `--micro-batch-size` splits each batch into micro-batches (the largest divisor of the
@@ -50,7 +50,7 @@ def micro_batches(args: SFTArgs) -> tuple[int, int]:
     return micro, args.gradient_accumulation_steps * (args.batch_size // micro)
 
 
-def use_lean_activations(args: SFTArgs, info: dict[str, Any]) -> bool:
+def use_lean_activations(args: RunnableArgs, info: dict[str, Any]) -> bool:
     """Lean activations (lancy_trl/train/lean.py) where training runs in fp32: their backward does not follow autocast."""
     if args.lean_activations and info["precision"] != "fp32":
         raise LancyError(f"--lean-activations needs fp32 training (this run is {info['precision']}): pass "
@@ -58,7 +58,7 @@ def use_lean_activations(args: SFTArgs, info: dict[str, Any]) -> bool:
     return info["precision"] == "fp32" if args.lean_activations is None else args.lean_activations
 
 
-def use_shared_prefix(args: SFTArgs, info: dict[str, Any]) -> bool:
+def use_shared_prefix(args: RunnableArgs, info: dict[str, Any]) -> bool:
     """Shared-prefix batches (lancy_trl/train/prefix.py) need transformers' SDPA attention, which they extend. On by
     default on CPU, where they were measured (README, performance); on a GPU each batch's packed length is a new shape
     (which `default_pad_multiple` avoids there) and the trade has not been measured, so there it is opt-in."""
@@ -75,13 +75,13 @@ def use_shared_prefix(args: SFTArgs, info: dict[str, Any]) -> bool:
     return sdpa and family and info["device"] == "cpu" if args.shared_prefix is None else args.shared_prefix
 
 
-def trainer_options(args: SFTArgs, info: dict[str, Any]) -> dict[str, Any]:
+def trainer_options(args: RunnableArgs, info: dict[str, Any]) -> dict[str, Any]:
     """LancySFTTrainer's own keyword arguments for a run (the bench builds lancy's trainer with the same)."""
     return {"checkpoint_layers": args.checkpoint_layers, "lean_activations": use_lean_activations(args, info),
             "shared_prefix": use_shared_prefix(args, info)}
 
 
-def to_trl_config(args: SFTArgs, run_dir: Path, info: dict[str, Any], has_eval: bool) -> Any:
+def to_trl_config(args: RunnableArgs, run_dir: Path, info: dict[str, Any], has_eval: bool) -> Any:
     """The one place where lancy's names map onto TRL's SFTConfig."""
     from trl import SFTConfig
 
@@ -153,7 +153,7 @@ def run_sft(args: SFTArgs, console: Any, flags: dict[str, Any] | None = None) ->
         return _train(args, run_dir, checkpoint, data, loaded, device, console, data_report)
 
 
-def fit_to_model(data: Any, tokenizer: Any, args: SFTArgs) -> dict[str, Any]:
+def fit_to_model(data: Any, tokenizer: Any, args: RunnableArgs) -> dict[str, Any]:
     """Tokenizer-dependent data checks, done once before training: the thinking-mode switch, examples whose answer
     truncation would remove (dropped, counted), tokens per source, and label words sharing a first token."""
     from lancy_trl.data.tokens import chat_kwargs, fit, fold_system, label_collisions, refuses_system

@@ -1,22 +1,30 @@
-"""`--packing`: lancy's trainer on a packed, padding-free batch gives each example the loss it has alone (no example
-attends to another)."""
+"""Packed, padding-free batches (`lancy sft --packing`, and every `lancy pretrain` batch): lancy's trainer gives each
+example the loss it has alone, so no example attends to another."""
+
+import pytest
 
 
-def test_lancy_packed_batch_loss_equals_each_example_alone(tiny_model, tmp_path):
+@pytest.mark.parametrize("command", ["sft", "pretrain"])
+def test_lancy_packed_batch_loss_equals_each_example_alone(tiny_model, tmp_path, command):
     import torch
     from datasets import Dataset
 
-    from lancy_trl.config import SFTArgs, resolve
+    from lancy_trl.config import PretrainArgs, SFTArgs, resolve
     from lancy_trl.models import ModelSource, load_model
+    from lancy_trl.train.pretrain import as_text, pretrain_config
     from lancy_trl.train.sft import to_trl_config, trainer_options
     from lancy_trl.train.trainer import LancySFTTrainer
     from tests.integration.test_compact_loss import chat_rows
 
-    args = resolve(SFTArgs, flags={"model": str(tiny_model), "packing": True, "use_lora": False, "batch_size": 1,
-                                   "max_length": 128})
+    flags = {"model": str(tiny_model), "packing": True, "use_lora": False, "batch_size": 1, "max_length": 128}
+    args = resolve(SFTArgs if command == "sft" else PretrainArgs, flags=flags)
     loaded = load_model(ModelSource("tiny", str(tiny_model), "local"), args, device="cpu")
     rows = chat_rows("profit rose ", [(2, "positive"), (5, "negative"), (3, "neutral sentiment")])
-    config = to_trl_config(args, tmp_path, loaded.info, has_eval=False)
+    if command == "pretrain":
+        rows = list(as_text(Dataset.from_list(rows)))
+        config = pretrain_config(args, tmp_path, loaded.info, has_eval=False)
+    else:
+        config = to_trl_config(args, tmp_path, loaded.info, has_eval=False)
     trainer = LancySFTTrainer(model=loaded.model, args=config, train_dataset=Dataset.from_list(rows),
                               processing_class=loaded.tokenizer, **trainer_options(args, loaded.info))
     batch = next(iter(trainer.get_train_dataloader()))

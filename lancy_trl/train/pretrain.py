@@ -1,0 +1,124 @@
+"""`lancy pretrain`: continued pretraining on plain text, on the same run lifecycle as `lancy sft`.
+
+    result = run_pretrain(resolve(PretrainArgs, flags={"dataset": ["filings.txt"], "max_steps": 200}), console)
+
+Causal LM loss on every token. Documents are joined with EOS (TRL appends it) and packed into blocks of
+`--max-length` tokens by TRL's best-fit packing, a document longer than a block continuing in the next
+(`bfd_split`); a batch runs padding-free with positions restarting at each document, so with SDPA (transformers
+builds the mask from the positions) and flash-attention (varlen) no token attends to another document. Chat and
+classification datasets contribute their text: the user message and the answer. Evaluation is the loss and its
+perplexity on the held-out slice, which `lancy eval` on the run scores again.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from lancy_trl.config import PretrainArgs
+from lancy_trl.errors import LancyError
+from lancy_trl.train import lifecycle
+from lancy_trl.train.lifecycle import RunResult
+
+
+def as_text(ds: Any) -> Any:
+    """Plain-text rows: `text` kept, a chat row's user message and answer joined by a blank line."""
+    if ds is None or "text" in ds.column_names:
+        return ds
+
+    def text(row: dict[str, Any]) -> dict[str, str]:
+        user = next((m["content"] for m in reversed(row["prompt"]) if m["role"] == "user"), "")
+        answer = " ".join(m["content"] for m in row["completion"])
+        return {"text": f"{user}\n\n{answer}".strip()}
+
+    return ds.map(text, remove_columns=ds.column_names)
+
+
+def text_data(args: PretrainArgs) -> Any:
+    """The run's data as text rows (train, held-out slice, test), mixtures included."""
+    from lancy_trl.data.build import build_data, parse_data_files
+
+    if not args.dataset:
+        if not args.data_files:
+            raise LancyError("no text to train on: pass --dataset NAME|FILE or --data-files 'PATH' (globs work)")
+        files = parse_data_files(args.data_files)  # globs expanded, every path checked
+        if "train" not in files:
+            raise LancyError("--data-files names no training text; pass PATH or train=PATH (globs work)")
+        first, *rest = files.pop("train")
+        args.dataset = [first]
+        args.data_files = [f"train={p}" for p in rest] + [f"{s}={p}" for s, ps in files.items() for p in ps]
+    data = build_data(args, transform=as_text)
+    data.kind, data.label_words = "pretraining", ()
+    return data
+
+
+def run_pretrain(args: PretrainArgs, console: Any, flags: dict[str, Any] | None = None) -> RunResult:
+    from lancy_trl.models import load_model, pick_device, resolve_model
+    from lancy_trl.train.sft import fit_to_model
+
+    args, run_dir, checkpoint = lifecycle.prepare(args, flags or {}, console, PretrainArgs, "pretrain")
+    device = pick_device(args.device)
+    with console.status("Loading text..."):
+        data = text_data(args)
+    if checkpoint is not None:
+        lifecycle.check_same_data(run_dir, data, args)
+    source = resolve_model(args.model, log=console.print)
+    with console.status(f"Loading {source.path}..."):
+        loaded = load_model(source, args, device=device)
+    if args.use_lora and args.lora_target_modules:
+        lifecycle.check_targets(args.lora_target_modules, loaded.model)
+    with console.status("Counting tokens..."):
+        report = fit_to_model(data, loaded.tokenizer, args)
+    run_dir = lifecycle.open_run(args, "pretrain", run_dir, checkpoint, source, loaded, data,
+                                 {"data": {**data.stats, **report}})
+    with lifecycle.recorded(run_dir, "pretrain"):
+        return _train(args, run_dir, checkpoint, data, loaded, console)
+
+
+def pretrain_config(args: PretrainArgs, run_dir: Any, info: dict[str, Any], has_eval: bool) -> Any:
+    """`lancy sft`'s TRL config, with text packed into blocks (`bfd_split`: a long document continues in the next
+    block), padding-free batches, and the loss on every token."""
+    from lancy_trl.train.sft import to_trl_config
+
+    config = to_trl_config(args, run_dir, info, has_eval)
+    config.packing, config.packing_strategy, config.padding_free = True, "bfd_split", True
+    config.completion_only_loss, config.train_sampling_strategy = False, "random"
+    config.eval_packing = True  # held-out documents in blocks too: the perplexity covers every held-out token
+    return config
+
+
+def _train(args: PretrainArgs, run_dir: Any, checkpoint: str | None, data: Any, loaded: Any, console: Any) -> RunResult:
+    from torch.utils.tensorboard import SummaryWriter
+    from transformers import PrinterCallback
+    from transformers.integrations import TensorBoardCallback
+
+    from lancy_trl.train.callbacks import GracefulInterrupt, LogFile, Perplexity, RichProgress, SaveEvery
+    from lancy_trl.train.sft import trainer_options
+    from lancy_trl.train.trainer import LancySFTTrainer
+
+    config = pretrain_config(args, run_dir, loaded.info, data.eval is not None)
+    eval_ds = data.eval
+    if eval_ds is not None and len(eval_ds) > args.eval_max_batches * args.batch_size:
+        eval_ds = eval_ds.shuffle(seed=args.seed).select(range(args.eval_max_batches * args.batch_size))
+    writer = SummaryWriter(str(run_dir / "tensorboard"))
+    interrupt = GracefulInterrupt(console)
+    with console.status("Tokenizing and packing..."):
+        trainer = LancySFTTrainer(
+            model=loaded.model, args=config, train_dataset=data.train, eval_dataset=eval_ds,
+            processing_class=loaded.tokenizer, peft_config=lifecycle.lora_config(args, loaded.model, loaded.info),
+            **trainer_options(args, loaded.info),
+            callbacks=[TensorBoardCallback(writer), LogFile(run_dir / "logs" / "training.log"), RichProgress(console),
+                       SaveEvery(args.save_minutes), Perplexity(writer), interrupt],
+        )
+    trainer.remove_callback(PrinterCallback)
+    blocks = len(trainer.train_dataset)  # type: ignore[arg-type]
+    console.print(f"[bold]{run_dir}[/]\n  {loaded.info['architecture']} on {loaded.info['device']} "
+                  f"({loaded.info['precision']}, {loaded.info['attn_implementation']}): {len(data.train):,} documents "
+                  f"packed into {blocks:,} blocks of up to {args.max_length} tokens, no attention across documents")
+    result = lifecycle.train(trainer, run_dir, checkpoint, interrupt, console, "pretrain")
+    if result.eval_loss is not None:
+        result.final_eval["eval_perplexity"] = math.exp(result.eval_loss)
+    if result.status == "complete":
+        lifecycle.finish(trainer, result, {"dataset": data.name, "task": "pretraining", "use_lora": args.use_lora})
+    writer.close()
+    return result
