@@ -1,8 +1,11 @@
-"""Run directories: naming, the saved config, status, and finding where to resume.
+"""Run directories: naming, the saved config, status (a dead owner reads as interrupted), held-out rows, and
+finding where to resume.
 
     runs/2026-07-30_14h32m_smollm2-135m_finsent-sentiment_sft_bs8_len256_ep2_lora-r16/
-        run.json            status (running / interrupted / failed / complete), versions, data and model facts
+        run.json            status (running / interrupted / failed / complete), owner (pid, host), the command,
+                            versions, data and model facts, the task and label words, the held-out rows
         config.yaml/.json   the resolved config
+        data/               validation.jsonl / test.jsonl: the rows the run held out, as it built them
         logs/training.log   everything logged
         tensorboard/        losses, tokens seen, parameters, device, dtype, versions
         checkpoints/        resumable checkpoints (optimizer, scheduler, data position)
