@@ -100,9 +100,9 @@ class SaveEvery(TrainerCallback):
         return control
 
 
-def whole_run_loss(history: list[dict[str, Any]], start: int, session_loss: float, end: int) -> float:
+def whole_run_loss(history: list[dict[str, Any]], start: int, recent_loss: float, end: int) -> float:
     """The mean training loss over every step of a run resumed at step `start`: the logged losses up to `start`
-    (each the mean over the steps since the log before it) and this session's mean over start..end."""
+    (each the mean over the steps since the log before it) and the mean this process trained, over start..end."""
     total, steps, previous = 0.0, 0, 0
     for record in history:
         step = record.get("step", 0)
@@ -110,7 +110,7 @@ def whole_run_loss(history: list[dict[str, Any]], start: int, session_loss: floa
             total += record["loss"] * (step - previous)
             steps += step - previous
             previous = step
-    return (total + session_loss * (end - start)) / max(steps + end - start, 1)
+    return (total + recent_loss * (end - start)) / max(steps + end - start, 1)
 
 
 class GracefulInterrupt(TrainerCallback):
