@@ -126,6 +126,9 @@ class RunArgs:
     resume: str | None = opt(None, "'latest' (the newest resumable run) or a checkpoint/run path: continue a run "
                              "where it stopped.", group="Run")
     allow_data_change: bool = opt(False, "Resume even though the training data differ from the run's.", group="Run")
+    offline: bool = opt(False, "No byte leaves the machine: hub and PyPI fetches refused, library telemetry off, and any "
+                        "connection to a non-loopback address stops the run (also implied by HF_HUB_OFFLINE=1).",
+                        group="Run")
 
 
 @dataclass
@@ -309,3 +312,4 @@ class EvalArgs:
     precision: str = opt("auto", "Inference precision.", group="Model", choices=PRECISIONS)
     attn_implementation: str = opt("auto", "Attention kernel.", group="Model", choices=ATTENTIONS)
     trust_remote_code: bool = opt(False, "Run code shipped with a hub model.", group="Model")
+    offline: bool = opt(False, "No byte leaves the machine (also implied by HF_HUB_OFFLINE=1).", group="Model")

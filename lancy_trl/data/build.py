@@ -209,9 +209,9 @@ def load_hub(spec: DatasetSpec, max_examples: int | None = None) -> dict[str, An
         )
     if spec.loader == "stream" and not max_examples:
         raise LancyError(f"{spec.display_name} is streamed (too large to download); pass --max-examples N")
-    from lancy_trl.models import hub_offline, hub_reachable
+    from lancy_trl import network
 
-    offline = hub_offline() or not hub_reachable(spec.hub_id or "", repo_type="dataset")
+    offline = network.offline() or not network.hub_reachable(spec.hub_id or "", repo_type="dataset")
     try:
         with offline_mode(offline):  # unreachable hub: only the local datasets cache, at once, not after retries
             return _load_hub(spec, max_examples)
@@ -256,11 +256,11 @@ def load_hub_generic(hub_id: str, config: str | None) -> dict[str, Any]:
     instruction + input + output, text)."""
     from datasets import load_dataset
 
-    from lancy_trl.models import hub_offline, hub_reachable
+    from lancy_trl import network
 
     fix = ("download its files and pass one as --dataset FILE.jsonl/.csv/.parquet with columns messages, "
            "prompt + completion, instruction + input + output, or text")
-    if hub_offline() or not hub_reachable(hub_id, repo_type="dataset"):
+    if network.offline() or not network.hub_reachable(hub_id, repo_type="dataset"):
         raise LancyError(f"{hub_id} is not in lancy's registry (`lancy datasets list`) and the hub is not reachable "
                          f"to load it; {fix}")
     try:

@@ -238,8 +238,10 @@ def _user(row: dict[str, Any]) -> str:
 
 
 def run_eval(args: EvalArgs, console: Any) -> dict[str, Any]:
+    from lancy_trl import network
     from lancy_trl.models import ModelSource, resolve_model, short_name
 
+    network.apply(args)
     source = resolve_model(args.model, log=console.print)
     run_dir = Path(args.model) if source.origin == "run" else None
     run_info = runs.read(run_dir) if run_dir else {}

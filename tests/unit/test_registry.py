@@ -258,11 +258,12 @@ def test_an_unreachable_hub_uses_only_the_local_cache_at_once(monkeypatch):
     import datasets
     import huggingface_hub.constants as hub
 
-    from lancy_trl import models
+    from lancy_trl import network
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.delenv("LANCY_OFFLINE", raising=False)
     asked = []
-    monkeypatch.setattr(models, "hub_reachable", lambda repo, repo_type="model": asked.append((repo, repo_type)))
+    monkeypatch.setattr(network, "hub_reachable", lambda repo, repo_type="model": asked.append((repo, repo_type)))
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(hub, "HF_HUB_OFFLINE", False)
     seen = []
