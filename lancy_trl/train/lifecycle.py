@@ -146,7 +146,8 @@ def train(trainer: Any, run_dir: Path, checkpoint: str | None, interrupt: Any, c
 
 def finish(trainer: Any, result: RunResult, meta: dict[str, Any]) -> None:
     """The adapter (or full model) and tokenizer with lancy.json (`meta`), written to model.part and renamed once
-    complete, so a `model/` folder always means a finished run; then run.json `complete` and metrics.json."""
+    complete, so a `model/` folder always means a finished run; then run.json `complete`, metrics.json and
+    manifest.json."""
     import shutil
 
     from transformers.utils import logging as hf_logging
@@ -164,6 +165,9 @@ def finish(trainer: Any, result: RunResult, meta: dict[str, Any]) -> None:
                 finished=time.strftime("%Y-%m-%dT%H:%M:%S"), final_eval=result.final_eval)
     metrics = {"step": result.steps, "train_loss": result.train_loss, **result.final_eval}
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    from lancy_trl import manifest
+
+    manifest.write(run_dir)  # sha256 of the data files, base model and output: `lancy manifest RUN --verify`
 
 
 def lora_config(args: Any, model: Any, info: dict[str, Any]) -> Any:

@@ -111,6 +111,12 @@ CASES = [
     ("eval --dataset finsent --split nope", "finsent has no split 'nope'"),
     ("eval --dataset finsent --method score --dataset-config x", "finsent does not take --dataset-config 'x'"),
     ("eval --limit 0", "--limit must be positive"),
+    ("pretrain", "no text to train on"),
+    ("pretrain --data-files reports/*.txt", "matches no file"),
+    ("pretrain --dataset EMPTY", "empty.jsonl is empty"),
+    ("pretrain --max-steps -5", "--max-steps must be positive, or -1"),
+    ("manifest NOT_A_RUN", "is not a lancy run directory"),
+    ("manifest NOT_A_RUN --verify", "is not a lancy run directory"),
 ]
 
 
@@ -122,9 +128,9 @@ def test_bad_input_is_one_line_exit_1_and_no_run_left(command, words, tiny_model
     for word in command.split():
         head, _, rest = word.partition("/")
         argv.append(str(files[head]) + ("/" + rest if rest else "") if head in files else word)
-    if "--model" not in argv:
+    if argv[0] in ("sft", "pretrain", "eval") and "--model" not in argv:
         argv += ["--model", str(tiny_model)]
-    if argv[0] == "sft" and "--output-dir" not in argv:
+    if argv[0] in ("sft", "pretrain") and "--output-dir" not in argv:
         argv += ["--output-dir", str(tmp_path / "runs")]
     result = CliRunner().invoke(app, argv)
     output = " ".join(result.output.split())

@@ -193,3 +193,19 @@ def test_a_mixture_run_is_scored_per_source_and_overall(tiny_model, tmp_path):
     assert sources == {"labels", "answers"}
     table = invoke("eval", "--model", run, "--max-new-tokens", 4)
     assert table.exit_code == 0 and "labels (classification" in table.output and "answers (qa" in table.output
+
+
+def test_a_finished_run_has_a_manifest_that_detects_a_changed_file(tiny_model, tmp_path):
+    path = tmp_path / "mine.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in sorted_rows()))
+    run, _ = train(tiny_model, tmp_path, path)
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert str(path.resolve()) in manifest["data"] and "adapter_model.safetensors" in manifest["output"]["files"]
+    assert "model.safetensors" in manifest["base_model"]["files"] and "validation.jsonl" in manifest["held_out"]
+    ok = invoke("manifest", run, "--verify")
+    assert ok.exit_code == 0 and "verified:" in ok.output
+    path.write_text(path.read_text().replace("rose", "grew", 1))  # one edited training row
+    bad = invoke("manifest", run, "--verify")
+    assert bad.exit_code == 1 and f"data: {path.resolve()} changed" in bad.output
+    (run / "model" / "adapter_model.safetensors").unlink()
+    assert "output: " in invoke("manifest", run, "--verify").output and "is missing" in invoke("manifest", run, "--verify").output
