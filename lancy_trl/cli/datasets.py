@@ -198,7 +198,10 @@ def preview(
         if len(shown) >= n:
             break
         if source.spec is None:
-            shown.append(adapters.from_local(row, fmt or "", system_prompt))
+            try:
+                shown.append(adapters.from_local(row, fmt or "", system_prompt))
+            except adapters.Skip:
+                skipped += 1
             continue
         try:
             shown.extend(adapters.from_spec(row, source.spec, i, system_prompt)[: n - len(shown)])
@@ -217,3 +220,53 @@ def preview(
     for k, example in enumerate(shown, 1):
         console.rule(f"example {k}" + (f" - target: {example['target']}" if "target" in example else ""))
         _print_example(console, example)
+
+
+@datasets_app.command("scan", cls=LancyCommand)
+@guarded
+def scan(
+    name: Annotated[str | None, typer.Argument(help="Registry name, hub id or local file (or use --data-files).")] = None,
+    dataset_config: CONFIG = None,
+    data_files: Annotated[
+        list[str] | None, typer.Option("--data-files", help="Local files: PATH or SPLIT=PATH (globs work).")
+    ] = None,
+    region: Annotated[str, typer.Option("--region", help="Country whose national phone format is read.")] = "US",
+    max_examples: Annotated[int | None, typer.Option("--max-examples", help="Rows to stream from huge corpora.")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="One JSON object: counts per kind and where each finding is.")] = False,
+) -> None:
+    """Personal and secret data in a dataset's text: e-mails, phones, IBANs, cards, SSNs, IPs, API keys, crypto."""
+    from collections import Counter, defaultdict
+
+    from lancy_trl import pii
+    from lancy_trl.data.build import load_source, parse_data_files
+    from lancy_trl.errors import LancyError
+
+    if name is None:
+        if not data_files:
+            raise LancyError("nothing to scan: pass a dataset name or file, or --data-files PATH")
+        files = parse_data_files(data_files)
+        name, data_files = next(iter(files.values()))[0], [f"{s}={p}" for s, ps in files.items() for p in ps][1:]
+    source = load_source(name, dataset_config, data_files or [], max_examples)
+    counts: Counter = Counter()
+    where: dict[str, list[str]] = defaultdict(list)
+    examples: dict[str, list[str]] = defaultdict(list)
+    rows = 0
+    for split, ds in source.raw.items():
+        locate = source.where(split)
+        for i, row in enumerate(ds):
+            rows += 1
+            text = "\n".join(str(v) for v in row.values() if isinstance(v, str))
+            for f in pii.scan(text, region):
+                counts[f.kind] += 1
+                where[f.kind].append(locate(i))
+                if len(examples[f.kind]) < 3:
+                    examples[f.kind].append(f"{f.masked()} ({locate(i)})")
+    if json_out:
+        typer.echo(json.dumps({"dataset": source.name, "rows": rows, "counts": dict(counts), "findings": dict(where),
+                               "not_detected": pii.NOT_DETECTED}))
+        return
+    typer.echo(f"{source.name}: {rows:,} rows scanned, {sum(counts.values())} finding(s)")
+    for kind in pii.KINDS:
+        if counts[kind]:
+            typer.echo(f"  {kind:8s} {counts[kind]:6d}   e.g. " + "; ".join(examples[kind]))
+    typer.echo(f"  not detected: {pii.NOT_DETECTED}")

@@ -115,6 +115,8 @@ CASES = [
     ("pretrain --data-files reports/*.txt", "matches no file"),
     ("pretrain --dataset EMPTY", "empty.jsonl is empty"),
     ("pretrain --max-steps -5", "--max-steps must be positive, or -1"),
+    ("datasets scan", "nothing to scan"),
+    ("datasets scan EMPTY", "empty.jsonl is empty"),
     ("manifest NOT_A_RUN", "is not a lancy run directory"),
     ("manifest NOT_A_RUN --verify", "is not a lancy run directory"),
 ]

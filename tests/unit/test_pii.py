@@ -1,0 +1,80 @@
+"""The scanner finds planted personal and secret data and leaves financial figures alone."""
+
+import pytest
+
+from lancy_trl.pii import redact, scan
+
+PLANTED = [  # (text, kind, the value)
+    ("Contact jane.doe@examplebank.com for the wire.", "email", "jane.doe@examplebank.com"),
+    ("Call the client on +44 20 7946 0958 after the close.", "phone", "+44 20 7946 0958"),
+    ("Her desk line is (415) 555-2671.", "phone", "(415) 555-2671"),
+    ("Pay into DE89 3704 0044 0532 0130 00 by Friday.", "iban", "DE89 3704 0044 0532 0130 00"),
+    ("IBAN GB82WEST12345698765432 was debited.", "iban", "GB82WEST12345698765432"),
+    ("Card 4111 1111 1111 1111 was declined.", "card", "4111 1111 1111 1111"),
+    ("The SSN on file is 123-45-6789.", "ssn", "123-45-6789"),
+    ("Login came from 203.0.113.42 at 9pm.", "ip", "203.0.113.42"),
+    ("export AWS_ACCESS_KEY_ID=AKIAIOSFODNN7EXAMPLE", "api_key", "AKIAIOSFODNN7EXAMPLE"),
+    ("token ghp_1234567890abcdefghijklmnopqrstuvwxyzAB leaked", "api_key", "ghp_1234567890abcdefghijklmnopqrstuvwxyzAB"),
+    ("Send 0.5 ETH to 0x52908400098527886E0F7030069857D2E4169EE7 now.", "crypto",
+     "0x52908400098527886E0F7030069857D2E4169EE7"),
+    ("BTC to 1BvBMSEYstWetqTFn5Au4m4GFg7xJaNVN2 please.", "crypto", "1BvBMSEYstWetqTFn5Au4m4GFg7xJaNVN2"),
+]
+
+FINANCE = [  # nothing personal or secret in these
+    "Revenue rose 12.5% to EUR 4,512,300 in Q3 2024, ahead of guidance.",
+    "Net profit was $1,234,567.89 for the year ended 31 December 2023.",
+    "AAPL closed at 189.84, up 2.31 points on volume of 58,414,460 shares.",
+    "The bond CUSIP 037833100 and ISIN US0378331005 matured on 2025-06-30.",
+    "Trade id 20240315-000123 settled T+2 at 101.25 per 100 nominal.",
+    "EBITDA margin improved by 340 basis points year on year.",
+    "The board proposed a dividend of 0.85 per share, payable 14.05.2024.",
+    "Order 4532015112830366-X was an internal reference, not a card.",
+    "Version 2.4.1.7 of the risk model went live on 2024.03.01.",
+    "Loan book grew 7 percent to 12.3 billion, with NPLs at 1.9%.",
+    "The fund returned 8.2% net of fees versus 7.6% for the benchmark.",
+    "Operating cash flow reached 2,145 million in fiscal 2023.",
+]
+
+
+@pytest.mark.parametrize("text, kind, value", PLANTED)
+def test_planted_values_are_found_with_their_kind(text, kind, value):
+    assert [(f.kind, f.text) for f in scan(text)] == [(kind, value)]
+
+
+def test_financial_figures_are_not_findings():
+    assert {text: scan(text) for text in FINANCE} == {text: [] for text in FINANCE}
+
+
+def test_checksums_and_validators_reject_look_alikes():
+    assert scan("DE89 3704 0044 0532 0130 01") == []  # IBAN checksum off by one
+    assert scan("4111 1111 1111 1112") == []  # Luhn fails
+    assert scan("SSN 000-12-3456") == []  # no SSN starts with 000
+    assert scan("999.1.1.1 is not an address") == []
+
+
+def test_redaction_replaces_each_value_with_its_kind_and_masks_reports():
+    text = "Mail jane@bank.com or call +44 20 7946 0958."
+    findings = scan(text)
+    assert redact(text, findings) == "Mail <EMAIL> or call <PHONE>."
+    assert findings[0].masked().endswith("om") and "jane" not in findings[0].masked()
+
+
+def test_datasets_scan_reports_counts_and_lines_never_values(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from lancy_trl.cli import app
+
+    path = tmp_path / "clients.jsonl"
+    rows = [{"prompt": text, "completion": "noted"} for text, _, _ in PLANTED]
+    rows += [{"prompt": t, "completion": "ok"} for t in FINANCE]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = CliRunner().invoke(app, ["datasets", "scan", "--data-files", str(path), "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["rows"] == 24 and sum(out["counts"].values()) == 12 and out["counts"]["phone"] == 2
+    assert out["findings"]["iban"] == [f"{path} line 4", f"{path} line 5"]  # where, 1-based file lines
+    table = CliRunner().invoke(app, ["datasets", "scan", str(path)])
+    assert "12 finding(s)" in table.output and "person names" in table.output
+    assert "jane.doe" not in table.output and "4111 1111 1111 1111" not in table.output  # masked, never the values
