@@ -72,6 +72,11 @@ class DataArgs:
     enable_thinking: bool = opt(
         False, "Let models whose chat template has a thinking mode (Qwen3) think before answering.", group="Data"
     )
+    redact_pii: bool = opt(
+        False, "Replace e-mails, phones, IBANs, cards, SSNs, IPs, API keys and crypto addresses in the training and "
+        "held-out text with typed placeholders (<EMAIL>, <IBAN>, ...); the run records counts per kind, never values "
+        "(`lancy datasets scan` shows what would be replaced).", group="Data",
+    )
 
 
 @dataclass

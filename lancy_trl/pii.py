@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections import Counter
 from dataclasses import dataclass
+from typing import Any
 
 KINDS = ("email", "phone", "iban", "card", "ssn", "ip", "api_key", "crypto")
 NOT_DETECTED = "person names (they need a named-entity model; none is installed)"
@@ -111,3 +113,31 @@ def redact(text: str, findings: list[Finding]) -> str:
         out += [text[at:f.start], f"<{f.kind.upper()}>"]
         at = f.end
     return "".join(out) + text[at:]
+
+
+def redact_rows(ds: Any, counts: Counter, region: str = "US") -> Any:
+    """A chat or text dataset with every finding in its prompts, answers, targets and text replaced by its typed
+    placeholder; `counts` gains the findings per kind (the values are never kept)."""
+    from datasets import Dataset
+
+    if ds is None:
+        return None
+
+    def clean(text: Any) -> Any:
+        if not isinstance(text, str):
+            return text
+        findings = scan(text, region)
+        counts.update(f.kind for f in findings)
+        return redact(text, findings) if findings else text
+
+    def row(r: dict[str, Any]) -> dict[str, Any]:
+        out = dict(r)
+        for key in ("prompt", "completion"):
+            if isinstance(r.get(key), list):
+                out[key] = [{**m, "content": clean(m["content"])} for m in r[key]]
+        for key in ("target", "text"):
+            if key in r:
+                out[key] = clean(r[key])
+        return out
+
+    return Dataset.from_list([row(r) for r in ds])

@@ -485,8 +485,19 @@ def build_data(args: Any, transform: Any = None) -> DataBundle:
         rates = None  # one dataset at rate 1
     files = _route_files(list(args.data_files), list(zip(args.dataset, configs)))
     sources = [load_source(n, c, f, args.max_examples) for n, c, f in zip(args.dataset, configs, files)]
+    redacted: Counter = Counter()
+    if getattr(args, "redact_pii", False):  # before any other rewrite, so no value reaches the run directory
+        from lancy_trl.pii import redact_rows
+
+        after = transform
+        transform = lambda ds: (after or (lambda d: d))(redact_rows(ds, redacted))  # noqa: E731
     with quiet():
-        return _assemble(sources, args, rates, transform)
+        bundle = _assemble(sources, args, rates, transform)
+    if getattr(args, "redact_pii", False):
+        bundle.stats["redacted"] = dict(redacted)
+        what = ", ".join(f"{n} {kind}" for kind, n in redacted.most_common()) or "nothing found"
+        bundle.notes.append(f"--redact-pii: replaced {what} with typed placeholders")
+    return bundle
 
 
 def _assemble(sources: list[Source], args: Any, rates: list[float] | None, transform: Any = None) -> DataBundle:

@@ -78,3 +78,30 @@ def test_datasets_scan_reports_counts_and_lines_never_values(tmp_path):
     table = CliRunner().invoke(app, ["datasets", "scan", str(path)])
     assert "12 finding(s)" in table.output and "person names" in table.output
     assert "jane.doe" not in table.output and "4111 1111 1111 1111" not in table.output  # masked, never the values
+
+
+def test_redact_pii_keeps_every_value_out_of_the_run(tiny_model, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from lancy_trl.cli import app
+
+    path = tmp_path / "clients.jsonl"
+    rows = [{"prompt": f"{text} profit rose", "completion": "positive"} for text, _, _ in PLANTED] * 3
+    rows += [{"prompt": t, "completion": "negative"} for t in FINANCE]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = CliRunner().invoke(app, ["sft", "--model", str(tiny_model), "--dataset", str(path), "--redact-pii",
+                                      "--max-steps", "1", "--output-dir", str(tmp_path / "runs")])
+    assert result.exit_code == 0, result.output
+    (run,) = (tmp_path / "runs").iterdir()
+    info = json.loads((run / "run.json").read_text())
+    assert info["data"]["redacted"] == {"email": 3, "phone": 6, "iban": 6, "card": 3, "ssn": 3, "ip": 3,
+                                        "api_key": 6, "crypto": 6}
+    assert "--redact-pii: replaced" in " ".join(result.output.split())
+    held = (run / "data" / "validation.jsonl").read_text()
+    assert any(f"<{kind.upper()}>" in held for _, kind, _ in PLANTED)  # held-out rows were redacted as trained
+    for file in (p for p in run.rglob("*") if p.is_file()):
+        data = file.read_bytes()
+        for _, _, value in PLANTED:
+            assert value.encode() not in data, (file, value)  # no value anywhere in the run directory
