@@ -1,6 +1,7 @@
 """One run lifecycle for every training command (sft today; pretrain and grpo on the same pieces).
 
     args, run_dir, checkpoint = prepare(args, flags, console, SFTArgs, "sft")   # new run, or a resume
+    data, source, loaded = setup(args, console, run_dir, checkpoint, build_data)  # data, then the model, checked
     run_dir = open_run(args, "sft", run_dir, checkpoint, source, loaded, data, extra)
     with recorded(run_dir, "sft"):                                             # log file, Ctrl-C, failures
         outcome = train(trainer, run_dir, checkpoint, interrupt, console, "sft")
@@ -57,6 +58,26 @@ def prepare(args: Any, flags: dict[str, Any], console: Any, cls: Any, command: s
         return args, run_dir, str(checkpoint)
     check_writable(Path(args.run_dir).parent if args.run_dir else Path(args.output_dir))
     return args, Path(args.run_dir) if args.run_dir else Path(), None
+
+
+def setup(args: Any, console: Any, run_dir: Path, checkpoint: str | None, load_data: Any) -> tuple[Any, Any, Any]:
+    """(data, model source, loaded model): the data first (a resumed run's checked against what it started on), then
+    the model; impossible speed options and unknown LoRA targets are refused before a run directory exists."""
+    from lancy_trl.models import load_model, pick_device, resolve_model
+    from lancy_trl.train.sft import trainer_options
+
+    device = pick_device(args.device)
+    with console.status("Loading data..."):
+        data = load_data(args)
+    if checkpoint is not None:
+        check_same_data(run_dir, data, args)
+    source = resolve_model(args.model, log=console.print)
+    with console.status(f"Loading {source.path}..."):
+        loaded = load_model(source, args, device=device)
+    trainer_options(args, loaded.info)
+    if args.use_lora and args.lora_target_modules:
+        check_targets(args.lora_target_modules, loaded.model)
+    return data, source, loaded
 
 
 def check_writable(folder: Path) -> None:

@@ -53,20 +53,10 @@ def text_data(args: PretrainArgs) -> Any:
 
 
 def run_pretrain(args: PretrainArgs, console: Any, flags: dict[str, Any] | None = None) -> RunResult:
-    from lancy_trl.models import load_model, pick_device, resolve_model
     from lancy_trl.train.sft import fit_to_model
 
     args, run_dir, checkpoint = lifecycle.prepare(args, flags or {}, console, PretrainArgs, "pretrain")
-    device = pick_device(args.device)
-    with console.status("Loading text..."):
-        data = text_data(args)
-    if checkpoint is not None:
-        lifecycle.check_same_data(run_dir, data, args)
-    source = resolve_model(args.model, log=console.print)
-    with console.status(f"Loading {source.path}..."):
-        loaded = load_model(source, args, device=device)
-    if args.use_lora and args.lora_target_modules:
-        lifecycle.check_targets(args.lora_target_modules, loaded.model)
+    data, source, loaded = lifecycle.setup(args, console, run_dir, checkpoint, text_data)
     with console.status("Counting tokens..."):
         report = fit_to_model(data, loaded.tokenizer, args)
     run_dir = lifecycle.open_run(args, "pretrain", run_dir, checkpoint, source, loaded, data,

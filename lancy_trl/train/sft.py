@@ -130,27 +130,16 @@ def to_trl_config(args: RunnableArgs, run_dir: Path, info: dict[str, Any], has_e
 
 def run_sft(args: SFTArgs, console: Any, flags: dict[str, Any] | None = None) -> RunResult:
     from lancy_trl.data.build import build_data
-    from lancy_trl.models import load_model, pick_device, resolve_model
 
     args, run_dir, checkpoint = lifecycle.prepare(args, flags or {}, console, SFTArgs, "sft")
-    device = pick_device(args.device)
-    with console.status("Loading data..."):
-        data = build_data(args)
-    if checkpoint is not None:
-        lifecycle.check_same_data(run_dir, data, args)
-    source = resolve_model(args.model, log=console.print)
-    with console.status(f"Loading {source.path}..."):
-        loaded = load_model(source, args, device=device)
-    trainer_options(args, loaded.info)  # refuses impossible --lean-activations / --shared-prefix before a run directory exists
-    if args.use_lora and args.lora_target_modules:
-        lifecycle.check_targets(args.lora_target_modules, loaded.model)
+    data, source, loaded = lifecycle.setup(args, console, run_dir, checkpoint, build_data)
     with console.status("Counting tokens..."):
         data_report = fit_to_model(data, loaded.tokenizer, args)
     extra = {"data": {**data.stats, **data_report}, "chat_template_kwargs": data_report["chat_template_kwargs"],
              "template": data.spec.template if data.spec else None}
     run_dir = lifecycle.open_run(args, "sft", run_dir, checkpoint, source, loaded, data, extra)
     with lifecycle.recorded(run_dir, "sft"):
-        return _train(args, run_dir, checkpoint, data, loaded, device, console, data_report)
+        return _train(args, run_dir, checkpoint, data, loaded, loaded.info["device"], console, data_report)
 
 
 def fit_to_model(data: Any, tokenizer: Any, args: RunnableArgs) -> dict[str, Any]:
