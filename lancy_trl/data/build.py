@@ -495,8 +495,9 @@ def build_data(args: Any, transform: Any = None) -> DataBundle:
         bundle = _assemble(sources, args, rates, transform)
     if getattr(args, "redact_pii", False):
         bundle.stats["redacted"] = dict(redacted)
-        what = ", ".join(f"{n} {kind}" for kind, n in redacted.most_common()) or "nothing found"
-        bundle.notes.append(f"--redact-pii: replaced {what} with typed placeholders")
+        what = ", ".join(f"{n} {kind}" for kind, n in redacted.most_common())
+        bundle.notes.append(f"--redact-pii: replaced {what} with typed placeholders" if what else
+                            "--redact-pii: no personal or secret data found")
     return bundle
 
 
