@@ -13,6 +13,7 @@ perplexity on the held-out slice, which `lancy eval` on the run scores again.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 from lancy_trl.config import PretrainArgs
@@ -47,8 +48,11 @@ def text_data(args: PretrainArgs) -> Any:
         first, *rest = files.pop("train")
         args.dataset = [first]
         args.data_files = [f"train={p}" for p in rest] + [f"{s}={p}" for s, ps in files.items() for p in ps]
+    from_files = len(args.dataset) == 1 and any(v.startswith("train=") for v in args.data_files)
     data = build_data(args, transform=as_text)
     data.kind, data.label_words = "pretraining", ()
+    if from_files:  # several files of one folder: the run is named after the folder, not its first file
+        data.name = Path(args.dataset[0]).resolve().parent.name or data.name
     return data
 
 

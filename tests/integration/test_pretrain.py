@@ -28,7 +28,7 @@ def test_pretrain_on_globbed_text_files_then_eval_and_resume(tiny_model, tmp_pat
     result = invoke(*args)
     assert result.exit_code == 0, result.output
     (run,) = (tmp_path / "runs").iterdir()
-    assert "_pretrain_" in run.name and "no attention across documents" in " ".join(result.output.split())
+    assert "_reports_pretrain_" in run.name and "no attention across documents" in " ".join(result.output.split())
     info = json.loads((run / "run.json").read_text())
     assert (info["command"], info["task"], info["status"]) == ("pretrain", "pretraining", "complete")
     assert info["data"]["train_examples"] == 10 and info["held_out"]["validation"]["rows"] == 2  # 10% of 12, seeded
