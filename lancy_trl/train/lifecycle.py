@@ -1,12 +1,12 @@
-"""One run lifecycle for every training command (sft today; pretrain and grpo on the same pieces).
+"""One run lifecycle for every training command (`lancy sft` and `lancy pretrain`; grpo will use the same pieces).
 
     args, run_dir, checkpoint = prepare(args, flags, console, SFTArgs, "sft")   # new run, or a resume
     data, source, loaded = setup(args, console, run_dir, checkpoint, build_data)  # data, then the model, checked
     run_dir = open_run(args, "sft", run_dir, checkpoint, source, loaded, data, extra)
     with recorded(run_dir, "sft"):                                             # log file, Ctrl-C, failures
-        outcome = train(trainer, run_dir, checkpoint, interrupt, console, "sft")
-        if outcome.status == "complete":
-            finish(trainer, run_dir, outcome, meta)                             # model.part -> model, metrics.json
+        result = train(trainer, run_dir, checkpoint, interrupt, console, "sft")
+        if result.status == "complete":
+            finish(trainer, result, meta)                # model.part -> model, metrics.json, manifest.json
 
 A command keeps what only it knows (its TRL config, its trainer, its data checks); the run directory, run.json and
 its status, the saved config, held-out rows, the log file, resume, interrupts, the whole-run loss and the final save
