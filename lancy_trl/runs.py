@@ -131,12 +131,16 @@ def all_runs(parent: Path) -> list[Path]:
     return sorted(found, key=lambda p: (p / RUN_FILE).stat().st_mtime, reverse=True)
 
 
-def why_not_resumable(run: Path) -> str | None:
-    """None when the run can be resumed, else the reason (complete, still running, no checkpoint)."""
+def why_not_resumable(run: Path, command: str = "sft") -> str | None:
+    """None when `lancy COMMAND` can resume the run, else the reason (another command's run, complete, still
+    running, no checkpoint)."""
     info = read(run)
+    made_by = info.get("command", "sft")
+    if made_by != command:
+        return f"{run} is a `lancy {made_by}` run; resume it with `lancy {made_by} --resume`"
     if info.get("status") == "complete":
         return (f"{run} is complete ({info.get('steps', '?')} steps): resuming would train past its end. To train "
-                f"further, start a new run from it with a larger budget: `lancy sft --model {run} --max-steps N` "
+                f"further, start a new run from it with a larger budget: `lancy {command} --model {run} --max-steps N` "
                 "(or --num-train-epochs)")
     if info.get("status") == "running":
         who = info.get("owner") or {}
@@ -146,9 +150,10 @@ def why_not_resumable(run: Path) -> str | None:
     return None
 
 
-def find_resume(resume: str, run_dir: str | None, output_dir: str) -> tuple[Path, Path]:
-    """(run dir, checkpoint) for `--resume latest|PATH`: `latest` is the newest run that can be resumed; a run
-    that is complete, still running, or has no checkpoint is refused with the reason."""
+def find_resume(resume: str, run_dir: str | None, output_dir: str, command: str = "sft") -> tuple[Path, Path]:
+    """(run dir, checkpoint) for `lancy COMMAND --resume latest|PATH`: `latest` is the newest run COMMAND can
+    resume; another command's run, or one that is complete, still running or without a checkpoint, is refused with
+    the reason."""
     checkpoint = None
     if resume != "latest":
         path = Path(resume)
@@ -158,15 +163,16 @@ def find_resume(resume: str, run_dir: str | None, output_dir: str) -> tuple[Path
             run_dir = str(path)
     if run_dir is None:
         candidates = all_runs(Path(output_dir))
-        run = next((r for r in candidates if why_not_resumable(r) is None), None)
+        run = next((r for r in candidates if why_not_resumable(r, command) is None), None)
         if run is None:
-            newest = f" (newest: {why_not_resumable(candidates[0])})" if candidates else ""
-            raise LancyError(f"no resumable run in {output_dir}/{newest}; start one with `lancy sft` or pass --run-dir")
+            newest = f" (newest: {why_not_resumable(candidates[0], command)})" if candidates else ""
+            raise LancyError(f"no resumable run in {output_dir}/{newest}; start one with `lancy {command}` or pass "
+                             "--run-dir")
     else:
         run = Path(run_dir)
         if not (run / RUN_FILE).is_file():
             raise LancyError(f"{run} is not a lancy run directory (no {RUN_FILE}); pass the folder `lancy sft` made")
-        if (why := why_not_resumable(run)) is not None:
+        if (why := why_not_resumable(run, command)) is not None:
             raise LancyError(why)
     return run, checkpoint or complete_checkpoints(run)[-1]
 

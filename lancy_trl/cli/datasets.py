@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Annotated, Any
 
 import typer
@@ -238,14 +239,13 @@ def scan(
     from collections import Counter, defaultdict
 
     from lancy_trl import pii
-    from lancy_trl.data.build import load_source, parse_data_files
+    from lancy_trl.data.build import files_as_dataset, load_source
     from lancy_trl.errors import LancyError
 
     if name is None:
         if not data_files:
             raise LancyError("nothing to scan: pass a dataset name or file, or --data-files PATH")
-        files = parse_data_files(data_files)
-        name, data_files = next(iter(files.values()))[0], [f"{s}={p}" for s, ps in files.items() for p in ps][1:]
+        name, data_files = files_as_dataset(data_files)
     source = load_source(name, dataset_config, data_files or [], max_examples)
     counts: Counter = Counter()
     where: dict[str, list[str]] = defaultdict(list)
@@ -255,7 +255,7 @@ def scan(
         locate = source.where(split)
         for i, row in enumerate(ds):
             rows += 1
-            text = "\n".join(str(v) for v in row.values() if isinstance(v, str))
+            text = "\n".join(_strings(row))  # every text cell, messages and nested lists included
             for f in pii.scan(text, region):
                 counts[f.kind] += 1
                 where[f.kind].append(locate(i))
@@ -270,3 +270,15 @@ def scan(
         if counts[kind]:
             typer.echo(f"  {kind:8s} {counts[kind]:6d}   e.g. " + "; ".join(examples[kind]))
     typer.echo(f"  not detected: {pii.NOT_DETECTED}")
+
+
+def _strings(value: Any) -> Iterator[str]:
+    """Every string inside a cell, row, list of messages or nested structure."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _strings(v)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _strings(v)

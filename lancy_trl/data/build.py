@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +104,16 @@ def parse_data_files(values: list[str], known: list[str] | None = None) -> dict[
     return files
 
 
+def files_as_dataset(values: list[str]) -> tuple[str, list[str]]:
+    """--data-files given without a dataset (a folder of text, a file to scan): the first training file stands for
+    the dataset, the others follow as SPLIT=PATH; globs expanded, every path checked."""
+    files = parse_data_files(values)
+    if "train" not in files:
+        raise LancyError("--data-files names no training file; pass PATH or train=PATH (globs work)")
+    first, *rest = files.pop("train")
+    return first, [f"train={p}" for p in rest] + [f"{s}={p}" for s, ps in files.items() for p in ps]
+
+
 def read_at_label_txt(path: str) -> list[dict[str, str]]:
     """Financial PhraseBank's raw files: `sentence@label` lines in ISO-8859-1."""
     rows = []
@@ -121,20 +132,11 @@ def check_file(path: str) -> None:
     import json
 
     p = Path(path)
-    if p.stat().st_size == 0 or not p.read_bytes().strip():
-        raise LancyError(f"{path} is empty: it has no rows; check the file")
     if p.suffix.lower() == ".jsonl":
-        with p.open(encoding="utf-8", errors="replace") as fh:
-            for n, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except ValueError as e:
-                    why = e.args[0].split(":")[0]
-                    raise LancyError(f"{path} line {n}: not valid JSON ({why}); fix or remove the line") from None
-                if not isinstance(row, dict):
-                    raise LancyError(f"{path} line {n}: expected a JSON object with named columns, got {type(row).__name__}")
+        if not jsonl_lines(path):
+            raise LancyError(f"{path} is empty: it has no rows; check the file")
+    elif p.stat().st_size == 0 or not p.read_bytes().strip():
+        raise LancyError(f"{path} is empty: it has no rows; check the file")
     elif p.suffix.lower() == ".csv":
         with p.open(encoding="utf-8", errors="replace") as fh:
             if sum(1 for line in fh if line.strip()) < 2:
@@ -148,13 +150,40 @@ def check_file(path: str) -> None:
                              "object per line as .jsonl") from None
 
 
+def jsonl_lines(path: str) -> list[int]:
+    """The 1-based numbers of a JSON-lines file's rows (blank lines skipped), each checked to be a JSON object; an
+    error names the first bad line. Read once per version of the file (the check and the row locator share it)."""
+    p = Path(path)
+    return _jsonl_lines(path, p.stat().st_mtime_ns, p.stat().st_size)
+
+
+@cache
+def _jsonl_lines(path: str, mtime: int, size: int) -> list[int]:
+    import json
+
+    numbers = []
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as e:
+                why = e.args[0].split(":")[0]
+                raise LancyError(f"{path} line {n}: not valid JSON ({why}); fix or remove the line") from None
+            if not isinstance(row, dict):
+                raise LancyError(f"{path} line {n}: expected a JSON object with named columns, got {type(row).__name__}")
+            numbers.append(n)
+    return numbers
+
+
 def row_locator(paths: list[str], fallback: str) -> Any:
     """row index -> `FILE line N` (JSON lines: the file's own line numbers) or `FILE row N` (1-based)."""
     if len(paths) == 1 and not paths[0].lower().endswith(".jsonl"):
         return lambda i: f"{paths[0]} row {i + 1}"
     if not paths or not all(p.lower().endswith(".jsonl") for p in paths):
         return lambda i: f"{fallback} row {i + 1}"
-    lines = [(p, n) for p in paths for n, line in enumerate(Path(p).open(encoding="utf-8", errors="replace"), 1) if line.strip()]
+    lines = [(p, n) for p in paths for n in jsonl_lines(p)]
     return lambda i: f"{lines[i][0]} line {lines[i][1]}" if i < len(lines) else f"{fallback} row {i + 1}"
 
 
@@ -487,10 +516,7 @@ def build_data(args: Any, transform: Any = None) -> DataBundle:
     sources = [load_source(n, c, f, args.max_examples) for n, c, f in zip(args.dataset, configs, files)]
     redacted: Counter = Counter()
     if getattr(args, "redact_pii", False):  # before any other rewrite, so no value reaches the run directory
-        from lancy_trl.pii import redact_rows
-
-        after = transform
-        transform = lambda ds: (after or (lambda d: d))(redact_rows(ds, redacted))  # noqa: E731
+        transform = _redacting(transform, redacted)
     with quiet():
         bundle = _assemble(sources, args, rates, transform)
     if getattr(args, "redact_pii", False):
@@ -499,6 +525,17 @@ def build_data(args: Any, transform: Any = None) -> DataBundle:
         bundle.notes.append(f"--redact-pii: replaced {what} with typed placeholders" if what else
                             "--redact-pii: no personal or secret data found")
     return bundle
+
+
+def _redacting(then: Any, counts: Counter) -> Any:
+    """A split rewrite that replaces personal and secret data first (lancy_trl/pii.py), then applies `then`."""
+    from lancy_trl.pii import redact_rows
+
+    def transform(ds: Any) -> Any:
+        ds = redact_rows(ds, counts)
+        return then(ds) if then is not None else ds
+
+    return transform
 
 
 def _assemble(sources: list[Source], args: Any, rates: list[float] | None, transform: Any = None) -> DataBundle:

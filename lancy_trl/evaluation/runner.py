@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -238,7 +236,7 @@ def _user(row: dict[str, Any]) -> str:
 
 
 def run_eval(args: EvalArgs, console: Any) -> dict[str, Any]:
-    from lancy_trl import network
+    from lancy_trl import logs, network
     from lancy_trl.models import ModelSource, resolve_model, short_name
 
     network.apply(args)
@@ -258,7 +256,7 @@ def run_eval(args: EvalArgs, console: Any) -> dict[str, Any]:
         thinking = run_info.get("config", {}).get("enable_thinking", False)
     out = Path(args.output_dir) if args.output_dir else (run_dir / "eval" if run_dir else Path("eval_runs") / source.name)
     out.mkdir(parents=True, exist_ok=True)
-    with library_messages_to(out / "eval.log"):
+    with logs.to_file(out / "eval.log"):  # library warnings off the terminal
         results = {"model": evaluate_model(source, args, sets, console, bool(thinking))}
         if args.compare_base:
             base_path = run_info.get("base_model_path", source.path)
@@ -289,37 +287,6 @@ def overall(metrics: dict[str, dict[str, dict[str, dict[str, Any]]]]) -> dict[st
                 acc["accuracy"] = (acc["accuracy"] * acc["n"] + report[key] * report["n"]) / (acc["n"] + report["n"])
                 acc["n"] += report["n"]
     return out
-
-
-@contextmanager
-def library_messages_to(path: Path) -> Iterator[None]:
-    """Library warnings (FutureWarning, deprecation notices) and transformers' log lines go to a file, not the
-    terminal, while inside."""
-    import logging
-    import warnings
-
-    import transformers
-
-    handler = logging.FileHandler(path)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    loggers = [logging.getLogger(n) for n in ("transformers", "peft", "py.warnings")]
-    for logger in loggers:
-        logger.addHandler(handler)
-    propagate = loggers[-1].propagate
-    loggers[-1].propagate = False
-    logging.captureWarnings(True)
-    transformers.logging.disable_default_handler()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("default")
-            yield
-    finally:
-        logging.captureWarnings(False)
-        transformers.logging.enable_default_handler()
-        loggers[-1].propagate = propagate
-        for logger in loggers:
-            logger.removeHandler(handler)
-        handler.close()
 
 
 def save(out: Path, results: dict[str, Any], record: dict[str, Any]) -> None:

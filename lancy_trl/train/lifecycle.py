@@ -16,7 +16,6 @@ are here, once.
 from __future__ import annotations
 
 import json
-import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,8 +26,6 @@ from typing import Any
 from lancy_trl import network, runs
 from lancy_trl.config import to_dict
 from lancy_trl.errors import LancyError
-
-LOGGERS = ("transformers", "trl", "peft", "lancy", "py.warnings")
 
 
 @dataclass
@@ -49,12 +46,10 @@ def prepare(args: Any, flags: dict[str, Any], console: Any, cls: Any, command: s
     if args.resume:
         from lancy_trl.config import resolve
 
-        run_dir, checkpoint = runs.find_resume(args.resume, args.run_dir, args.output_dir)
-        saved = runs.read(run_dir)
-        if saved.get("command", command) != command:
-            raise LancyError(f"{run_dir} is a `lancy {saved['command']}` run; resume it with `lancy {saved['command']}`")
+        run_dir, checkpoint = runs.find_resume(args.resume, args.run_dir, args.output_dir, command)
         console.print(f"Resuming {run_dir} from {checkpoint.name}", highlight=False, soft_wrap=True)
-        args = resolve(cls, saved.get("config", {}), {**flags, "resume": args.resume}, source=str(run_dir / "config.yaml"))
+        saved = runs.read(run_dir).get("config", {})
+        args = resolve(cls, saved, {**flags, "resume": args.resume}, source=str(run_dir / "config.yaml"))
         return args, run_dir, str(checkpoint)
     check_writable(Path(args.run_dir).parent if args.run_dir else Path(args.output_dir))
     return args, Path(args.run_dir) if args.run_dir else Path(), None
@@ -125,9 +120,14 @@ def open_run(args: Any, command: str, run_dir: Path, checkpoint: str | None, sou
 def recorded(run_dir: Path, command: str) -> Iterator[None]:
     """Everything logged goes to logs/training.log; a failure marks the run `failed`, an abort `interrupted` with
     the resume command only when a checkpoint exists."""
-    handler = file_logging(run_dir)
+    import datasets
+
+    from lancy_trl import logs
+
+    datasets.disable_progress_bars()
     try:
-        yield
+        with logs.to_file(run_dir / "logs" / "training.log"):
+            yield
     except KeyboardInterrupt:
         runs.update(run_dir, status="interrupted")
         if runs.complete_checkpoints(run_dir):
@@ -138,10 +138,6 @@ def recorded(run_dir: Path, command: str) -> Iterator[None]:
     except (Exception, network.OfflineViolation) as e:
         runs.update(run_dir, status="failed", error=f"{type(e).__name__}: {e}")
         raise
-    finally:
-        for name in LOGGERS:
-            logging.getLogger(name).removeHandler(handler)
-        logging.captureWarnings(False)
 
 
 def train(trainer: Any, run_dir: Path, checkpoint: str | None, interrupt: Any, console: Any, command: str) -> RunResult:
@@ -215,23 +211,6 @@ def check_targets(targets: list[str], model: Any) -> None:
     if missing:
         raise LancyError(f"--lora-target-modules {', '.join(missing)}: no such module in this model; its linear layers "
                          f"are {', '.join(lora_targets(model))}")
-
-
-def file_logging(run_dir: Path) -> logging.Handler:
-    import datasets
-    import transformers
-
-    (run_dir / "logs").mkdir(exist_ok=True)
-    handler = logging.FileHandler(run_dir / "logs" / "training.log")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    for name in LOGGERS:
-        logging.getLogger(name).addHandler(handler)
-    logging.captureWarnings(True)  # library deprecation warnings go to the log file, not over the progress bar
-    logging.getLogger("py.warnings").propagate = False
-    transformers.logging.set_verbosity_warning()
-    transformers.logging.disable_default_handler()  # warnings go to the log file, not over the progress bar
-    datasets.disable_progress_bars()
-    return handler
 
 
 def versions() -> dict[str, str]:

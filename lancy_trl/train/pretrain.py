@@ -37,17 +37,13 @@ def as_text(ds: Any) -> Any:
 
 def text_data(args: PretrainArgs) -> Any:
     """The run's data as text rows (train, held-out slice, test), mixtures included."""
-    from lancy_trl.data.build import build_data, parse_data_files
+    from lancy_trl.data.build import build_data, files_as_dataset
 
     if not args.dataset:
         if not args.data_files:
             raise LancyError("no text to train on: pass --dataset NAME|FILE or --data-files 'PATH' (globs work)")
-        files = parse_data_files(args.data_files)  # globs expanded, every path checked
-        if "train" not in files:
-            raise LancyError("--data-files names no training text; pass PATH or train=PATH (globs work)")
-        first, *rest = files.pop("train")
+        first, args.data_files = files_as_dataset(args.data_files)
         args.dataset = [first]
-        args.data_files = [f"train={p}" for p in rest] + [f"{s}={p}" for s, ps in files.items() for p in ps]
     from_files = len(args.dataset) == 1 and any(v.startswith("train=") for v in args.data_files)
     data = build_data(args, transform=as_text)
     data.kind, data.label_words = "pretraining", ()

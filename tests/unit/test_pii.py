@@ -105,3 +105,19 @@ def test_redact_pii_keeps_every_value_out_of_the_run(tiny_model, tmp_path):
         data = file.read_bytes()
         for _, _, value in PLANTED:
             assert value.encode() not in data, (file, value)  # no value anywhere in the run directory
+
+
+def test_datasets_scan_reads_inside_chat_messages(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from lancy_trl.cli import app
+
+    path = tmp_path / "chats.jsonl"
+    rows = [{"messages": [{"role": "user", "content": text}, {"role": "assistant", "content": "noted"}]}
+            for text, _, _ in PLANTED[:4]]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = CliRunner().invoke(app, ["datasets", "scan", str(path), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["counts"] == {"email": 1, "phone": 2, "iban": 1}

@@ -50,8 +50,21 @@ def test_a_run_resumes_only_with_the_command_that_made_it(tmp_path):
     (run / "checkpoints" / "checkpoint-5").mkdir(parents=True)
     (run / "checkpoints" / "checkpoint-5" / "trainer_state.json").write_text("{}")
     args = resolve(SFTArgs, flags={"resume": "latest", "run_dir": str(run)})
-    with pytest.raises(LancyError, match="is a `lancy pretrain` run; resume it with `lancy pretrain`"):
+    with pytest.raises(LancyError, match="is a `lancy pretrain` run; resume it with `lancy pretrain --resume`"):
         lifecycle.prepare(args, {}, Console(quiet=True), SFTArgs, "sft")
     runs.update(run, command="sft")
     _, run_dir, checkpoint = lifecycle.prepare(args, {}, Console(quiet=True), SFTArgs, "sft")
     assert run_dir == run and checkpoint.endswith("checkpoint-5")
+
+
+def test_resume_latest_takes_the_newest_run_of_its_own_command(tmp_path):
+    import os
+
+    older, newer = runs.create(tmp_path, "sft-run"), runs.create(tmp_path, "pretrain-run")
+    for run, command in ((older, "sft"), (newer, "pretrain")):
+        runs.update(run, status="interrupted", command=command)
+        (run / "checkpoints" / "checkpoint-3").mkdir(parents=True)
+        (run / "checkpoints" / "checkpoint-3" / "trainer_state.json").write_text("{}")
+    os.utime(older / runs.RUN_FILE, (1, 1))  # the sft run is the older one
+    assert runs.find_resume("latest", None, str(tmp_path), "sft")[0] == older
+    assert runs.find_resume("latest", None, str(tmp_path), "pretrain")[0] == newer

@@ -1,0 +1,46 @@
+"""Library messages to a file, not the terminal: what a training run logs, and the warnings `lancy eval` hides.
+
+    with logs.to_file(run_dir / "logs" / "training.log"):
+        trainer.train()
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+LOGGERS = ("transformers", "trl", "peft", "lancy", "py.warnings")
+
+
+@contextmanager
+def to_file(path: Path) -> Iterator[None]:
+    """While inside: every record of the libraries' loggers and lancy's goes to `path`, Python warnings
+    (FutureWarning, deprecations) too, and transformers' own terminal handler is off; all restored on the way out."""
+    import warnings
+
+    import transformers
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    loggers = [logging.getLogger(name) for name in LOGGERS]
+    for logger in loggers:
+        logger.addHandler(handler)
+    py_warnings = logging.getLogger("py.warnings")
+    propagate, py_warnings.propagate = py_warnings.propagate, False
+    logging.captureWarnings(True)
+    transformers.logging.set_verbosity_warning()
+    transformers.logging.disable_default_handler()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")
+            yield
+    finally:
+        logging.captureWarnings(False)
+        transformers.logging.enable_default_handler()
+        py_warnings.propagate = propagate
+        for logger in loggers:
+            logger.removeHandler(handler)
+        handler.close()
