@@ -369,10 +369,13 @@ def load_model(source: ModelSource, args: Any, *, device: str, for_training: boo
     model.config.pad_token_id = tokenizer.pad_token_id
     if model.generation_config is not None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
-    if source.adapter and not for_training:
+    if source.adapter:  # a finished LoRA run: training goes on in its adapter; otherwise it is merged in
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, source.adapter).merge_and_unload()
+        if for_training and getattr(args, "use_lora", False):
+            model = PeftModel.from_pretrained(model, source.adapter, is_trainable=True)  # type: ignore[assignment]
+        else:
+            model = PeftModel.from_pretrained(model, source.adapter).merge_and_unload()
     if "device_map" not in kwargs:
         model.to(device)  # type: ignore[arg-type]
     info = {

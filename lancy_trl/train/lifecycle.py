@@ -191,6 +191,11 @@ def lora_config(args: Any, model: Any, info: dict[str, Any]) -> Any:
     """peft's LoraConfig from the shared LoRA options (every linear layer but the LM head by default), or None."""
     if not args.use_lora:
         return None
+    if hasattr(model, "peft_config"):  # --model runs/<LoRA run>: its adapter goes on training, with its own settings
+        config = model.peft_config["default"]
+        info["lora_target_modules"] = ",".join(sorted(config.target_modules))
+        info["lora_continued_from"] = info.get("adapter")
+        return None
     from peft import LoraConfig
 
     from lancy_trl.models import lora_targets
