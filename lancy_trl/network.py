@@ -24,7 +24,7 @@ from lancy_trl.errors import LancyError
 
 OFFLINE_ENV = {
     "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
-    "HF_HUB_DISABLE_IMPLICIT_TOKEN": "1", "DO_NOT_TRACK": "1", "WANDB_MODE": "offline", "LANCY_OFFLINE": "1",
+    "HF_HUB_DISABLE_IMPLICIT_TOKEN": "1", "DO_NOT_TRACK": "1", "WANDB_MODE": "disabled", "LANCY_OFFLINE": "1",
 }
 
 
