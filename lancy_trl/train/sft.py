@@ -81,18 +81,14 @@ def trainer_options(args: RunnableArgs, info: dict[str, Any]) -> dict[str, Any]:
             "shared_prefix": use_shared_prefix(args, info)}
 
 
-def to_trl_config(args: RunnableArgs, run_dir: Path, info: dict[str, Any], has_eval: bool) -> Any:
-    """The one place where lancy's names map onto TRL's SFTConfig."""
-    from trl import SFTConfig
-
+def trainer_arguments(args: RunnableArgs, run_dir: Path, info: dict[str, Any]) -> dict[str, Any]:
+    """The TrainingArguments every lancy command sets alike (batches, schedule, precision, checkpoints, logging);
+    each command's TRL config adds its own."""
     device, precision = info["device"], info["precision"]
-    packing = default_packing(info["attn_implementation"]) if args.packing is None else args.packing
-    eval_steps = args.eval_steps
     micro, accumulation = micro_batches(args)
-    return SFTConfig(
+    return dict(
         output_dir=str(run_dir / "checkpoints"),
         per_device_train_batch_size=micro,
-        per_device_eval_batch_size=args.batch_size,
         gradient_accumulation_steps=accumulation,
         max_steps=args.max_steps,
         num_train_epochs=args.num_train_epochs,
@@ -102,28 +98,39 @@ def to_trl_config(args: RunnableArgs, run_dir: Path, info: dict[str, Any], has_e
         weight_decay=args.weight_decay,
         seed=args.seed,
         data_seed=args.seed,
-        max_length=args.max_length,
-        packing=packing,
-        packing_strategy="bfd",
-        pad_to_multiple_of=args.pad_to_multiple_of or default_pad_multiple(device),
-        train_sampling_strategy="random" if packing else "group_by_length",
-        eval_packing=False,  # eval batches are examples, so --eval-max-batches means what it says
-        prediction_loss_only=True,  # eval needs the loss, not every logit gathered
-        completion_only_loss=True,
         gradient_checkpointing=args.gradient_checkpointing,
         bf16=precision == "bf16",
         fp16=precision == "fp16",
         use_cpu=device == "cpu",
-        logging_steps=args.logging_steps or eval_steps,
+        logging_steps=args.logging_steps or args.eval_steps,
         logging_first_step=True,
-        eval_strategy="steps" if has_eval else "no",
-        eval_steps=eval_steps,
         save_strategy="steps",
         save_steps=args.save_steps,
         save_total_limit=args.save_total_limit,
         report_to="none",  # lancy adds its own TensorBoard callback, writing into the run directory
         disable_tqdm=True,
         dataloader_num_workers=0,
+    )
+
+
+def to_trl_config(args: RunnableArgs, run_dir: Path, info: dict[str, Any], has_eval: bool) -> Any:
+    """The one place where lancy's names map onto TRL's SFTConfig."""
+    from trl import SFTConfig
+
+    packing = default_packing(info["attn_implementation"]) if args.packing is None else args.packing
+    return SFTConfig(
+        **trainer_arguments(args, run_dir, info),
+        per_device_eval_batch_size=args.batch_size,
+        max_length=args.max_length,
+        packing=packing,
+        packing_strategy="bfd",
+        pad_to_multiple_of=args.pad_to_multiple_of or default_pad_multiple(info["device"]),
+        train_sampling_strategy="random" if packing else "group_by_length",
+        eval_packing=False,  # eval batches are examples, so --eval-max-batches means what it says
+        prediction_loss_only=True,  # eval needs the loss, not every logit gathered
+        completion_only_loss=True,
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=args.eval_steps,
         dataset_num_proc=None,
     )
 

@@ -43,11 +43,22 @@ def checkpoint_share(model: Any, share: float) -> int:
     return len(chosen)
 
 
+def memory_paths(trainer: Any, checkpoint_layers: float, lean_activations: bool) -> tuple[int, int]:
+    """--checkpoint-layers and lean activations on a trainer's model: (layers checkpointed, modules made lean)."""
+    checkpointed = lean = 0
+    if checkpoint_layers and not trainer.args.gradient_checkpointing:
+        checkpointed = checkpoint_share(trainer.model, checkpoint_layers)
+    if lean_activations:  # fp32 only: the lean backward formulas do not follow autocast
+        from lancy_trl.train.lean import lean_activations as make_lean
+
+        lean = make_lean(trainer.model, vocab=trainer.accelerator.num_processes == 1)
+    return checkpointed, lean
+
+
 class LancySFTTrainer(SFTTrainer):
     def __init__(self, *args: Any, checkpoint_layers: float = 0.0, lean_activations: bool = False,
                  shared_prefix: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.checkpointed_layers = self.lean_modules = 0
         self.shared_prefix = shared_prefix
         self.body_tokens = 0  # training tokens the decoder layers computed, padding aside (a shared prefix once a batch)
         if shared_prefix:
@@ -55,12 +66,7 @@ class LancySFTTrainer(SFTTrainer):
 
             model: Any = self.model
             install(model.get_base_model() if hasattr(model, "get_base_model") else model)
-        if checkpoint_layers and not self.args.gradient_checkpointing:
-            self.checkpointed_layers = checkpoint_share(self.model, checkpoint_layers)
-        if lean_activations:  # fp32 only: the lean backward formulas do not follow autocast
-            from lancy_trl.train.lean import lean_activations as make_lean
-
-            self.lean_modules = make_lean(self.model, vocab=self.accelerator.num_processes == 1)
+        self.checkpointed_layers, self.lean_modules = memory_paths(self, checkpoint_layers, lean_activations)
 
     def _compact(self, model: Any) -> bool:
         args = self.args
