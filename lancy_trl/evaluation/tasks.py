@@ -50,16 +50,28 @@ NUMBER = re.compile(
 
 def parse_numbers(text: str) -> list[tuple[float, bool, int]]:
     """Every number in the text: (value with its scale word applied, written as a percentage?, decimals shown).
-    Commas group thousands; `$` is ignored; million / bn / `4.2m` scale the value."""
+    Commas group thousands; `$` is ignored; million / bn / `4.2m` scale the value; an amount in parentheses is
+    negative, as in accounts (`(1,234)`, `($5.2m)`, `(3.5%)`), while a bare integer in them (`(3)`, `(2019)`) is a
+    reference and stays positive. Digits of other scripts (`٣`, `３`) read as the digits they are."""
     out = []
     for m in NUMBER.finditer(text):
         digits = m.group("num").replace(",", "")
-        value = float(digits) * (-1 if m.group("neg") else 1)
+        value = float(digits) * (-1 if m.group("neg") or _accounting_negative(text, m) else 1)
         scale = (m.group("word") or m.group("short") or "").lower()
         value *= SCALES.get(scale, 1.0)
         decimals = len(digits.split(".")[1]) if "." in digits and not scale else 0
         out.append((value, bool(m.group("pct")), decimals))
     return out
+
+
+def _accounting_negative(text: str, m: re.Match) -> bool:
+    """Whether a matched amount is wrapped in parentheses and written as an amount (grouped, decimal, currency,
+    percentage or scaled), the accounting notation for a negative number."""
+    before, after = text[:m.start()].rstrip(" $"), text[m.end():].lstrip()
+    if not (before.endswith("(") and after.startswith(")")) or m.group("neg"):
+        return False
+    amount = m.group(0).strip()
+    return any(c in amount for c in ",.$%") or bool(m.group("word") or m.group("short") or m.group("pct"))
 
 
 def final_number(text: str) -> tuple[float, bool, int] | None:
