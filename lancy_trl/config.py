@@ -153,7 +153,33 @@ class PretrainArgs(ModelArgs, DataArgs, TrainArgs, RunArgs):
                           "tokens (a longer document continues in the next block).")
 
 
-RunnableArgs = SFTArgs | PretrainArgs  # the configs one run lifecycle trains with (lancy_trl/train/lifecycle.py)
+@dataclass
+class GRPOArgs(ModelArgs, DataArgs, TrainArgs, RunArgs):
+    """`lancy grpo`: reinforcement learning with verifiable rewards (TRL's GRPOTrainer)."""
+
+    reward: list[str] = opt(
+        [], "Reward NAME[:WEIGHT], repeatable: label (the exact label word), numeric (the final number), choice (the "
+        "option letter), format (the answer where the prompt asks for it), length (a penalty past --length-budget), "
+        "or your own FILE.py:NAME / module:NAME. Default: the task's own (label, numeric or choice).", group="GRPO",
+    )
+    num_generations: int = opt(4, "Completions sampled per prompt; --batch-size x --gradient-accumulation-steps "
+                               "completions make a step, so it must divide that.", group="GRPO")
+    max_completion_length: int | None = opt(
+        None, "Longest completion in tokens; default 16 for classification and multiple choice, 256 for math, "
+        "128 otherwise.", group="GRPO",
+    )
+    length_budget: int | None = opt(None, "Completion tokens the length reward allows before its penalty starts; "
+                                    "default half of --max-completion-length.", group="GRPO")
+    temperature: float = opt(1.0, "Sampling temperature of the completions.", group="GRPO")
+    beta: float = opt(0.0, "KL penalty against the starting model (0: none, and no reference model is kept).",
+                      group="GRPO")
+    max_length: int = opt(256, "Longest prompt in tokens; longer prompts are dropped with a count.")
+    batch_size: int = opt(8, "Completions per device per step (prompts x --num-generations).")
+    eval_steps: int = opt(20, "Log every N steps (GRPO runs no in-training evaluation: `lancy eval` on the run scores "
+                          "its held-out rows).", group="Logging")
+
+
+RunnableArgs = SFTArgs | PretrainArgs | GRPOArgs  # the configs one run lifecycle trains with (lancy_trl/train/lifecycle.py)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ class RichProgress(TrainerCallback):
             self.progress.update(self.task, completed=state.global_step)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        for key in ("loss", "eval_loss", "eval_accuracy"):
+        for key in ("loss", "reward", "eval_loss", "eval_accuracy"):
             if logs and key in logs:
                 self.last[key] = logs[key]
         if self.progress is not None:

@@ -37,6 +37,8 @@ def _files(tmp_path):
         "CSV_HEADER_ONLY": write("header.csv", "prompt,completion\n"),
         "MIXED": write("mixed.csv", "prompt,completion\nx,y\n"),
         "ROWS": write("rows.jsonl", rows),
+        "QA": write("qa.jsonl", "".join(json.dumps({"prompt": f"q{i}", "completion": f"answer number {i}"}) + "\n"
+                                        for i in range(8))),
         "TXT": write("notes.txt", "some text\n"),
         "YAML_KEY": write("key.yaml", "max_stepz: 3\n"),
         "YAML_TYPE": write("type.yaml", "max_steps: many\n"),
@@ -115,6 +117,14 @@ CASES = [
     ("pretrain --data-files reports/*.txt", "matches no file"),
     ("pretrain --dataset EMPTY", "empty.jsonl is empty"),
     ("pretrain --max-steps -5", "--max-steps must be positive, or -1"),
+    ("grpo --num-generations 3", "--num-generations 3 does not divide the 8 completions of a step"),
+    ("grpo --num-generations 1", "needs at least 2"),
+    ("grpo --reward lable", "unknown reward 'lable'"),
+    ("grpo --reward numeric", "--reward numeric scores math answers, but this run's task is classification"),
+    ("grpo --reward nowhere.py:score", "no file nowhere.py"),
+    ("grpo --dataset TXT", "is plain text, with no prompts to answer"),
+    ("grpo --dataset QA --reward format", "--reward format knows where"),
+    ("grpo --dataset QA", "task is qa, which has no default reward"),
     ("datasets scan", "nothing to scan"),
     ("datasets scan EMPTY", "empty.jsonl is empty"),
     ("manifest NOT_A_RUN", "is not a lancy run directory"),
@@ -130,9 +140,9 @@ def test_bad_input_is_one_line_exit_1_and_no_run_left(command, words, tiny_model
     for word in command.split():
         head, _, rest = word.partition("/")
         argv.append(str(files[head]) + ("/" + rest if rest else "") if head in files else word)
-    if argv[0] in ("sft", "pretrain", "eval") and "--model" not in argv:
+    if argv[0] in ("sft", "pretrain", "grpo", "eval") and "--model" not in argv:
         argv += ["--model", str(tiny_model)]
-    if argv[0] in ("sft", "pretrain") and "--output-dir" not in argv:
+    if argv[0] in ("sft", "pretrain", "grpo") and "--output-dir" not in argv:
         argv += ["--output-dir", str(tmp_path / "runs")]
     result = CliRunner().invoke(app, argv)
     output = " ".join(result.output.split())

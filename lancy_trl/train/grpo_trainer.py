@@ -1,0 +1,103 @@
+"""TRL's GRPOTrainer with a leaner policy pass: each row's real tokens only, the shared prefix once, the LM head only
+where a completion token is scored.
+
+GRPO's loss reads the log-probability (and entropy) of every completion token. TRL builds each row as its left-padded
+prompt and right-padded completion and, on CPUs (no Triton), projects every position of that row onto the vocabulary
+(49k for SmolLM2) in its chunked log-prob kernel. With --num-generations G every prompt is repeated G times in the
+batch, so the same prompt tokens, and the chat header and instruction every prompt starts with, are computed G times
+and more. Here each row is rewritten as its real tokens, right-padded (positions then start at 0 for every row; RoPE
+attention depends on position differences only, so the left-padded layout computes the same values), the rows'
+common prefix runs once (lancy_trl/train/prefix.py), and the LM head runs at the positions that predict a completion
+token only. Log-probs, entropies and so the loss and gradients are TRL's; tests compare them.
+
+Only for the model families shared-prefix batches cover (no logit softcap or scale), a single process, text-only rows
+and no MoE auxiliary loss; anything else takes TRL's own pass.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from trl import GRPOTrainer
+
+from lancy_trl.train.prefix import KEY, MODEL_TYPES, plan
+
+
+def realign(input_ids: torch.Tensor, attention_mask: torch.Tensor, completion: int,
+            pad_id: int) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """(ids, mask, (rows, steps), cols): each row's real tokens, right-padded; completion token `steps` of row `rows`
+    (the positions of TRL's (B, completion) output that count) is predicted at hidden position `cols` of the new row."""
+    width = input_ids.shape[1]
+    lengths = attention_mask.sum(1)
+    prompt_lengths = attention_mask[:, : width - completion].sum(1)
+    order = torch.argsort((attention_mask == 0).to(torch.int8), dim=1, stable=True)  # real tokens first, in order
+    ids = torch.gather(input_ids, 1, order)[:, : int(lengths.max())]
+    mask = torch.arange(ids.shape[1], device=ids.device) < lengths[:, None]
+    ids = ids.masked_fill(~mask, pad_id)
+    rows, steps = torch.nonzero(attention_mask[:, width - completion:].bool(), as_tuple=True)
+    return ids, mask.long(), (rows, steps), prompt_lengths[rows] + steps - 1
+
+
+class LancyGRPOTrainer(GRPOTrainer):
+    def __init__(self, *args: Any, checkpoint_layers: float = 0.0, lean_activations: bool = False,
+                 shared_prefix: bool = False, **kwargs: Any) -> None:
+        from lancy_trl.train.trainer import memory_paths
+
+        super().__init__(*args, **kwargs)
+        self.lean_logps = self._lean_logps_apply()
+        self.shared_prefix = shared_prefix and self.lean_logps
+        if self.shared_prefix:
+            from lancy_trl.train.prefix import install
+
+            install(self._base())
+        self.checkpointed_layers, self.lean_modules = memory_paths(self, checkpoint_layers, lean_activations)
+
+    def _base(self) -> Any:
+        model: Any = self.model
+        return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+    def _lean_logps_apply(self) -> bool:
+        config = self._base().config
+        return (self.accelerator.num_processes == 1 and config.model_type in MODEL_TYPES and not self.aux_loss_enabled
+                and getattr(config, "final_logit_softcapping", None) is None and not getattr(self.args, "cast_lm_head_to_fp32", False)
+                and getattr(config, "logit_scale", None) is None and not self._is_vlm and not self.tools)
+
+    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, batch_size=None,
+                                           compute_entropy=False, compute_aux_loss=False, **extra):
+        if not self.lean_logps or compute_aux_loss or any(v is not None for v in extra.values()):
+            return super()._get_per_token_logps_and_entropies(
+                model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy, compute_aux_loss, **extra)
+        batch_size = batch_size or input_ids.size(0)
+        parts = [self._logps(model, input_ids[s: s + batch_size], attention_mask[s: s + batch_size], logits_to_keep,
+                             compute_entropy) for s in range(0, input_ids.size(0), batch_size)]
+        logps = torch.cat([p[0] for p in parts])
+        return logps, torch.cat([p[1] for p in parts]) if compute_entropy else None, None
+
+    def _logps(self, model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, completion: int,
+               compute_entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        ids, mask, (rows, steps), cols = realign(input_ids, attention_mask, completion, self._tokenizer.pad_token_id)
+        targets = ids[rows, cols + 1]
+        packed = None
+        if self.shared_prefix:
+            labels = torch.full_like(ids, -100)
+            labels[rows, cols + 1] = targets
+            packed = plan(ids, mask, labels)
+        with self.accelerator.autocast():
+            if packed is None:
+                keep = torch.unique(cols)
+                out = model(input_ids=ids, attention_mask=mask, use_cache=False, logits_to_keep=keep)
+                logits = out.logits[rows, torch.searchsorted(keep, cols)]
+            else:
+                batch, layout = packed
+                positions = layout.packed_position(rows, cols)
+                keep = torch.unique(positions)
+                out = model(**batch, **{KEY: layout}, use_cache=False, logits_to_keep=keep)
+                layout.check(self._base())
+                logits = out.logits[0, torch.searchsorted(keep, positions)]
+        logp = torch.log_softmax(logits.float() / self.temperature, dim=-1)
+        shape = (input_ids.shape[0], completion)
+        logps = logp.new_zeros(shape).index_put((rows, steps), logp.gather(1, targets[:, None]).squeeze(1))
+        if not compute_entropy:
+            return logps, None
+        return logps, logp.new_zeros(shape).index_put((rows, steps), -(logp.exp() * logp).sum(-1))

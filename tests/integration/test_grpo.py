@@ -1,0 +1,93 @@
+"""`lancy grpo` on the tiny model: a run that logs its rewards, resumes, is scored by `lancy eval`, continues a
+`lancy sft` run's adapter, and takes a user's own reward function."""
+
+import json
+
+from typer.testing import CliRunner
+
+from lancy_trl.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [*map(str, args)])
+
+
+def logged(run):
+    return [json.loads(line) for line in (run / "logs" / "training.log").read_text().splitlines()
+            if line.startswith("{") and '"reward"' in line]
+
+
+def test_grpo_logs_rewards_resumes_and_is_scored(tiny_model, tmp_path):
+    args = ["grpo", "--model", tiny_model, "--max-steps", 4, "--save-steps", 2, "--max-examples", 40,
+            "--reward", "label", "--reward", "format:0.5", "--reward", "length:0.1", "--output-dir", tmp_path / "runs"]
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    (run,) = (tmp_path / "runs").iterdir()
+    assert "_finsent-sentiment_grpo_" in run.name
+    text = " ".join(result.output.split())
+    assert "4 completions each of up to 16 tokens, reward label + format x0.5 + length x0.1" in text
+    assert "shared prefixes computed once per batch" in text and "mean reward" in text
+    steps = logged(run)
+    assert [s["step"] for s in steps] == [1, 2, 3, 4]
+    for key in ("rewards/label/mean", "rewards/format/mean", "rewards/length/mean", "reward", "reward_std",
+                "completions/mean_length", "completions/clipped_ratio"):
+        assert all(key in s for s in steps), key
+    for s in steps:  # the total is the weighted sum of the functions' means
+        total = s["rewards/label/mean"] + 0.5 * s["rewards/format/mean"] + 0.1 * s["rewards/length/mean"]
+        assert abs(s["reward"] - total) < 1e-5
+    info = json.loads((run / "run.json").read_text())
+    assert (info["command"], info["status"], info["rewards"], info["reward_weights"]) == \
+        ("grpo", "complete", ["label", "format", "length"], [1.0, 0.5, 0.1])
+    assert info["model_info"]["lean_logps"] and info["model_info"]["shared_prefix"]
+    assert "reward_last_tenth" in json.loads((run / "metrics.json").read_text())
+    scored = invoke("eval", "--model", run, "--method", "score", "--json")
+    assert scored.exit_code == 0, scored.output
+    out = json.loads(scored.stdout.strip().splitlines()[-1])
+    assert (out["task"], out["split"], out["held_out"]) == ("classification", "test", True)
+
+    from tests.integration.test_sft_cli import _kill_after_first_checkpoint
+
+    _kill_after_first_checkpoint(run)
+    assert "is a `lancy grpo` run" in invoke("sft", "--resume", "latest", "--run-dir", run).output
+    resumed = invoke("grpo", "--resume", "latest", "--run-dir", run)
+    assert resumed.exit_code == 0, resumed.output
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "complete" and info["steps"] == 4
+    assert [s["step"] for s in logged(run)][-2:] == [3, 4]
+
+
+def test_grpo_continues_an_sft_runs_adapter(tiny_model, tmp_path):
+    from safetensors.torch import load_file
+
+    sft = invoke("sft", "--model", tiny_model, "--max-steps", 2, "--learning-rate", "1e-2", "--max-examples", 40,
+                 "--run-name", "sft", "--output-dir", tmp_path / "runs")
+    assert sft.exit_code == 0, sft.output
+    grpo = invoke("grpo", "--model", tmp_path / "runs" / "sft", "--max-steps", 1, "--learning-rate", "1e-9",
+                  "--max-examples", 40, "--run-name", "grpo", "--output-dir", tmp_path / "runs")
+    assert grpo.exit_code == 0, grpo.output
+    before = load_file(tmp_path / "runs" / "sft" / "model" / "adapter_model.safetensors")
+    after = load_file(tmp_path / "runs" / "grpo" / "model" / "adapter_model.safetensors")
+    assert before.keys() == after.keys()
+    lora_b = [k for k in before if "lora_B" in k]
+    assert lora_b and all(before[k].abs().sum() > 0 for k in lora_b)  # sft moved B away from its zero start
+    assert all((before[k] - after[k]).abs().max() < 1e-4 for k in before)  # grpo went on from there, not from zero
+    info = json.loads((tmp_path / "runs" / "grpo" / "run.json").read_text())
+    assert info["model_info"]["lora_continued_from"].endswith("sft/model")
+
+
+def test_grpo_with_a_users_reward_on_local_rows(tiny_model, tmp_path):
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps({"prompt": f"what is {i} plus {i}?", "completion": f"it is {2 * i}"}) + "\n"
+                            for i in range(24)))
+    (tmp_path / "mine.py").write_text(
+        "def short(completions, answer, **kwargs):\n"
+        "    assert len(answer) == len(completions) and answer[0].startswith('it is')\n"
+        "    return [1.0 if len(c[0]['content']) < 20 else 0.0 for c in completions]\n")
+    result = invoke("grpo", "--model", tiny_model, "--dataset", rows, "--reward", f"{tmp_path}/mine.py:short",
+                    "--max-steps", 2, "--batch-size", 4, "--num-generations", 2, "--output-dir", tmp_path / "runs")
+    assert result.exit_code == 0, result.output
+    (run,) = (tmp_path / "runs").iterdir()
+    assert all("rewards/short/mean" in s for s in logged(run))
+    assert "128 tokens" in " ".join(result.output.split())  # a qa task's default completion length
