@@ -12,6 +12,11 @@ token only. Log-probs, entropies and so the loss and gradients are TRL's; tests 
 
 Only for the model families shared-prefix batches cover (no logit softcap or scale), a single process, text-only rows
 and no MoE auxiliary loss; anything else takes TRL's own pass.
+
+Generation repeats the prompts as well: TRL's transformers path left-pads the batch, each prompt --num-generations
+times, and the prefill computes every copy. Here each distinct prompt's prefill runs once and its key/value cache is
+copied to the rows that repeat it; sampling then runs on every row as in TRL (same positions, same masks, the same
+random draws), and the end-of-sequence masking is TRL's. A test compares the completions with TRL's.
 """
 
 from __future__ import annotations
@@ -101,3 +106,41 @@ class LancyGRPOTrainer(GRPOTrainer):
         if not compute_entropy:
             return logps, None
         return logps, logp.new_zeros(shape).index_put((rows, steps), -(logp.exp() * logp).sum(-1))
+
+    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+        plain = (self.lean_logps and images is None and not multimodal_fields and not self.use_vllm
+                 and not self.use_transformers_continuous_batching and len(set(map(tuple, prompt_ids))) < len(prompt_ids))
+        if not plain:
+            return super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations, has_tool_images)
+        return self._generate_prefill_once(prompt_ids), None
+
+    def _generate_prefill_once(self, prompt_ids: list[list[int]]) -> list[list[int]]:
+        """TRL's transformers generation with each distinct prompt's prefill computed once (module docstring)."""
+        from trl.models import unwrap_model_for_generation
+        from trl.trainer.utils import pad
+
+        device = self.accelerator.device
+        firsts: dict[tuple[int, ...], int] = {}
+        copy_of = torch.tensor([firsts.setdefault(tuple(p), len(firsts)) for p in prompt_ids], device=device)
+        rows = [torch.tensor(p, device=device) for p in prompt_ids]
+        ids = pad(rows, padding_value=self._tokenizer.pad_token_id, padding_side="left",
+                  pad_to_multiple_of=self.pad_to_multiple_of)
+        mask = pad([torch.ones_like(r) for r in rows], padding_value=0, padding_side="left",
+                   pad_to_multiple_of=self.pad_to_multiple_of)
+        distinct = torch.tensor([prompt_ids.index(list(p)) for p in firsts], device=device)  # a row of each prompt
+        positions = (mask.cumsum(1) - 1).clamp(min=0)  # as generate() derives them from the mask
+        with (unwrap_model_for_generation(self.model_wrapped, self.accelerator,
+                                          generation_kwargs=self.generation_kwargs,
+                                          gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs)
+              as unwrapped, torch.no_grad()):
+            head = unwrapped(input_ids=ids[distinct, :-1], attention_mask=mask[distinct, :-1],
+                             position_ids=positions[distinct, :-1], use_cache=True)
+            cache = head.past_key_values
+            cache.batch_select_indices(copy_of)  # each row gets its prompt's keys and values
+            out = unwrapped.generate(input_ids=ids, attention_mask=mask, cache=cache,
+                                     generation_config=self.generation_config)
+        completion_ids = out[:, ids.size(1):]
+        is_eos = torch.isin(completion_ids, torch.tensor(self.eos_token_ids, device=device))
+        ends = torch.where(is_eos.any(1), is_eos.int().argmax(1), completion_ids.size(1))
+        keep = torch.arange(completion_ids.size(1), device=device) <= ends[:, None]  # up to and with the first EOS
+        return [c[k].tolist() for c, k in zip(completion_ids.cpu(), keep.cpu())]

@@ -1,5 +1,6 @@
-"""lancy's GRPO policy pass (real tokens only, shared prefix once, LM head at completion positions) against TRL's:
-the same log-probs and entropies on every counted completion token, and the same gradients."""
+"""lancy's GRPO trainer against TRL's: the policy pass (real tokens only, shared prefix once, LM head at completion
+positions) gives the same log-probs, entropies and gradients; generation with one prefill per distinct prompt gives
+the same completions."""
 
 import pytest
 import torch
@@ -18,7 +19,8 @@ def _trainer(model_dir, tmp_path, shared_prefix, use_lora, temperature=0.7):
     tok = AutoTokenizer.from_pretrained(model_dir)
     data = Dataset.from_list([{"prompt": [{"role": "user", "content": "sales rose"}]}] * 4)
     config = GRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=4, num_generations=2, use_cpu=True,
-                        temperature=temperature, report_to="none", gradient_checkpointing=False, bf16=False)
+                        temperature=temperature, report_to="none", gradient_checkpointing=False, bf16=False,
+                        max_completion_length=12)
     peft = LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False) if use_lora else None
     return LancyGRPOTrainer(model=model, reward_funcs=[lambda completions, **_: [0.0] * len(completions)],
                             args=config, train_dataset=data, processing_class=tok, peft_config=peft,
@@ -94,3 +96,23 @@ def test_other_families_take_trls_pass(tmp_path):
     assert AutoTokenizer.from_pretrained(tmp_path / "gpt2")
     trainer = _trainer(tmp_path / "gpt2", tmp_path / "out", shared_prefix=False, use_lora=False)
     assert not trainer.lean_logps
+
+
+@pytest.mark.parametrize("sample", [False, True])
+def test_generation_with_one_prefill_per_prompt_equals_trls(tiny_model, tmp_path, sample, monkeypatch):
+    trainer = _trainer(tiny_model, tmp_path, shared_prefix=True, use_lora=True, temperature=1.0)
+    trainer.generation_config.do_sample = sample
+    tok = trainer.processing_class
+    texts = [tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False)
+             for text in ("sales rose", "sales rose", "the bank fell on weak sales", "the bank fell on weak sales")]
+    prompts = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    calls = []
+    once = LancyGRPOTrainer._generate_prefill_once
+    monkeypatch.setattr(LancyGRPOTrainer, "_generate_prefill_once", lambda self, p: calls.append(1) or once(self, p))
+    torch.manual_seed(3)
+    lancy, _ = trainer._generate_single_turn(prompts, None, {}, 2)
+    torch.manual_seed(3)
+    trl, _ = GRPOTrainer._generate_single_turn(trainer, prompts, None, {}, 2)
+    assert len(prompts[0]) < len(prompts[2])  # left padding too
+    assert calls == [1] and lancy == trl
+    assert any(len(c) > 1 for c in lancy)
