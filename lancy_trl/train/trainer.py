@@ -5,7 +5,8 @@ turn). TRL's fused LM head still projects every position onto the vocabulary (49
 over all of them on devices without Triton; here the logits are computed at the positions that carry a label only
 (`logits_to_keep` with those indices), so the LM head's forward and backward shrink by the same factor. The loss is
 the same sum over answer tokens divided by the same token count as TRL's, and TRL's entropy and token-accuracy
-metrics are kept, computed on those positions. With shared-prefix batches (lancy_trl/train/prefix.py) the batch
+metrics are kept, computed on those positions. With the loss on every token (pretraining) nothing is saved that way,
+and TRL's chunked LM head, which never holds a batch's whole logits, runs instead. With shared-prefix batches (lancy_trl/train/prefix.py) the batch
 runs as one packed row and the same positions are read from it. Anything unusual (several processes, MoE auxiliary
 loss, custom loss functions, label smoothing, DFT loss, a model without `logits_to_keep`) goes through TRL's path.
 """
@@ -69,10 +70,14 @@ class LancySFTTrainer(SFTTrainer):
         self.checkpointed_layers, self.lean_modules = memory_paths(self, checkpoint_layers, lean_activations)
 
     def _compact(self, model: Any) -> bool:
+        """Whether the compact loss applies: answer tokens only (with the loss on every token, as in pretraining,
+        TRL's chunked LM head, which never holds a whole batch's logits, is the leaner path), one process, no
+        auxiliary or custom loss."""
         args = self.args
         return (
             self.accelerator.num_processes == 1 and not self.aux_loss_enabled and self.compute_loss_func is None
             and self.label_smoother is None and getattr(args, "loss_type", "nll") == "nll" and supports_compact_loss(model)
+            and getattr(args, "completion_only_loss", None) is not False
         )
 
     def _plan_shared_prefix(self, forward: dict[str, Any], labels: Any) -> Any:
