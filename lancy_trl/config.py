@@ -151,6 +151,12 @@ class PretrainArgs(ModelArgs, DataArgs, TrainArgs, RunArgs):
     )
     max_length: int = opt(1024, "Block length: documents are joined with EOS and packed into blocks of this many "
                           "tokens (a longer document continues in the next block).")
+    streaming: bool | None = opt(
+        None, "Read the corpus as training goes, tokenized and packed on the fly: memory stays flat however large it "
+        "is; needs --max-steps, and holds out the first --eval-max-batches x --batch-size documents. Default: on for "
+        "registry corpora too large to download (openwebtext, common-corpus) unless --max-examples is given.",
+        group="Data",
+    )
 
 
 @dataclass

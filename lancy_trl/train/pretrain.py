@@ -35,8 +35,18 @@ def as_text(ds: Any) -> Any:
     return ds.map(text, remove_columns=ds.column_names)
 
 
+def streams(args: PretrainArgs) -> bool:
+    """--streaming, or by default a registry corpus too large to download when no --max-examples cuts it."""
+    if args.streaming is not None:
+        return args.streaming
+    from lancy_trl.data.registry import lookup
+
+    specs = [lookup(name) for name in args.dataset]
+    return not args.max_examples and any(s is not None and s.loader == "stream" for s in specs)
+
+
 def text_data(args: PretrainArgs) -> Any:
-    """The run's data as text rows (train, held-out slice, test), mixtures included."""
+    """The run's data as text rows (train, held-out slice, test), mixtures included; streamed where asked."""
     from lancy_trl.data.build import build_data, files_as_dataset
 
     if not args.dataset:
@@ -44,6 +54,10 @@ def text_data(args: PretrainArgs) -> Any:
             raise LancyError("no text to train on: pass --dataset NAME|FILE or --data-files 'PATH' (globs work)")
         first, args.data_files = files_as_dataset(args.data_files)
         args.dataset = [first]
+    if streams(args):
+        from lancy_trl.data.stream import streamed_text
+
+        return streamed_text(args)
     from_files = len(args.dataset) == 1 and any(v.startswith("train=") for v in args.data_files)
     data = build_data(args, transform=as_text)
     data.kind, data.label_words = "pretraining", ()
@@ -57,8 +71,11 @@ def run_pretrain(args: PretrainArgs, console: Any, flags: dict[str, Any] | None 
 
     args, run_dir, checkpoint = lifecycle.prepare(args, flags or {}, console, PretrainArgs, "pretrain")
     data, source, loaded = lifecycle.setup(args, console, run_dir, checkpoint, text_data)
-    with console.status("Counting tokens..."):
-        report = fit_to_model(data, loaded.tokenizer, args)
+    if data.stats.get("streamed"):
+        report: dict[str, Any] = {"train_tokens": "streamed"}
+    else:
+        with console.status("Counting tokens..."):
+            report = fit_to_model(data, loaded.tokenizer, args)
     run_dir = lifecycle.open_run(args, "pretrain", run_dir, checkpoint, source, loaded, data,
                                  {"data": {**data.stats, **report}})
     with lifecycle.recorded(run_dir, "pretrain"):
@@ -101,10 +118,15 @@ def _train(args: PretrainArgs, run_dir: Any, checkpoint: str | None, data: Any, 
                        SaveEvery(args.save_minutes), Perplexity(writer), interrupt],
         )
     trainer.remove_callback(PrinterCallback)
-    blocks = len(trainer.train_dataset)  # type: ignore[arg-type]
+    if data.stats.get("streamed"):
+        what = (f"documents streamed, tokenized and packed on the fly into blocks of up to {args.max_length} tokens "
+                f"({len(data.eval):,} held out)")
+    else:
+        blocks = len(trainer.train_dataset)  # type: ignore[arg-type]
+        what = f"{len(data.train):,} documents packed into {blocks:,} blocks of up to {args.max_length} tokens"
     console.print(f"[bold]{run_dir}[/]\n  {loaded.info['architecture']} on {loaded.info['device']} "
-                  f"({loaded.info['precision']}, {loaded.info['attn_implementation']}): {len(data.train):,} documents "
-                  f"packed into {blocks:,} blocks of up to {args.max_length} tokens, no attention across documents")
+                  f"({loaded.info['precision']}, {loaded.info['attn_implementation']}): {what}, no attention across "
+                  "documents")
     result = lifecycle.train(trainer, run_dir, checkpoint, interrupt, console, "pretrain")
     if result.eval_loss is not None:
         result.final_eval["eval_perplexity"] = math.exp(result.eval_loss)

@@ -68,3 +68,39 @@ def test_classification_data_contributes_its_text_to_a_pretraining_mixture(tiny_
 def test_pretrain_needs_text():
     result = invoke("pretrain")
     assert result.exit_code == 1 and "no text to train on" in result.output
+
+
+def test_a_streamed_corpus_holds_out_its_head_and_trains_on_the_rest_only(tmp_path):
+    from lancy_trl.config import PretrainArgs, resolve
+    from lancy_trl.data.stream import streamed_text
+
+    reports = write_reports(tmp_path / "reports", n=30)
+    files = [f"train={p}" for p in sorted(reports.glob("*.txt"))]
+    args = resolve(PretrainArgs, flags={"dataset": [files[0][6:]], "data_files": files[1:], "streaming": True,
+                                        "max_steps": 5, "batch_size": 2, "eval_max_batches": 3})
+    data = streamed_text(args)
+    held = set(data.eval["text"])
+    trained = [row["text"] for row in data.train]  # the whole stream, in its seeded order
+    everything = {p.read_text() for p in reports.glob("*.txt")}
+    assert len(held) == 6 and not held & set(trained) and held | set(trained) == everything
+    assert trained == [row["text"] for row in streamed_text(args).train]  # the same order on every read (resume)
+    assert data.name == "reports" and data.stats["streamed"] and data.stats["held_out_documents"] == 6
+
+
+def test_streamed_pretraining_runs_is_scored_and_resumes(tiny_model, tmp_path):
+    reports = write_reports(tmp_path / "reports", n=40)
+    result = invoke("pretrain", "--model", tiny_model, "--data-files", f"{reports}/*.txt", "--streaming",
+                    "--max-length", 64, "--batch-size", 2, "--eval-max-batches", 2, "--max-steps", 4, "--eval-steps", 2,
+                    "--save-steps", 2, "--output-dir", tmp_path / "runs")
+    assert result.exit_code == 0, result.output
+    assert "streamed, tokenized and packed on the fly" in " ".join(result.output.split())
+    (run,) = (tmp_path / "runs").iterdir()
+    info = json.loads((run / "run.json").read_text())
+    assert info["data"]["streamed"] and info["held_out"]["validation"]["rows"] == 4
+    assert json.loads((run / "metrics.json").read_text())["eval_perplexity"] > 1
+    from tests.integration.test_sft_cli import _kill_after_first_checkpoint
+
+    _kill_after_first_checkpoint(run)
+    resumed = invoke("pretrain", "--resume", "latest", "--run-dir", run)
+    assert resumed.exit_code == 0, resumed.output
+    assert json.loads((run / "run.json").read_text())["steps"] == 4
