@@ -65,8 +65,8 @@ class LancyGRPOTrainer(GRPOTrainer):
     def _lean_logps_apply(self) -> bool:
         config = self._base().config
         return (self.accelerator.num_processes == 1 and config.model_type in MODEL_TYPES and not self.aux_loss_enabled
-                and getattr(config, "final_logit_softcapping", None) is None and not getattr(self.args, "cast_lm_head_to_fp32", False)
-                and getattr(config, "logit_scale", None) is None and not self._is_vlm and not self.tools)
+                and getattr(config, "final_logit_softcapping", None) is None and getattr(config, "logit_scale", None) is None
+                and not getattr(self.args, "cast_lm_head_to_fp32", False) and not self._is_vlm and not self.tools)
 
     def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, batch_size=None,
                                            compute_entropy=False, compute_aux_loss=False, **extra):

@@ -5,10 +5,11 @@ turn). TRL's fused LM head still projects every position onto the vocabulary (49
 over all of them on devices without Triton; here the logits are computed at the positions that carry a label only
 (`logits_to_keep` with those indices), so the LM head's forward and backward shrink by the same factor. The loss is
 the same sum over answer tokens divided by the same token count as TRL's, and TRL's entropy and token-accuracy
-metrics are kept, computed on those positions. With the loss on every token (pretraining) nothing is saved that way,
-and TRL's chunked LM head, which never holds a batch's whole logits, runs instead. With shared-prefix batches (lancy_trl/train/prefix.py) the batch
+metrics are kept, computed on those positions. With shared-prefix batches (lancy_trl/train/prefix.py) the batch
 runs as one packed row and the same positions are read from it. Anything unusual (several processes, MoE auxiliary
-loss, custom loss functions, label smoothing, DFT loss, a model without `logits_to_keep`) goes through TRL's path.
+loss, custom loss functions, label smoothing, DFT loss, a model without `logits_to_keep`) goes through TRL's path,
+and so does the loss on every token (pretraining): nothing is saved there, and TRL's chunked LM head never holds a
+batch's whole logits.
 """
 
 from __future__ import annotations
