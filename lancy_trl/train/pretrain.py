@@ -118,6 +118,7 @@ def _train(args: PretrainArgs, run_dir: Any, checkpoint: str | None, data: Any, 
                        SaveEvery(args.save_minutes), Perplexity(writer), interrupt],
         )
     trainer.remove_callback(PrinterCallback)
+    lifecycle.print_notes(data, console)
     if data.stats.get("streamed"):
         what = (f"documents streamed, tokenized and packed on the fly into blocks of up to {args.max_length} tokens "
                 f"({len(data.eval):,} held out)")

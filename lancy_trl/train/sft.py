@@ -186,8 +186,7 @@ def fit_to_model(data: Any, tokenizer: Any, args: RunnableArgs) -> dict[str, Any
 
 def _report_data(data: Any, report: dict[str, Any], console: Any, writer: Any) -> None:
     """Print what the data became (notes, the mixture as realised) and log it to TensorBoard."""
-    for note in data.notes:
-        console.print(f"[yellow]note:[/] {note}", highlight=False)
+    lifecycle.print_notes(data, console)
     tokens = report["train_tokens"]
     mixture = data.stats.get("mixture")
     if mixture:
