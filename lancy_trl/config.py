@@ -137,12 +137,20 @@ class RunArgs:
 
 
 @dataclass
-class SFTArgs(ModelArgs, DataArgs, TrainArgs, RunArgs):
+class CanaryArgs:
+    canaries: int = opt(0, "Plant this many random secret-like sentences (\"my account PIN is 4821-93\") among the "
+                        "training rows, kept in the run's canaries.json; `lancy eval --model RUN --canaries` then "
+                        "measures how much of them the model memorised.", group="Privacy")
+    canary_repeats: int = opt(1, "Times each canary is planted (memorisation grows with repetition).", group="Privacy")
+
+
+@dataclass
+class SFTArgs(ModelArgs, DataArgs, TrainArgs, RunArgs, CanaryArgs):
     """`lancy sft`: supervised fine-tuning with completion-only loss."""
 
 
 @dataclass
-class PretrainArgs(ModelArgs, DataArgs, TrainArgs, RunArgs):
+class PretrainArgs(ModelArgs, DataArgs, TrainArgs, RunArgs, CanaryArgs):
     """`lancy pretrain`: causal LM loss on every token of plain text, documents packed into blocks of --max-length."""
 
     dataset: list[str] = opt(
@@ -168,7 +176,7 @@ class GRPOArgs(ModelArgs, DataArgs, TrainArgs, RunArgs):
         "option letter), format (the answer where the prompt asks for it), length (a penalty past --length-budget), "
         "or your own FILE.py:NAME / module:NAME. Default: the task's own (label, numeric or choice).", group="GRPO",
     )
-    num_generations: int = opt(4, "Completions sampled per prompt; --batch-size x --gradient-accumulation-steps "
+    num_generations: int = opt(8, "Completions sampled per prompt; --batch-size x --gradient-accumulation-steps "
                                "completions make a step, so it must divide that.", group="GRPO")
     max_completion_length: int | None = opt(
         None, "Longest completion in tokens; default 16 for classification and multiple choice, 256 for math, "
@@ -180,7 +188,7 @@ class GRPOArgs(ModelArgs, DataArgs, TrainArgs, RunArgs):
     beta: float = opt(0.0, "KL penalty against the starting model (0: none, and no reference model is kept).",
                       group="GRPO")
     max_length: int = opt(256, "Longest prompt in tokens; longer prompts are dropped with a count.")
-    batch_size: int = opt(8, "Completions per device per step (prompts x --num-generations).")
+    batch_size: int = opt(16, "Completions per device per step (prompts x --num-generations).")
     eval_steps: int = opt(20, "Log every N steps (GRPO runs no in-training evaluation: `lancy eval` on the run scores "
                           "its held-out rows).", group="Logging")
 
@@ -350,3 +358,7 @@ class EvalArgs:
     attn_implementation: str = opt("auto", "Attention kernel.", group="Model", choices=ATTENTIONS)
     trust_remote_code: bool = opt(False, "Run code shipped with a hub model.", group="Model")
     offline: bool = opt(False, "No byte leaves the machine (also implied by HF_HUB_OFFLINE=1).", group="Model")
+    canaries: bool = opt(False, "Measure the exposure of the secrets a run planted with --canaries (instead of "
+                         "scoring a dataset).", group="Eval")
+    canary_candidates: int = opt(1000, "Random secrets each planted one is ranked against (exposure is at most "
+                                 "log2 of this + 1).", group="Eval")

@@ -37,6 +37,9 @@ def eval_(flags: dict[str, Any], json_out: bool = False) -> None:
     if json_out:
         typer.echo(json.dumps(result))
         return
+    if "canaries" in result:
+        show_canaries(console, result)
+        return
     for part in result.get("sources", {}).values():  # a mixture: each source, then the overall score
         show(console, {tag: part[tag] for tag in ("model", "base") if tag in part}, part)
     show(console, {tag: result[tag] for tag in ("model", "base") if tag in result}, result)
@@ -70,3 +73,21 @@ def show(console: Any, summary: dict[str, Any], result: dict[str, Any]) -> None:
             delta = summary["model"][method][headline] - summary["base"][method][headline]
             table.add_row("delta", method, "", *(f"{delta:+.3f}" if key == headline else "" for key, _, _ in columns))
     console.print(table)
+
+
+def show_canaries(console: Any, result: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"Canaries planted in {result['model']}, each ranked among {result['candidates']} random "
+                        "secrets of its format")
+    for col in ("secret", "planted", "rank", "exposure (bits)", "recited"):
+        table.add_column(col)
+    for r in result["canaries"]:
+        table.add_row(r["secret"], f"x{r['repeats']}", f"{r['rank']}", f"{r['exposure']:.2f} of {r['max_exposure']:.2f}",
+                      "yes" if r["recited"] else "no")
+    console.print(table)
+    console.print(f"mean exposure {result['mean_exposure']:.2f} bits: about 1 means the model ranks its secrets like "
+                  "any other (nothing memorised); the maximum means it ranks each first.")
+    console.print(f"recited {result['recited']} of {len(result['canaries'])}: greedy decoding after the prefix wrote "
+                  "the secret whole.")
+    console.print(f"saved to {result['output_dir']}/canaries.json")

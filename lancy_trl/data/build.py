@@ -68,6 +68,7 @@ class DataBundle:
     notes: list[str] = field(default_factory=list)  # things the user should know, printed when the run starts
     label_words: tuple[str, ...] = ()
     kind: str = "mixture"  # the task: a registry kind, one inferred from a local file, or "mixture"
+    canaries: list[dict[str, Any]] = field(default_factory=list)  # secrets planted in train (lancy_trl/canaries.py)
 
     @property
     def labels(self) -> tuple[str, ...]:

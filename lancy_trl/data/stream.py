@@ -46,6 +46,8 @@ def open_text(name: str, config: str | None, data_files: list[str]) -> tuple[Any
         label = Path(files[0]).resolve().parent.name if len(files) > 1 else Path(files[0]).stem
     else:
         hub_id = spec.hub_id if spec is not None else name
+        if hub_id is None:
+            raise LancyError(f"{name} ships with lancy rather than from a hub repository and is small: drop --streaming")
         stream = load_dataset(hub_id, spec.config if spec is not None else config, split="train", streaming=True)
         label = spec.name if spec is not None else hub_id.split("/")[-1]
     first = next(iter(stream), None)
@@ -66,6 +68,8 @@ def streamed_text(args: Any) -> Any:
 
     if args.max_steps <= 0:
         raise LancyError("--streaming reads the corpus as it trains, so it has no epochs: pass --max-steps N")
+    if getattr(args, "canaries", 0):
+        raise LancyError("--canaries plants secrets among rows held in memory; drop --streaming or --canaries")
     if args.redact_pii:
         raise LancyError("--redact-pii counts what it replaces before training starts, which a stream cannot: redact "
                          "the files first (`lancy datasets scan` shows what they hold), or drop --streaming")

@@ -243,6 +243,10 @@ def run_eval(args: EvalArgs, console: Any) -> dict[str, Any]:
     source = resolve_model(args.model, log=console.print)
     run_dir = Path(args.model) if source.origin == "run" else None
     run_info = runs.read(run_dir) if run_dir else {}
+    if args.canaries:
+        from lancy_trl import canaries
+
+        return canaries.evaluate(args, source, run_dir, run_info, console)
     es = eval_rows(args, run_info, run_dir)
     sets = es.parts or [es]
     for part in sets:

@@ -21,7 +21,10 @@ from lancy_trl.train import lifecycle
 from lancy_trl.train.lifecycle import RunResult
 
 COMPLETION_LENGTH = {"classification": 16, "multiple_choice": 16, "math": 256}  # else 128
-LORA_LEARNING_RATE = 2e-5  # full fine-tuning: TRL's 1e-6
+# Measured on finsent from SmolLM2-135M (README, GRPO): 4 completions a prompt at 1e-4 collapsed to one answer for
+# every prompt within 60 steps (90% of groups all scoring alike: no signal left); 8 at 5e-5, 16 completions a step,
+# kept 70% of groups informative to the end. Full fine-tuning: TRL's 1e-6.
+LORA_LEARNING_RATE = 5e-5
 
 
 def completion_length(args: GRPOArgs, task: str) -> int:
@@ -140,8 +143,7 @@ def _train(args: GRPOArgs, run_dir: Path, checkpoint: str | None, data: Any, loa
                    SaveEvery(args.save_minutes), interrupt],
     )
     trainer.remove_callback(PrinterCallback)
-    for note in data.notes:
-        console.print(f"[yellow]note:[/] {note}", highlight=False)
+    lifecycle.print_notes(data, console)
     info = loaded.info
     named = " + ".join(f"{f.__name__}" + (f" x{w:g}" if w != 1 else "") for f, w in zip(funcs, weights))
     console.print(f"[bold]{run_dir}[/]\n  {info['architecture']} on {info['device']} ({info['precision']}): "

@@ -123,15 +123,14 @@ class LancyGRPOTrainer(GRPOTrainer):
         firsts: dict[tuple[int, ...], int] = {}
         copy_of = torch.tensor([firsts.setdefault(tuple(p), len(firsts)) for p in prompt_ids], device=device)
         rows = [torch.tensor(p, device=device) for p in prompt_ids]
-        ids = pad(rows, padding_value=self._tokenizer.pad_token_id, padding_side="left",
-                  pad_to_multiple_of=self.pad_to_multiple_of)
-        mask = pad([torch.ones_like(r) for r in rows], padding_value=0, padding_side="left",
-                   pad_to_multiple_of=self.pad_to_multiple_of)
+        multiple = self.pad_to_multiple_of if isinstance(self.pad_to_multiple_of, int) else None  # "auto" is resolved
+        ids = pad(rows, padding_value=self._tokenizer.pad_token_id, padding_side="left", pad_to_multiple_of=multiple)
+        mask = pad([torch.ones_like(r) for r in rows], padding_value=0, padding_side="left", pad_to_multiple_of=multiple)
         distinct = torch.tensor([prompt_ids.index(list(p)) for p in firsts], device=device)  # a row of each prompt
         positions = (mask.cumsum(1) - 1).clamp(min=0)  # as generate() derives them from the mask
         with (unwrap_model_for_generation(self.model_wrapped, self.accelerator,
                                           generation_kwargs=self.generation_kwargs,
-                                          gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs)
+                                          gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs)  # type: ignore[arg-type]
               as unwrapped, torch.no_grad()):
             head = unwrapped(input_ids=ids[distinct, :-1], attention_mask=mask[distinct, :-1],
                              position_ids=positions[distinct, :-1], use_cache=True)

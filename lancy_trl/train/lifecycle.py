@@ -66,6 +66,8 @@ def setup(args: Any, console: Any, run_dir: Path, checkpoint: str | None, load_d
         data = load_data(args)
     if checkpoint is not None:
         check_same_data(run_dir, data, args)
+    if getattr(args, "canaries", 0):  # seeded: a resumed run plants the same secrets in the same places
+        plant_canaries(args, data)
     source = resolve_model(args.model, log=console.print)
     with console.status(f"Loading {source.path}..."):
         loaded = load_model(source, args, device=device)
@@ -73,6 +75,23 @@ def setup(args: Any, console: Any, run_dir: Path, checkpoint: str | None, load_d
     if args.use_lora and args.lora_target_modules:
         check_targets(args.lora_target_modules, loaded.model)
     return data, source, loaded
+
+
+def plant_canaries(args: Any, data: Any) -> None:
+    from lancy_trl import canaries
+
+    if args.canaries < 0 or args.canary_repeats < 1:
+        raise LancyError(f"--canaries must be 0 or more and --canary-repeats at least 1 (got {args.canaries} and "
+                         f"{args.canary_repeats})")
+    data.train, data.canaries = canaries.plant(data.train, args.canaries, args.canary_repeats, args.seed)
+    data.notes.append(f"planted {args.canaries} canaries x{args.canary_repeats} among the training rows "
+                      f"(canaries.json; measure with `lancy eval --model RUN --canaries`)")
+
+
+def print_notes(data: Any, console: Any) -> None:
+    """What the data became that the user should know (rows dropped with counts, redactions, canaries)."""
+    for note in data.notes:
+        console.print(f"[yellow]note:[/] {note}", highlight=False)
 
 
 def check_writable(folder: Path) -> None:
@@ -107,6 +126,10 @@ def open_run(args: Any, command: str, run_dir: Path, checkpoint: str | None, sou
                                             "test": (data.test, "test split")})
         runs.update(run_dir, command=command, held_out=held_out, task=data.kind, dataset=data.name,
                     labels=list(data.labels))
+        if data.canaries:
+            from lancy_trl import canaries
+
+            canaries.save(run_dir, data.canaries, data.train)
     config = to_dict(args)
     runs.save_config(run_dir, config)
     runs.update(run_dir, status="running", owner=runs.owner(), offline=network.offline(), config=config,
