@@ -6,12 +6,13 @@ import pytest
 
 @pytest.mark.parametrize("command", ["sft", "pretrain"])
 def test_lancy_packed_batch_loss_equals_each_example_alone(tiny_model, tmp_path, command):
+    """sft --packing: one padding-free row; pretrain: each block a row, its documents apart by position only."""
     import torch
     from datasets import Dataset
 
     from lancy_trl.config import PretrainArgs, SFTArgs, resolve
     from lancy_trl.models import ModelSource, load_model
-    from lancy_trl.train.pretrain import as_text, pretrain_config
+    from lancy_trl.train.pretrain import DocumentRows, as_text, pretrain_config
     from lancy_trl.train.sft import to_trl_config, trainer_options
     from lancy_trl.train.trainer import LancySFTTrainer
     from tests.integration.test_compact_loss import chat_rows
@@ -27,9 +28,12 @@ def test_lancy_packed_batch_loss_equals_each_example_alone(tiny_model, tmp_path,
         config = to_trl_config(args, tmp_path, loaded.info, has_eval=False)
     trainer = LancySFTTrainer(model=loaded.model, args=config, train_dataset=Dataset.from_list(rows),
                               processing_class=loaded.tokenizer, **trainer_options(args, loaded.info))
+    if command == "pretrain":  # as lancy pretrain sets it on CPU (sdpa)
+        trainer.data_collator = DocumentRows(loaded.tokenizer.pad_token_id)
     batch = next(iter(trainer.get_train_dataloader()))
     ids, positions, labels = batch["input_ids"], batch["position_ids"], batch["labels"]
     assert ids.shape[0] == 1 and int((positions[0] == 0).sum()) == 3  # three examples packed into one row
+    assert "attention_mask" not in batch or command == "sft"
     model = trainer.model.eval()
     with torch.no_grad():
         packed = trainer.compute_loss(model, dict(batch)).item()
@@ -44,3 +48,38 @@ def test_lancy_packed_batch_loss_equals_each_example_alone(tiny_model, tmp_path,
         leaky = trainer.compute_loss(model, {k: v for k, v in batch.items() if k != "position_ids"}).item()
     assert abs(packed - total / count) < 1e-5
     assert abs(leaky - total / count) > 1e-4  # without the position resets the examples would see each other
+
+
+def test_pretrain_blocks_are_rows_whose_documents_never_meet(tiny_model, tmp_path):
+    import torch
+    from datasets import Dataset
+
+    from lancy_trl.config import PretrainArgs, resolve
+    from lancy_trl.models import ModelSource, load_model
+    from lancy_trl.train.pretrain import DocumentRows, pretrain_config
+    from lancy_trl.train.trainer import LancySFTTrainer
+
+    args = resolve(PretrainArgs, flags={"model": str(tiny_model), "use_lora": False, "batch_size": 2, "max_length": 24})
+    loaded = load_model(ModelSource("tiny", str(tiny_model), "local"), args, device="cpu")
+    docs = [{"text": " ".join(["profit rose"] * n)} for n in (3, 7, 2, 5)]
+    config = pretrain_config(args, tmp_path, loaded.info, has_eval=False)
+    trainer = LancySFTTrainer(model=loaded.model, args=config, train_dataset=Dataset.from_list(docs),
+                              processing_class=loaded.tokenizer)
+    trainer.data_collator = DocumentRows(loaded.tokenizer.pad_token_id)
+    batch = next(iter(trainer.get_train_dataloader()))
+    ids, positions, labels = batch["input_ids"], batch["position_ids"], batch["labels"]
+    assert ids.shape[0] == 2 and "attention_mask" not in batch
+    model = trainer.model.eval()
+    with torch.no_grad():
+        rows = trainer.compute_loss(model, dict(batch)).item()
+        total, count = 0.0, 0
+        for r in range(2):
+            starts = torch.nonzero(positions[r] == 0)[:, 0].tolist() + [ids.shape[1]]
+            for a, b in zip(starts, starts[1:]):
+                target = labels[r, a + 1:b]
+                keep = target != -100
+                if keep.any():
+                    logits = model(input_ids=ids[r:r + 1, a:b]).logits[0, :-1]
+                    total += torch.nn.functional.cross_entropy(logits[keep], target[keep], reduction="sum").item()
+                    count += int(keep.sum())
+    assert count > 20 and abs(rows - total / count) < 1e-5
