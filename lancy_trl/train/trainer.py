@@ -19,6 +19,8 @@ from typing import Any
 
 from trl import SFTTrainer
 
+LOSS_CHUNK = 1024  # positions whose logits exist at once in the chunked loss
+
 
 def supports_compact_loss(model: Any) -> bool:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -71,14 +73,11 @@ class LancySFTTrainer(SFTTrainer):
         self.checkpointed_layers, self.lean_modules = memory_paths(self, checkpoint_layers, lean_activations)
 
     def _compact(self, model: Any) -> bool:
-        """Whether the compact loss applies: answer tokens only (with the loss on every token, as in pretraining,
-        TRL's chunked LM head, which never holds a whole batch's logits, is the leaner path), one process, no
-        auxiliary or custom loss."""
+        """Whether the compact loss applies: one process, no auxiliary or custom loss."""
         args = self.args
         return (
             self.accelerator.num_processes == 1 and not self.aux_loss_enabled and self.compute_loss_func is None
             and self.label_smoother is None and getattr(args, "loss_type", "nll") == "nll" and supports_compact_loss(model)
-            and getattr(args, "completion_only_loss", None) is not False
         )
 
     def _plan_shared_prefix(self, forward: dict[str, Any], labels: Any) -> Any:
@@ -99,6 +98,8 @@ class LancySFTTrainer(SFTTrainer):
         rows, cols = torch.nonzero(labels[:, 1:] != -100, as_tuple=True)  # hidden position cols predicts cols + 1
         forward = {k: v for k, v in inputs.items() if k != "labels"}
         packed = self._plan_shared_prefix(forward, labels) if len(cols) else None
+        if packed is None and len(cols) > LOSS_CHUNK:  # the loss on most tokens (pretraining): in chunks
+            return self._chunked_loss(model, forward, labels, (rows, cols), num_items_in_batch, mode, return_outputs)
         if packed is None:
             keep = torch.unique(cols) if len(cols) else torch.zeros(1, dtype=torch.long, device=labels.device)
             outputs = model(**forward, use_cache=False, logits_to_keep=keep)
@@ -123,6 +124,11 @@ class LancySFTTrainer(SFTTrainer):
             n = max(per_token.numel(), 1)
             entropy = -(logp.exp() * logp).sum(-1).sum().item() / n
             accuracy = (logits.argmax(-1) == targets).sum().item() / n
+        self._record(mode, inputs, labels, body, entropy, accuracy)
+        return (loss, {"logits": outputs.logits}) if return_outputs else loss
+
+    def _record(self, mode: str, inputs: dict[str, Any], labels: Any, body: int, entropy: float, accuracy: float) -> None:
+        """TRL's metrics for a batch: entropy and token accuracy where the loss is taken, tokens seen."""
         self._metrics[mode]["entropy"].append(entropy)
         self._metrics[mode]["mean_token_accuracy"].append(accuracy)
         if mode == "train":
@@ -130,6 +136,41 @@ class LancySFTTrainer(SFTTrainer):
             if "attention_mask" in inputs:
                 self._total_train_tokens += int(inputs["attention_mask"].sum().item())
             else:
-                self._total_train_tokens += int(inputs["position_ids"].size(1))
+                self._total_train_tokens += int(inputs["position_ids"].numel())
         self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
-        return (loss, {"logits": outputs.logits}) if return_outputs else loss
+
+    def _chunked_loss(self, model: Any, forward: dict[str, Any], labels: Any, where: tuple[Any, Any],
+                      num_items_in_batch: Any, mode: str, return_outputs: bool) -> Any:
+        """The loss on most positions (pretraining): the decoder's last hidden states, then the LM head and the
+        cross-entropy LOSS_CHUNK positions at a time, each chunk recomputed in backward, so a batch's logits
+        (2,048 positions x 49k for SmolLM2: 400 MB, and as much again for their gradient) never exist at once. The
+        same sum over the same tokens divided by the same count as TRL's; entropy and accuracy from the same
+        logits."""
+        import torch
+        import torch.nn.functional as F
+        from torch.utils.checkpoint import checkpoint
+
+        causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+        hidden = causal_lm.base_model(**forward, use_cache=False).last_hidden_state
+        rows, cols = where
+        targets = labels[rows, cols + 1]
+        head = causal_lm.get_output_embeddings()
+        seen: dict[int, tuple[float, int]] = {}
+
+        def chunk(h: Any, t: Any, i: int) -> Any:
+            logits = head(h).float()
+            if i not in seen:  # the first pass (checkpoint runs it again in backward)
+                with torch.no_grad():
+                    logp = torch.log_softmax(logits, -1)
+                    seen[i] = (-(logp.exp() * logp).sum().item(), int((logits.argmax(-1) == t).sum()))
+            return F.cross_entropy(logits, t, reduction="sum")
+
+        states = hidden[rows, cols]
+        total = sum(checkpoint(chunk, states[a:a + LOSS_CHUNK], targets[a:a + LOSS_CHUNK], a, use_reentrant=False)
+                    for a in range(0, len(targets), LOSS_CHUNK))
+        n = len(targets)
+        loss = total / torch.as_tensor(n if num_items_in_batch is None else num_items_in_batch).clamp(min=1)
+        body = int(forward["attention_mask"].sum()) if "attention_mask" in forward else labels.numel()
+        self._record(mode, {**forward, "labels": labels}, labels, body, sum(e for e, _ in seen.values()) / n,
+                     sum(c for _, c in seen.values()) / n)
+        return (loss, {"logits": None}) if return_outputs else loss

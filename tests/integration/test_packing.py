@@ -50,7 +50,13 @@ def test_lancy_packed_batch_loss_equals_each_example_alone(tiny_model, tmp_path,
     assert abs(leaky - total / count) > 1e-4  # without the position resets the examples would see each other
 
 
-def test_pretrain_blocks_are_rows_whose_documents_never_meet(tiny_model, tmp_path):
+@pytest.mark.parametrize("chunk", [7, 10**6])
+def test_pretrain_blocks_are_rows_whose_documents_never_meet(tiny_model, tmp_path, chunk, monkeypatch):
+    """Also the chunked loss (the LM head a few positions at a time) against each document alone, and its
+    gradients against the loss in one piece."""
+    from lancy_trl.train import trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "LOSS_CHUNK", chunk)
     import torch
     from datasets import Dataset
 
@@ -83,3 +89,12 @@ def test_pretrain_blocks_are_rows_whose_documents_never_meet(tiny_model, tmp_pat
                     total += torch.nn.functional.cross_entropy(logits[keep], target[keep], reduction="sum").item()
                     count += int(keep.sum())
     assert count > 20 and abs(rows - total / count) < 1e-5
+    grads = {}
+    for size in (chunk, 10**6):  # the chunked loss's gradients are the whole loss's
+        monkeypatch.setattr(trainer_module, "LOSS_CHUNK", size)
+        model.zero_grad(set_to_none=True)
+        trainer.compute_loss(model, dict(batch)).backward()
+        grads[size] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    assert grads[chunk].keys() == grads[10**6].keys() and grads[chunk]
+    for name, grad in grads[10**6].items():
+        assert torch.allclose(grads[chunk][name], grad, atol=1e-6, rtol=1e-4), name
