@@ -24,7 +24,6 @@ import argparse
 import json
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -110,7 +109,7 @@ def run_variant(variant: str, opts: argparse.Namespace) -> dict:
 
 
 def main() -> None:
-    from sft_throughput import model_path
+    from sft_throughput import interleaved, model_path
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="smollm2-135m-instruct", help="catalog name, path, or 'tiny'")
@@ -127,16 +126,7 @@ def main() -> None:
     if opts.variant:  # child process
         print("RESULT " + json.dumps(run_variant(opts.variant, opts)))
         return
-    path = model_path(opts.model)
-    results: dict[str, list[dict]] = {v: [] for v in VARIANTS}
-    for _ in range(opts.repeats):
-        for variant in VARIANTS:
-            cmd = [sys.executable, __file__, "--variant", variant, "--model-path", path, *sys.argv[1:]]
-            out = subprocess.run(cmd, capture_output=True, text=True)
-            line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
-            if line is None:
-                sys.exit(f"{variant} failed:\n{out.stderr[-3000:]}")
-            results[variant].append(json.loads(line[7:]))
+    results = interleaved(__file__, list(VARIANTS), model_path(opts.model), opts.repeats, "step_s")
     med = {v: {k: statistics.median(r[k] for r in rs) for k in ("step_s", "generate_s", "peak_mb")}
            for v, rs in results.items()}
     print(f"{'variant':<12} {'s/step':>8} {'generate s':>11} {'train s':>8} {'first loss':>11} {'first reward':>13} "

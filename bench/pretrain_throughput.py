@@ -23,7 +23,6 @@ import argparse
 import json
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -109,7 +108,7 @@ def run_variant(variant: str, opts: argparse.Namespace) -> dict:
 
 
 def main() -> None:
-    from sft_throughput import matmul_peak, model_path
+    from sft_throughput import interleaved, matmul_peak, model_path
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="smollm2-135m-instruct", help="catalog name, path, or 'tiny'")
@@ -126,16 +125,7 @@ def main() -> None:
     if opts.variant:
         print("RESULT " + json.dumps(run_variant(opts.variant, opts)))
         return
-    path = model_path(opts.model)
-    results: dict[str, list[dict]] = {v: [] for v in VARIANTS}
-    for r in range(opts.repeats):
-        for variant in VARIANTS if r % 2 == 0 else VARIANTS[::-1]:
-            cmd = [sys.executable, __file__, "--variant", variant, "--model-path", path, *sys.argv[1:]]
-            out = subprocess.run(cmd, capture_output=True, text=True)
-            line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
-            if line is None:
-                sys.exit(f"{variant} failed:\n{out.stderr[-3000:]}")
-            results[variant].append(json.loads(line[7:]))
+    results = interleaved(__file__, list(VARIANTS), model_path(opts.model), opts.repeats, "tokens_per_s")
     peak = matmul_peak(results["lancy"][0]["device"], "float32")
     k = 6 if opts.full else 4
     summary = {}

@@ -106,6 +106,22 @@ def model_path(name: str) -> str:
     return resolve_model(name, log=lambda m: print(m, file=sys.stderr)).path
 
 
+def interleaved(script: str, variants: list[str], path: str, repeats: int, shown: str) -> dict[str, list[dict]]:
+    """Each variant of a bench script in its own process (clean peak memory), A/B interleaved, the order reversed
+    every other round; each child prints one `RESULT {json}` line, and `shown` of it goes to stderr as it comes."""
+    results: dict[str, list[dict]] = {v: [] for v in variants}
+    for r in range(repeats):
+        for variant in variants if r % 2 == 0 else variants[::-1]:
+            cmd = [sys.executable, script, "--variant", variant, "--model-path", path, *sys.argv[1:]]
+            out = subprocess.run(cmd, capture_output=True, text=True)
+            line = next((ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")), None)
+            if line is None:
+                sys.exit(f"{variant} failed:\n{out.stderr[-3000:]}")
+            results[variant].append(json.loads(line[7:]))
+            print(f"  {variant:12s} run {r + 1}: {shown} {results[variant][-1][shown]:.2f}", file=sys.stderr)
+    return results
+
+
 def run_variant(variant: str, opts: argparse.Namespace) -> dict:
     """One training run of `opts.steps + 1` steps; returns timing, tokens and memory."""
     import torch
@@ -258,17 +274,7 @@ def main() -> None:
         return
     path = model_path(opts.model)
     chosen = [v for v in VARIANTS if v in opts.variants]
-    results: dict[str, list[dict]] = {v: [] for v in chosen}
-    for r in range(opts.repeats):
-        order = chosen if r % 2 == 0 else chosen[::-1]  # A/B interleaved
-        for variant in order:
-            cmd = [sys.executable, __file__, "--variant", variant, "--model-path", path, *sys.argv[1:]]
-            out = subprocess.run(cmd, capture_output=True, text=True)
-            line = next((ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")), None)
-            if line is None:
-                sys.exit(f"{variant} failed:\n{out.stderr[-3000:]}")
-            results[variant].append(json.loads(line[7:]))
-            print(f"  {variant:12s} run {r + 1}: {results[variant][-1]['tokens_per_s']:.1f} tok/s", file=sys.stderr)
+    results = interleaved(__file__, chosen, path, opts.repeats, "tokens_per_s")
     import torch
 
     device = results[chosen[0]][0]["device"]
