@@ -363,7 +363,8 @@ def load_model(source: ModelSource, args: Any, *, device: str, for_training: boo
     if getattr(args, "load_in_4bit", False):
         kwargs["quantization_config"] = _bnb_config(device)
         kwargs["device_map"] = {"": 0}
-    model = AutoModelForCausalLM.from_pretrained(source.path, **kwargs)
+    check_safetensors(source)
+    model = AutoModelForCausalLM.from_pretrained(source.path, use_safetensors=True, **kwargs)
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:  # type: ignore[index]
         model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
     model.config.pad_token_id = tokenizer.pad_token_id
@@ -391,6 +392,20 @@ def load_model(source: ModelSource, args: Any, *, device: str, for_training: boo
         **{f"tokenizer_{k}": v for k, v in tok_notes.items()},
     }
     return LoadedModel(model, tokenizer, info)
+
+
+def check_safetensors(source: ModelSource) -> None:
+    """Weights load from safetensors only: a pickled checkpoint (pytorch_model.bin, adapter_model.bin) can run code
+    when it is read. Local folders are checked here, before anything loads; hub repositories by transformers."""
+    folders = [(Path(source.path), "model.safetensors"), (Path(source.adapter or ""), "adapter_model.safetensors")]
+    for folder, name in folders:
+        if not str(folder) or str(folder) == "." or not folder.is_dir():
+            continue
+        if not any(folder.glob("*.safetensors")) and any(folder.glob("*.bin")):
+            how = ("peft: PeftModel.from_pretrained(base, DIR).save_pretrained(NEW)" if name.startswith("adapter")
+                   else "transformers: AutoModelForCausalLM.from_pretrained(DIR).save_pretrained(NEW)")
+            raise LancyError(f"{folder} holds pickled weights (*.bin) and no {name}: lancy loads safetensors only, "
+                             f"since reading a pickle can run code; re-save a model you trust once with {how}")
 
 
 def _bnb_config(device: str) -> Any:

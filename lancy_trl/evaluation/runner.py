@@ -241,6 +241,9 @@ def run_eval(args: EvalArgs, console: Any) -> dict[str, Any]:
 
     network.apply(args)
     source = resolve_model(args.model, log=console.print)
+    from lancy_trl.train.lifecycle import warn_remote_code
+
+    warn_remote_code(args, source, console)
     run_dir = Path(args.model) if source.origin == "run" else None
     run_info = runs.read(run_dir) if run_dir else {}
     if args.canaries:

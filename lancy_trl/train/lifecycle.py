@@ -69,6 +69,7 @@ def setup(args: Any, console: Any, run_dir: Path, checkpoint: str | None, load_d
     if getattr(args, "canaries", 0):  # seeded: a resumed run plants the same secrets in the same places
         plant_canaries(args, data)
     source = resolve_model(args.model, log=console.print)
+    warn_remote_code(args, source, console)
     with console.status(f"Loading {source.path}..."):
         loaded = load_model(source, args, device=device)
     trainer_options(args, loaded.info)
@@ -86,6 +87,12 @@ def plant_canaries(args: Any, data: Any) -> None:
     data.train, data.canaries = canaries.plant(data.train, args.canaries, args.canary_repeats, args.seed)
     data.notes.append(f"planted {args.canaries} canaries x{args.canary_repeats} among the training rows "
                       f"(canaries.json; measure with `lancy eval --model RUN --canaries`)")
+
+
+def warn_remote_code(args: Any, source: Any, console: Any) -> None:
+    if args.trust_remote_code:
+        console.print(f"[yellow]warning:[/] --trust-remote-code: loading {source.path} runs the Python code it ships, "
+                      "with your permissions; only for a model you trust", highlight=False)
 
 
 def print_notes(data: Any, console: Any) -> None:

@@ -9,7 +9,21 @@ from typer.testing import CliRunner
 from lancy_trl.cli import app
 
 
-def _files(tmp_path):
+@pytest.fixture(scope="module")
+def pickled_model(tmp_path_factory):
+    """The tiny model with its weights as a pickle (pytorch_model.bin) instead of safetensors."""
+    import torch
+    from safetensors.torch import load_file
+
+    from tests.conftest import build_tiny_model
+
+    folder = build_tiny_model(tmp_path_factory.mktemp("bin-model"))
+    torch.save(load_file(folder / "model.safetensors"), folder / "pytorch_model.bin")
+    (folder / "model.safetensors").unlink()
+    return folder
+
+
+def _files(tmp_path, pickled=None):
     """The bad files the table refers to by name."""
     def write(name, text):
         path = tmp_path / name
@@ -37,6 +51,7 @@ def _files(tmp_path):
         "CSV_HEADER_ONLY": write("header.csv", "prompt,completion\n"),
         "MIXED": write("mixed.csv", "prompt,completion\nx,y\n"),
         "ROWS": write("rows.jsonl", rows),
+        "BIN_MODEL": pickled or tmp_path,
         "QA": write("qa.jsonl", "".join(json.dumps({"prompt": f"q{i}", "completion": f"answer number {i}"}) + "\n"
                                         for i in range(8))),
         "TXT": write("notes.txt", "some text\n"),
@@ -134,6 +149,8 @@ CASES = [
     ("sft --canaries -3", "--canaries must be 0 or more"),
     ("pretrain --dataset TXT --streaming --max-steps 2 --canaries 2", "drop --streaming or --canaries"),
     ("eval --canaries", "planted no canaries"),
+    ("sft --model BIN_MODEL", "holds pickled weights (*.bin) and no model.safetensors"),
+    ("eval --model BIN_MODEL --limit 2", "lancy loads safetensors only"),
     ("datasets scan", "nothing to scan"),
     ("datasets scan EMPTY", "empty.jsonl is empty"),
     ("manifest NOT_A_RUN", "is not a lancy run directory"),
@@ -142,8 +159,9 @@ CASES = [
 
 
 @pytest.mark.parametrize("command, words", CASES, ids=[c for c, _ in CASES])
-def test_bad_input_is_one_line_exit_1_and_no_run_left(command, words, tiny_model, tmp_path, monkeypatch):
-    files = _files(tmp_path)
+def test_bad_input_is_one_line_exit_1_and_no_run_left(command, words, tiny_model, tmp_path, monkeypatch,
+                                                       pickled_model):
+    files = _files(tmp_path, pickled_model)
     monkeypatch.chdir(tmp_path)
     argv = []
     for word in command.split():
