@@ -1,0 +1,152 @@
+"""Talking to a run (`lancy chat`) and handing it over (`lancy export`): the run's own prompt, system message and
+end-of-turn token, outside of training.
+
+    session = Session.load("runs/<run>")
+    session.answer("Revenue fell 12% on weak demand.")        # "negative"
+    export_merged(Path("runs/<run>"), Path("runs/<run>/export/merged"))
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from lancy_trl.errors import LancyError
+
+
+@dataclass
+class Session:
+    model: Any
+    tokenizer: Any
+    system: str | None = None
+    user_template: str | None = None  # the run's instruction around the user's text ("...Sentence: {text}...")
+    chat_kwargs: dict[str, Any] = field(default_factory=dict)
+    labels: list[str] = field(default_factory=list)
+    history: list[dict[str, str]] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, model: str, *, raw: bool = False, device: str = "auto", trust_remote_code: bool = False) -> Session:
+        """A run (with its system prompt, instruction and thinking setting), a merged export, a GGUF, hub id or
+        catalog name; merged weights, eval mode."""
+        from lancy_trl import runs
+        from lancy_trl.models import load_model, pick_device, resolve_model
+
+        source = resolve_model(model, log=lambda m: None)
+        info = runs.read(Path(model)) if source.origin == "run" else {}
+        args = SimpleNamespace(precision="auto", attn_implementation="auto", trust_remote_code=trust_remote_code,
+                               load_in_4bit=False)
+        loaded = load_model(source, args, device=pick_device(device), for_training=False)
+        loaded.model.eval()
+        session = cls(loaded.model, loaded.tokenizer, chat_kwargs=info.get("chat_template_kwargs") or {},
+                      labels=list(info.get("labels") or []))
+        if info and not raw:
+            session.system, session.user_template = run_prompt(Path(model), info)
+        return session
+
+    def messages(self, text: str) -> list[dict[str, str]]:
+        user = self.user_template.replace("\x00", text) if self.user_template else text
+        system = [{"role": "system", "content": self.system}] if self.system else []
+        return system + self.history + [{"role": "user", "content": user}]
+
+    def answer(self, text: str, max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
+               streamer: Any = None, remember: bool = False) -> str:
+        """The model's reply, greedy unless a temperature is given, stopped at the template's end of turn."""
+        import torch
+
+        from lancy_trl.evaluation.classify import stop_ids
+
+        messages = self.messages(text)
+        prompt = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
+                                                    **self.chat_kwargs)
+        ids = self.tokenizer(prompt, add_special_tokens=False, return_tensors="pt").to(self.model.device)
+        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {
+            "do_sample": False}
+        with torch.no_grad():
+            out = self.model.generate(**ids, max_new_tokens=max_new_tokens, streamer=streamer,
+                                      eos_token_id=stop_ids(self.tokenizer, self.chat_kwargs),
+                                      pad_token_id=self.tokenizer.pad_token_id, **sampling)
+        reply = self.tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+        if remember:
+            self.history += [messages[-1], {"role": "assistant", "content": reply}]
+        return reply
+
+    def label_probabilities(self, text: str) -> dict[str, float]:
+        """Each label word's probability among the labels, scored as `lancy eval --method score` scores."""
+        import torch
+
+        from lancy_trl.evaluation.classify import encode_prompts, label_token_ids, score_batch
+
+        if not self.labels:
+            raise LancyError("--labels needs a classification run (its label words are in run.json)")
+        messages = self.messages(text)
+        prompt_ids = encode_prompts(self.tokenizer, [messages], self.chat_kwargs)
+        label_ids = label_token_ids(self.tokenizer, messages, self.labels, self.chat_kwargs)
+        with torch.no_grad():
+            scores = score_batch(self.model, prompt_ids, label_ids, self.tokenizer.pad_token_id)[0]
+        probs = torch.softmax(scores.float(), -1).tolist()
+        return dict(zip(self.labels, probs))
+
+
+def run_prompt(run_dir: Path, info: dict[str, Any]) -> tuple[str | None, str | None]:
+    """The system message and the instruction the run was trained with, read from a row it held out: the row's
+    user message with its input text replaced by a placeholder (None when the input cannot be found in it)."""
+    for split in ("test", "validation"):
+        path = run_dir / "data" / f"{split}.jsonl"
+        if path.is_file() and path.stat().st_size:
+            row = json.loads(path.read_text().splitlines()[0])
+            break
+    else:
+        return info.get("config", {}).get("system_prompt"), None
+    prompt = row.get("prompt") or []
+    system = next((m["content"] for m in prompt if m["role"] == "system"), None)
+    user = next((m["content"] for m in reversed(prompt) if m["role"] == "user"), "")
+    source = row.get("input") or _longest_line(user)
+    template = user.replace(source, "\x00", 1) if source and source in user and source != user else None
+    return system, template
+
+
+def _longest_line(text: str) -> str | None:
+    """The instruction's input: the longest line, after any `Label:` prefix (`Sentence: ...`)."""
+    lines = [line.split(": ", 1)[1] if ": " in line[:20] else line for line in text.splitlines() if line.strip()]
+    return max(lines, key=len) if len(lines) > 1 else None
+
+
+def export_merged(run_dir: Path, out: Path) -> Path:
+    """The run's model with its adapter merged, in safetensors, with tokenizer, chat template, a generation config
+    that stops at the end of turn, and a model card; loads with transformers alone."""
+    import shutil
+
+    from lancy_trl import runs
+    from lancy_trl.evaluation.classify import stop_ids
+
+    info = runs.read(run_dir)
+    session = Session.load(str(run_dir), raw=True)
+    model, tokenizer = session.model, session.tokenizer
+    model.generation_config.eos_token_id = stop_ids(tokenizer, info.get("chat_template_kwargs") or {})
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    tmp = out.with_name(out.name + ".part")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "README.md").write_text(model_card(run_dir, info))
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out
+
+
+def model_card(run_dir: Path, info: dict[str, Any]) -> str:
+    metrics = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").is_file() else {}
+    manifest = run_dir / "manifest.json"
+    digest = json.loads(manifest.read_text()).get("output", {}) if manifest.is_file() else {}
+    lines = [f"# {run_dir.name}", "", "Trained and exported with lancy-trl, on the machine that holds the data.", "",
+             f"- base model: {info.get('base_model_path')}", f"- command: lancy {info.get('command', 'sft')}",
+             f"- dataset: {info.get('dataset')} ({info.get('task')})",
+             f"- labels: {', '.join(info.get('labels') or []) or 'none'}",
+             f"- metrics: {json.dumps(metrics)}", f"- run output hashes (manifest.json): {json.dumps(digest)}",
+             f"- versions: {json.dumps(info.get('versions', {}))}", "",
+             "Load it with transformers alone: `AutoModelForCausalLM.from_pretrained(DIR)`, "
+             "`AutoTokenizer.from_pretrained(DIR)`; the chat template and the end-of-turn stop are saved with it."]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,73 @@
+"""`lancy export` writes a merged model that transformers loads without lancy; `lancy chat` answers with the run's
+prompt, the same text as transformers' generate on the export, and label probabilities for classification runs."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from lancy_trl.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [*map(str, args)])
+
+
+@pytest.fixture(scope="module")
+def run(tiny_model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    result = invoke("sft", "--model", tiny_model, "--max-steps", 3, "--learning-rate", "1e-2", "--max-examples", 40,
+                    "--run-name", "r", "--output-dir", out)
+    assert result.exit_code == 0, result.output
+    return out / "r"
+
+
+WITHOUT_LANCY = """
+import json, sys
+sys.modules["lancy_trl"] = None  # transformers alone
+from transformers import AutoModelForCausalLM, AutoTokenizer
+folder, text = sys.argv[1], sys.argv[2]
+model, tok = AutoModelForCausalLM.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
+ids = tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, return_tensors="pt",
+                              return_dict=True)
+out = model.generate(**ids, max_new_tokens=12, do_sample=False)
+print(json.dumps({"reply": tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip(),
+                  "eos": model.generation_config.eos_token_id}))
+"""
+
+
+def test_export_loads_without_lancy_and_chat_answers_the_same(run):
+    exported = invoke("export", run)
+    assert exported.exit_code == 0, exported.output
+    folder = exported.output.strip().splitlines()[-1]  # the last line is the path written
+    assert folder.endswith("export/merged")
+    files = {p.split("/")[-1] for p in map(str, __import__("pathlib").Path(folder).iterdir())}
+    assert {"model.safetensors", "config.json", "tokenizer.json", "README.md"} <= files and not any(
+        f.endswith(".bin") for f in files)
+    text = "profit rose strong"
+    plain = subprocess.run([sys.executable, "-c", WITHOUT_LANCY, folder, text], capture_output=True, text=True,
+                           timeout=300)
+    assert plain.returncode == 0, plain.stderr
+    expected = json.loads(plain.stdout.strip().splitlines()[-1])
+    assert expected["eos"]  # the end-of-turn stop travels with the export
+    said = invoke("chat", run, "--prompt", text, "--raw", "--max-new-tokens", 12)
+    assert said.exit_code == 0, said.output
+    assert said.stdout.strip() == expected["reply"]
+
+
+def test_chat_uses_the_runs_prompt_and_scores_labels(run):
+    from lancy_trl.chat import Session
+
+    session = Session.load(str(run))
+    assert session.system and "financial analyst" in session.system
+    message = session.messages("Sales fell 12%.")[-1]["content"]
+    assert "What is the sentiment" in message and "Sentence: Sales fell 12%." in message
+    said = invoke("chat", run, "--prompt", "Sales fell 12%.", "--labels", "--max-new-tokens", 4)
+    assert said.exit_code == 0, said.output
+    probabilities = dict(line.split("\t") for line in said.stdout.strip().splitlines()[-3:])
+    assert set(probabilities) == {"negative", "neutral", "positive"}
+    assert abs(sum(map(float, probabilities.values())) - 1) < 1e-4
