@@ -169,3 +169,26 @@ def held_out_prompts(run_dir: Path, n: int) -> list[list[dict[str, str]]]:
             rows += [json.loads(line) for line in path.read_text().splitlines()[:n]]
     prompts = [r["prompt"] if "prompt" in r else [{"role": "user", "content": r.get("text", "")[:400]}] for r in rows]
     return prompts[:n] or [[{"role": "user", "content": "Revenue rose in the quarter."}]]
+
+
+CHATML = ("{{ if .System }}<|im_start|>system\n{{ .System }}<|im_end|>\n{{ end }}"
+          "{{ if .Prompt }}<|im_start|>user\n%s<|im_end|>\n{{ end }}<|im_start|>assistant\n")
+
+
+def modelfile(run_dir: Path, gguf: Path, chat_template: str) -> str:
+    """Ollama's Modelfile for a GGUF: the run's system prompt, its instruction around the user's text, and the
+    end-of-turn stop, in Ollama's template syntax. Written for ChatML templates (SmolLM2, Qwen) only: any other
+    Jinja template is refused rather than guessed."""
+    from lancy_trl import runs
+    from lancy_trl.chat import run_prompt
+
+    if "<|im_start|>" not in chat_template or "<|im_end|>" not in chat_template:
+        raise LancyError("--format ollama writes ChatML templates (SmolLM2, Qwen) only; this model's chat template is "
+                         "another: use --format gguf and write the Modelfile's TEMPLATE by hand")
+    system, user = run_prompt(run_dir, runs.read(run_dir))
+    prompt = user.replace("\x00", "{{ .Prompt }}") if user else "{{ .Prompt }}"
+    lines = [f"FROM ./{gguf.name}", f'TEMPLATE """{CHATML % prompt}"""', 'PARAMETER stop "<|im_end|>"',
+             "PARAMETER temperature 0"]
+    if system:
+        lines.append(f'SYSTEM """{system}"""')
+    return "\n".join(lines) + "\n"

@@ -51,3 +51,16 @@ def test_gguf_export_reads_back_within_tolerance(smol_tiny, tmp_path, quant):
     reader = GGUFReader(path)
     assert reader.fields["general.architecture"].contents() == "llama"
     assert json.loads((tmp_path / "r" / "run.json").read_text())["status"] == "complete"
+
+
+def test_ollama_export_writes_a_modelfile_with_the_runs_prompt(smol_tiny, tmp_path):
+    trained = invoke("sft", "--model", smol_tiny, "--max-steps", 1, "--max-examples", 40, "--run-name", "r",
+                     "--output-dir", tmp_path)
+    assert trained.exit_code == 0, trained.output
+    exported = invoke("export", tmp_path / "r", "--format", "ollama")
+    assert exported.exit_code == 0, exported.output
+    path = exported.stdout.strip().splitlines()[-1]
+    assert path.endswith("export/ollama/Modelfile") and "ollama create" in exported.output
+    text = open(path).read()
+    assert text.startswith("FROM ./r-q8_0.gguf") and 'PARAMETER stop "<|im_end|>"' in text
+    assert "Sentence: {{ .Prompt }}" in text and 'SYSTEM """You are a financial analyst.' in text
