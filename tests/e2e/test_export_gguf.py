@@ -16,6 +16,20 @@ def invoke(*args):
     return CliRunner().invoke(app, [*map(str, args)])
 
 
+@pytest.fixture(scope="module", autouse=True)
+def converter_tree():
+    """llama.cpp's converter in lancy's cache: fetched from PyPI (not a hub) once, as CI does on a fresh machine."""
+    import os
+
+    from lancy_trl.export import converter
+
+    saved = {k: os.environ.pop(k) for k in ("HF_HUB_OFFLINE", "LANCY_OFFLINE") if k in os.environ}
+    try:
+        return converter(log=lambda m: None)
+    finally:
+        os.environ.update(saved)
+
+
 @pytest.fixture(scope="module")
 def smol_tiny(tmp_path_factory):
     import torch
