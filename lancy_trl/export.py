@@ -130,7 +130,7 @@ def export_gguf(run_dir: Path, out: Path, quant: str, log: Any = print) -> tuple
     return target, report
 
 
-def verify(run_dir: Path, merged: Path, gguf: Path, quant: str, prompts: int = 8) -> dict[str, Any]:
+def verify(run_dir: Path, merged: Path, gguf: Path, quant: str, prompts: int = 32) -> dict[str, Any]:
     """Next-token logits of the GGUF (read back by transformers) against the merged model's, on prompts the run held
     out: the largest difference and how often the most likely token agrees; above the type's tolerance, an error."""
     import torch
@@ -156,8 +156,31 @@ def verify(run_dir: Path, merged: Path, gguf: Path, quant: str, prompts: int = 8
         raise LancyError(f"{gguf} does not compute what the run's model computes: largest next-token logit difference "
                          f"{worst:.3f} (tolerance {QUANTS[quant]} for {quant}), most likely token agreeing on {agree} of "
                          f"{len(texts)} prompts; the file is kept for inspection")
-    return {"quant": quant, "prompts": len(texts), "max_logit_diff": worst, "argmax_agreement": share,
-            "tolerance": QUANTS[quant], "bytes": gguf.stat().st_size}
+    report = {"quant": quant, "prompts": len(texts), "max_logit_diff": worst, "argmax_agreement": share,
+              "tolerance": QUANTS[quant], "bytes": gguf.stat().st_size}
+    return {**report, **accuracies(run_dir, tokenizer, reference, reread)}
+
+
+def accuracies(run_dir: Path, tokenizer: Any, reference: Any, reread: Any) -> dict[str, Any]:
+    """For a classification run: the label accuracy of the merged model and of the GGUF on every row the run held
+    out (test, else validation), scored as `lancy eval --method score` scores."""
+    from lancy_trl import runs
+    from lancy_trl.evaluation.classify import classify
+
+    info = runs.read(run_dir)
+    labels = list(info.get("labels") or [])
+    path = next((run_dir / "data" / f"{s}.jsonl" for s in ("test", "validation")
+                 if (run_dir / "data" / f"{s}.jsonl").is_file()), None)
+    if not labels or path is None:
+        return {}
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    prompts, targets = [r["prompt"] for r in rows], [r["target"] for r in rows]
+    kwargs = info.get("chat_template_kwargs") or {}
+    scored = {}
+    for name, model in (("merged", reference), ("gguf", reread)):
+        predictions = classify(model, tokenizer, prompts, labels, "score", chat_kwargs=kwargs)
+        scored[f"accuracy_{name}"] = sum(p["prediction"] == t for p, t in zip(predictions, targets)) / len(rows)
+    return {**scored, "accuracy_rows": len(rows), "accuracy_split": path.stem}
 
 
 def held_out_prompts(run_dir: Path, n: int) -> list[list[dict[str, str]]]:

@@ -111,6 +111,9 @@ def export(
     console.print(f"{report['bytes'] / 2**20:.0f} MB; next-token logits on {report['prompts']} held-out prompts: "
                   f"largest difference {report['max_logit_diff']:.3f} (tolerance {report['tolerance']}), most likely "
                   f"token agreeing {report['argmax_agreement']:.0%}")
+    if "accuracy_gguf" in report:
+        console.print(f"label accuracy on the run's {report['accuracy_rows']} held-out {report['accuracy_split']} rows: "
+                      f"{report['accuracy_gguf']:.3f} exported, {report['accuracy_merged']:.3f} the run's model")
     if format == "ollama":
         from transformers import AutoTokenizer
 

@@ -60,6 +60,7 @@ def test_gguf_export_reads_back_within_tolerance(smol_tiny, tmp_path, quant):
     assert path.endswith(f"r-{quant}.gguf")
     text = " ".join(exported.output.split())
     assert "most likely token agreeing 100%" in text or "agreeing 9" in text, text
+    assert "label accuracy on the run's 75 held-out test rows" in text  # a classification run: both scored
     from gguf import GGUFReader
 
     reader = GGUFReader(path)
