@@ -186,7 +186,7 @@ def model_source(run_dir: Path, *, log=print):
     if info.get("status") != "complete" or not model_dir.is_dir():
         raise LancyError(
             f"{run_dir} has no finished model (status: {info.get('status', 'unknown')}); resume it with "
-            f"`lancy sft --resume latest --run-dir {run_dir}`"
+            f"`lancy {info.get('command', 'sft')} --resume latest --run-dir {run_dir}`"
         )
     name = info.get("model_name", run_dir.name)
     if (model_dir / "adapter_config.json").is_file():

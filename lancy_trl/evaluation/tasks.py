@@ -18,6 +18,7 @@ from typing import Any
 # Multiple choice
 
 ANSWER_IS = re.compile(r"answer\s+is:?\s*\(?([A-Z])\)?", re.IGNORECASE)
+LEADING_LETTER = re.compile(r"^[\s*]*(?:\(([A-Z])\)|\[([A-Z])\]|([A-Z])(?:[).:,*]|$))")  # "B", "(B)", "B.", "B) x"
 
 
 def parse_choice(text: str, letters: str) -> str | None:
@@ -27,7 +28,7 @@ def parse_choice(text: str, letters: str) -> str | None:
     m = ANSWER_IS.search(text)
     if m and m.group(1).upper() in letters:
         return m.group(1).upper()
-    start = re.match(r"^[\s*]*(?:\(([A-Z])\)|\[([A-Z])\]|([A-Z])(?:[).:,*]|$))", text)  # "B", "(B)", "B.", "B) x"
+    start = LEADING_LETTER.match(text)
     letter = next((g for g in start.groups() if g), "") if start else ""
     if letter and letter in letters:
         return letter

@@ -120,13 +120,18 @@ class LancyGRPOTrainer(GRPOTrainer):
         from trl.trainer.utils import pad
 
         device = self.accelerator.device
-        firsts: dict[tuple[int, ...], int] = {}
-        copy_of = torch.tensor([firsts.setdefault(tuple(p), len(firsts)) for p in prompt_ids], device=device)
+        group: dict[tuple[int, ...], int] = {}  # each distinct prompt -> its index among the distinct ones
+        first_rows: list[int] = []  # the first row holding each distinct prompt
+        for row, p in enumerate(prompt_ids):
+            if tuple(p) not in group:
+                group[tuple(p)] = len(first_rows)
+                first_rows.append(row)
+        distinct = torch.tensor(first_rows, device=device)
+        copy_of = torch.tensor([group[tuple(p)] for p in prompt_ids], device=device)
         rows = [torch.tensor(p, device=device) for p in prompt_ids]
         multiple = self.pad_to_multiple_of if isinstance(self.pad_to_multiple_of, int) else None  # "auto" is resolved
         ids = pad(rows, padding_value=self._tokenizer.pad_token_id, padding_side="left", pad_to_multiple_of=multiple)
         mask = pad([torch.ones_like(r) for r in rows], padding_value=0, padding_side="left", pad_to_multiple_of=multiple)
-        distinct = torch.tensor([prompt_ids.index(list(p)) for p in firsts], device=device)  # a row of each prompt
         positions = (mask.cumsum(1) - 1).clamp(min=0)  # as generate() derives them from the mask
         with (unwrap_model_for_generation(self.model_wrapped, self.accelerator,
                                           generation_kwargs=self.generation_kwargs,

@@ -75,12 +75,12 @@ FINAL_LINE = re.compile(r"^\s*####\s*\S.*$")
 
 
 def asks_marker(prompt: Any) -> bool:
-    return "####" in text_of(prompt) if not isinstance(prompt, str) else "####" in prompt
+    return "####" in text_of(prompt)
 
 
 def format_reward_for(task: str, labels: tuple[str, ...]) -> Callable[..., list[float]]:
     """`format` for a task: where its template asks for the answer (see the module docstring)."""
-    from lancy_trl.evaluation.tasks import ANSWER_IS, final_number, parse_numbers
+    from lancy_trl.evaluation.tasks import ANSWER_IS, LEADING_LETTER, final_number, parse_numbers
 
     words = {bare(w) for w in labels}
 
@@ -95,8 +95,8 @@ def format_reward_for(task: str, labels: tuple[str, ...]) -> Callable[..., list[
             return bare(text) in words
         if task == "math":
             return math_format(prompt, text)
-        letter = re.match(r"^[\s*]*(?:\([A-J]\)|\[[A-J]\]|[A-J](?:[).:,*]|$))", text.strip())  # "B", "(B)", "B."
-        return bool(ANSWER_IS.search(text) or letter)
+        letter = LEADING_LETTER.match(text.strip())  # "B", "(B)", "B." as eval reads them
+        return bool(ANSWER_IS.search(text) or (letter and next(g for g in letter.groups() if g) in LETTERS))
 
     def format(prompts: list[Any], completions: list[Any], **_: Any) -> list[float]:
         return [float(one(p, text_of(c))) for p, c in zip(prompts, completions)]
@@ -141,7 +141,7 @@ def load(specs: list[str], task: str, labels: tuple[str, ...] = (), budget: int 
 
 
 def _one(name: str, task: str, labels: tuple[str, ...], budget: int, limit: int) -> Callable[..., Any]:
-    needs = {"label": "classification", "numeric": "math", "choice": "multiple_choice"}
+    needs = {reward: task for task, reward in FOR_TASK.items()}  # the task each answer-checking reward scores
     if name in needs and task != needs[name]:
         fit = f"use --reward {FOR_TASK[task]}" if task in FOR_TASK else "pass your own --reward FILE.py:NAME"
         raise LancyError(f"--reward {name} scores {needs[name]} answers, but this run's task is {task}: {fit}")
