@@ -145,7 +145,20 @@ class CanaryArgs:
 
 
 @dataclass
-class SFTArgs(ModelArgs, DataArgs, TrainArgs, RunArgs, CanaryArgs):
+class DPArgs:
+    dp_epsilon: float | None = opt(
+        None, "Train LoRA with differential privacy (DP-SGD through opacus): each example's gradient clipped, noise "
+        "added so that the whole run spends at most this epsilon; the epsilon spent is logged and kept in run.json.",
+        group="Privacy",
+    )
+    dp_delta: float | None = opt(None, "The delta of the (epsilon, delta) guarantee; default 1 / training examples.",
+                                 group="Privacy")
+    dp_max_grad_norm: float = opt(1.0, "Each example's gradient is clipped to this L2 norm before noise is added.",
+                                  group="Privacy")
+
+
+@dataclass
+class SFTArgs(ModelArgs, DataArgs, TrainArgs, RunArgs, CanaryArgs, DPArgs):
     """`lancy sft`: supervised fine-tuning with completion-only loss."""
 
 
@@ -314,6 +327,10 @@ def validate(args) -> None:
         problems.append(f"--save-minutes must be 0 (off) or positive (got {args.save_minutes})")
     if getattr(args, "load_in_4bit", False) and not getattr(args, "use_lora", True):
         problems.append("--load-in-4bit trains LoRA adapters on a frozen 4-bit base: drop --no-use-lora")
+    if getattr(args, "dp_epsilon", None) is not None:
+        from lancy_trl.train.dp import check_args
+
+        problems += check_args(args)
     if problems:
         raise LancyError("; ".join(problems))
 

@@ -50,8 +50,16 @@ def micro_batches(args: RunnableArgs) -> tuple[int, int]:
     return micro, args.gradient_accumulation_steps * (args.batch_size // micro)
 
 
+def private(args: RunnableArgs) -> bool:
+    """Whether the run trains with differential privacy (lancy_trl/train/dp.py): the speed paths that mix examples
+    or bypass per-example gradients are off (check_args refuses them by flag)."""
+    return getattr(args, "dp_epsilon", None) is not None
+
+
 def use_lean_activations(args: RunnableArgs, info: dict[str, Any]) -> bool:
     """Lean activations (lancy_trl/train/lean.py) where training runs in fp32: their backward does not follow autocast."""
+    if private(args):
+        return False
     if args.lean_activations and info["precision"] != "fp32":
         raise LancyError(f"--lean-activations needs fp32 training (this run is {info['precision']}): pass "
                          "--precision fp32 or drop --lean-activations")
@@ -64,6 +72,8 @@ def use_shared_prefix(args: RunnableArgs, info: dict[str, Any]) -> bool:
     (which `default_pad_multiple` avoids there) and the trade has not been measured, so there it is opt-in."""
     from lancy_trl.train.prefix import MODEL_TYPES
 
+    if private(args):
+        return False
     sdpa = info["attn_implementation"] == "sdpa"
     if args.shared_prefix and not sdpa:
         raise LancyError(f"--shared-prefix needs SDPA attention (this run uses {info['attn_implementation']}): "
@@ -118,8 +128,10 @@ def to_trl_config(args: RunnableArgs, run_dir: Path, info: dict[str, Any], has_e
     from trl import SFTConfig
 
     packing = default_packing(info["attn_implementation"]) if args.packing is None else args.packing
+    packing = packing and not private(args)
     return SFTConfig(
         **trainer_arguments(args, run_dir, info),
+        max_grad_norm=0.0 if private(args) else 1.0,  # under DP, opacus clips each example's gradient instead
         per_device_eval_batch_size=args.batch_size,
         max_length=args.max_length,
         packing=packing,
@@ -142,11 +154,17 @@ def run_sft(args: SFTArgs, console: Any, flags: dict[str, Any] | None = None) ->
     data, source, loaded = lifecycle.setup(args, console, run_dir, checkpoint, build_data)
     with console.status("Counting tokens..."):
         data_report = fit_to_model(data, loaded.tokenizer, args)
+    plan = None
+    if private(args):
+        from lancy_trl.train.dp import keep_plan, make_plan
+
+        plan = make_plan(args, len(data.train))
+        plan = keep_plan(run_dir, plan) if checkpoint else plan
     extra = {"data": {**data.stats, **data_report}, "chat_template_kwargs": data_report["chat_template_kwargs"],
-             "template": data.spec.template if data.spec else None}
+             "template": data.spec.template if data.spec else None, **({"dp": plan.record()} if plan else {})}
     run_dir = lifecycle.open_run(args, "sft", run_dir, checkpoint, source, loaded, data, extra)
     with lifecycle.recorded(run_dir, "sft"):
-        return _train(args, run_dir, checkpoint, data, loaded, loaded.info["device"], console, data_report)
+        return _train(args, run_dir, checkpoint, data, loaded, console, data_report, plan)
 
 
 def fit_to_model(data: Any, tokenizer: Any, args: RunnableArgs) -> dict[str, Any]:
@@ -209,7 +227,7 @@ def _report_data(data: Any, report: dict[str, Any], console: Any, writer: Any) -
     writer.add_scalar("data/train_examples", sum(tokens["examples"].values()), 0)
 
 
-def _train(args, run_dir, checkpoint, data, loaded, device, console, data_report) -> RunResult:
+def _train(args, run_dir, checkpoint, data, loaded, console, data_report, plan) -> RunResult:
     from torch.utils.tensorboard import SummaryWriter
     from transformers import PrinterCallback
     from transformers.integrations import TensorBoardCallback
@@ -218,7 +236,7 @@ def _train(args, run_dir, checkpoint, data, loaded, device, console, data_report
     from lancy_trl.train.prefix import MODEL_TYPES
     from lancy_trl.train.trainer import LancySFTTrainer
 
-    info = loaded.info
+    info, device = loaded.info, loaded.info["device"]
     trl_config = to_trl_config(args, run_dir, info, data.eval is not None)
     peft_config = lifecycle.lora_config(args, loaded.model, info)
     eval_ds = data.eval
@@ -228,10 +246,16 @@ def _train(args, run_dir, checkpoint, data, loaded, device, console, data_report
     _report_data(data, data_report, console, writer)
     runs.update(run_dir, data={**data.stats, **data_report})
     interrupt = GracefulInterrupt(console)
+    options: dict[str, Any] = trainer_options(args, info)
+    trainer_cls: Any = LancySFTTrainer
+    if plan is not None:
+        from lancy_trl.train.dp import DPTrainer
+
+        trainer_cls, options["dp"] = DPTrainer, plan
     with console.status("Tokenizing..."):
-        trainer = LancySFTTrainer(
+        trainer = trainer_cls(
             model=loaded.model, args=trl_config, train_dataset=data.train, eval_dataset=eval_ds,
-            processing_class=loaded.tokenizer, peft_config=peft_config, **trainer_options(args, info),
+            processing_class=loaded.tokenizer, peft_config=peft_config, **options,
             callbacks=[TensorBoardCallback(writer), LogFile(run_dir / "logs" / "training.log"), RichProgress(console),
                        SaveEvery(args.save_minutes), interrupt],
         )
@@ -257,7 +281,17 @@ def _train(args, run_dir, checkpoint, data, loaded, device, console, data_report
         + (f", batches of {args.batch_size} run as micro-batches of {trl_config.per_device_train_batch_size}"
            if trl_config.per_device_train_batch_size < args.batch_size else "")
     )
+    if plan is not None:
+        console.print(f"  differentially private: epsilon {plan.epsilon:g} at delta {plan.delta:.2g} over {plan.steps} "
+                      f"steps; Poisson batches of {args.batch_size} on average (q = {plan.sample_rate:.4g}), each "
+                      f"example's gradient clipped to {plan.max_grad_norm:g}, noise x{plan.noise_multiplier:.3f}; "
+                      "packing, shared prefixes and lean activations off", highlight=False)
     result = lifecycle.train(trainer, run_dir, checkpoint, interrupt, console, "sft")
+    if plan is not None:
+        spent = plan.spent(result.steps)
+        runs.update(run_dir, dp={**plan.record(), "steps_taken": result.steps, "epsilon_spent": spent})
+        console.print(f"  privacy spent: epsilon {spent:.3g} at delta {plan.delta:.2g} after {result.steps} steps",
+                      highlight=False)
     if result.status == "complete":
         meta = {"dataset": data.name, "labels": list(data.labels), "template": data.spec.template if data.spec else None,
                 "system_prompt": args.system_prompt, "use_lora": args.use_lora, "enable_thinking": args.enable_thinking}

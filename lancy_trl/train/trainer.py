@@ -101,9 +101,7 @@ class LancySFTTrainer(SFTTrainer):
         if packed is None and len(cols) > LOSS_CHUNK:  # the loss on most tokens (pretraining): in chunks
             return self._chunked_loss(model, forward, labels, (rows, cols), num_items_in_batch, mode, return_outputs)
         if packed is None:
-            keep = torch.unique(cols) if len(cols) else torch.zeros(1, dtype=torch.long, device=labels.device)
-            outputs = model(**forward, use_cache=False, logits_to_keep=keep)
-            logits = outputs.logits[rows, torch.searchsorted(keep, cols)].float()  # (answer tokens, vocab)
+            outputs, logits = self._answer_logits(model, forward, rows, cols)
             body = int(forward["attention_mask"].sum()) if "attention_mask" in forward else labels.numel()
         else:
             from lancy_trl.train.prefix import KEY
@@ -120,12 +118,26 @@ class LancySFTTrainer(SFTTrainer):
         per_token = -logp.gather(1, targets[:, None]).squeeze(1)
         num_tokens = per_token.numel() if num_items_in_batch is None else num_items_in_batch
         loss = per_token.sum() / torch.as_tensor(num_tokens, device=per_token.device).clamp(min=1)
-        with torch.no_grad():
-            n = max(per_token.numel(), 1)
-            entropy = -(logp.exp() * logp).sum(-1).sum().item() / n
-            accuracy = (logits.argmax(-1) == targets).sum().item() / n
-        self._record(mode, inputs, labels, body, entropy, accuracy)
+        self._record(mode, inputs, labels, body, *self._token_metrics(logp, logits, targets))
         return (loss, {"logits": outputs.logits}) if return_outputs else loss
+
+    @staticmethod
+    def _answer_logits(model: Any, forward: dict[str, Any], rows: Any, cols: Any) -> tuple[Any, Any]:
+        """(outputs, fp32 logits at the answer positions): the LM head runs at the columns that predict a label only."""
+        import torch
+
+        keep = torch.unique(cols) if len(cols) else torch.zeros(1, dtype=torch.long, device=cols.device)
+        outputs = model(**forward, use_cache=False, logits_to_keep=keep)
+        return outputs, outputs.logits[rows, torch.searchsorted(keep, cols)].float()  # (answer tokens, vocab)
+
+    @staticmethod
+    def _token_metrics(logp: Any, logits: Any, targets: Any) -> tuple[float, float]:
+        """TRL's entropy and token accuracy over the positions the loss is taken at."""
+        import torch
+
+        with torch.no_grad():
+            n = max(len(targets), 1)
+            return (-(logp.exp() * logp).sum(-1).sum().item() / n, (logits.argmax(-1) == targets).sum().item() / n)
 
     def _record(self, mode: str, inputs: dict[str, Any], labels: Any, body: int, entropy: float, accuracy: float) -> None:
         """TRL's metrics for a batch: entropy and token accuracy where the loss is taken, tokens seen."""

@@ -1,0 +1,227 @@
+"""Differentially private LoRA (`lancy sft --dp-epsilon E`): DP-SGD through opacus on lancy's SFT trainer.
+
+    plan = make_plan(args, len(train_rows))        # noise for E over the planned steps, before any run directory
+    plan = keep_plan(run_dir, plan)                # a resumed run: the same plan as it started with, or a refusal
+    trainer = DPTrainer(..., dp=plan)              # Poisson batches, per-example clipping, noise, epsilon logged
+
+Each step draws a Poisson sample of the training examples (each one in with probability q = --batch-size / examples),
+computes every example's own gradient of the LoRA weights (opacus' per-sample hooks, attached without wrapping the
+model), clips each to --dp-max-grad-norm, adds Gaussian noise and averages; the noise multiplier is the smallest that
+keeps the planned steps within E at delta (opacus' PRV accountant, its default), and the epsilon spent so far is
+computed by the same accountant from the steps taken, so a resumed run counts the steps before it too.
+
+The privacy unit is one training example (one chat row, system prompt and answer included): the guarantee bounds
+what the adapter reveals about any single row. It does not cover rows repeated in the data (a client's record copied
+into ten rows is ten units), what the base model already knew, or the held-out rows, which the run evaluates on in
+the clear. The speed paths that mix examples in one computation (packing, shared-prefix batches) or compute
+gradients outside the per-example hooks (lean activations, checkpointed layers, accumulation) are off: a run refuses
+them by flag and says so in its summary.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from lancy_trl.errors import LancyError
+from lancy_trl.train.trainer import LancySFTTrainer
+
+ACCOUNTANT = "prv"  # opacus' default: the tightest of its accountants
+
+
+def check_args(args: Any) -> list[str]:
+    """What --dp-epsilon cannot run with, one problem per flag (config.validate reports them with the rest)."""
+    problems = []
+    if args.dp_epsilon <= 0:
+        problems.append(f"--dp-epsilon must be positive (got {args.dp_epsilon})")
+    if args.dp_delta is not None and not 0 < args.dp_delta < 1:
+        problems.append(f"--dp-delta must be in (0, 1) (got {args.dp_delta})")
+    if args.dp_max_grad_norm <= 0:
+        problems.append(f"--dp-max-grad-norm must be positive (got {args.dp_max_grad_norm})")
+    if not args.use_lora:
+        problems.append("--dp-epsilon trains LoRA adapters: drop --no-use-lora")
+    mixing = {"packing": args.packing, "shared-prefix": args.shared_prefix, "lean-activations": args.lean_activations,
+              "gradient-checkpointing": args.gradient_checkpointing}
+    for name, on in mixing.items():
+        if on:
+            problems.append(f"--{name} is off under --dp-epsilon (each example's gradient must be computed on its "
+                            f"own): drop --{name}")
+    if args.checkpoint_layers:
+        problems.append("--checkpoint-layers is off under --dp-epsilon (recomputed layers would record each example "
+                        "twice): drop --checkpoint-layers")
+    if args.gradient_accumulation_steps > 1 or (args.micro_batch_size or args.batch_size) < args.batch_size:
+        problems.append("--dp-epsilon samples each step's batch whole (Poisson sampling): drop "
+                        "--gradient-accumulation-steps and --micro-batch-size, and set --batch-size instead")
+    return problems
+
+
+@dataclass
+class Plan:
+    """The privacy budget of a run and the noise that keeps to it."""
+
+    epsilon: float
+    delta: float
+    max_grad_norm: float
+    sample_rate: float
+    steps: int
+    noise_multiplier: float
+    accountant: str = ACCOUNTANT
+
+    def spent(self, steps: int) -> float:
+        """The epsilon `steps` steps of this plan spend, by opacus' accountant."""
+        if steps <= 0:
+            return 0.0
+        from opacus.accountants import create_accountant
+
+        accountant = create_accountant(mechanism=self.accountant)
+        accountant.history = [(self.noise_multiplier, self.sample_rate, steps)]
+        with warnings.catch_warnings():  # the RDP bound PRV starts from may note its range of orders; not the user's
+            warnings.simplefilter("ignore", UserWarning)
+            return float(accountant.get_epsilon(delta=self.delta))
+
+    def record(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def planned_steps(args: Any, rows: int) -> int:
+    """The optimizer steps the Trainer will take: --max-steps, else the epochs of 1/q Poisson batches each."""
+    if args.max_steps > 0:
+        return args.max_steps
+    return math.ceil(args.num_train_epochs * int(rows / args.batch_size))
+
+
+def make_plan(args: Any, rows: int) -> Plan:
+    """The noise multiplier for --dp-epsilon over this run's steps; one line when the budget cannot be met."""
+    try:
+        from opacus.accountants.utils import get_noise_multiplier
+    except ImportError:
+        raise LancyError("--dp-epsilon needs opacus: pip install 'opacus>=1.6'") from None
+    if rows < 2 * args.batch_size:
+        raise LancyError(f"--dp-epsilon needs more training examples than two batches ({rows} examples, --batch-size "
+                         f"{args.batch_size}): lower --batch-size or add data")
+    rate, steps = args.batch_size / rows, planned_steps(args, rows)
+    delta = args.dp_delta if args.dp_delta is not None else 1 / rows
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            sigma = get_noise_multiplier(target_epsilon=args.dp_epsilon, target_delta=delta, sample_rate=rate,
+                                         steps=steps, accountant=ACCOUNTANT)
+    except ValueError:  # opacus: "The privacy budget is too low."
+        raise LancyError(f"--dp-epsilon {args.dp_epsilon} cannot be met over {steps} steps at delta {delta:.2g}: raise "
+                         "--dp-epsilon or train fewer steps") from None
+    return Plan(args.dp_epsilon, delta, args.dp_max_grad_norm, rate, steps, float(sigma))
+
+
+def keep_plan(run_dir: Any, plan: Plan) -> Plan:
+    """A resumed run keeps the noise it started with: its plan must be the same (budget, steps, rate, clipping)."""
+    from lancy_trl import runs
+
+    saved = runs.read(run_dir).get("dp")
+    if saved is None:
+        raise LancyError(f"{run_dir} trained without --dp-epsilon; a run cannot become private halfway: start a new run")
+    same = all(math.isclose(saved[k], getattr(plan, k)) for k in ("epsilon", "delta", "max_grad_norm", "sample_rate"))
+    if not same or saved["steps"] != plan.steps:
+        raise LancyError(f"{run_dir} set its noise for epsilon {saved['epsilon']:g} over {saved['steps']} steps; resume "
+                         "it with the same --dp-* flags, --max-steps and data, or start a new run")
+    plan.noise_multiplier = saved["noise_multiplier"]
+    return plan
+
+
+class DPTrainer(LancySFTTrainer):
+    """LancySFTTrainer with Poisson-sampled batches, a per-example loss, opacus' per-sample hooks and DPOptimizer."""
+
+    def __init__(self, *args: Any, dp: Plan, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.shared_prefix or self.lean_modules or self.checkpointed_layers or getattr(self.args, "packing", False):
+            raise LancyError("a speed path that mixes examples is on under --dp-epsilon; drop it")  # check_args' promise
+        if self.accelerator.num_processes > 1:
+            raise LancyError("--dp-epsilon runs in one process: drop the multi-process launch")
+        self.dp = dp
+        self.dp_hooks: Any = None
+
+    def get_train_dataloader(self) -> Any:
+        """Each batch a Poisson sample of the rows (opacus' sampler, seeded); an empty draw is an empty batch, which
+        still takes a noisy step, as the accounting assumes."""
+        import torch
+        from opacus.utils.uniform_sampler import UniformWithReplacementSampler
+        from torch.utils.data import DataLoader
+
+        dataset = self._remove_unused_columns(self.train_dataset, description="training")
+        sampler = UniformWithReplacementSampler(num_samples=len(dataset), sample_rate=self.dp.sample_rate,
+                                                generator=torch.Generator().manual_seed(self.args.seed))
+        collate = self.data_collator
+        empty = {k: v[:0] for k, v in collate([dataset[0]]).items()}
+        return DataLoader(dataset, batch_sampler=sampler, collate_fn=lambda rows: collate(rows) if rows else dict(empty))
+
+    def create_optimizer(self, model: Any = None) -> Any:
+        """The Trainer's optimizer inside opacus' DPOptimizer, per-sample hooks on the trainable (LoRA) layers."""
+        from opacus.grad_sample.utils import prepare_module
+        from opacus.optimizers import DPOptimizer
+
+        optimizer = super().create_optimizer(model)
+        dataset: Any = self.train_dataset
+        if not isinstance(optimizer, DPOptimizer):
+            self.dp_hooks = prepare_module(self.model, "hooks", wrap_model=False, batch_first=True,
+                                           loss_reduction="mean")
+            self.optimizer = DPOptimizer(optimizer, noise_multiplier=self.dp.noise_multiplier,
+                                         max_grad_norm=self.dp.max_grad_norm,
+                                         expected_batch_size=self.dp.sample_rate * len(dataset),
+                                         loss_reduction="mean")
+        return self.optimizer
+
+    def training_step(self, model: Any, inputs: Any, num_items_in_batch: Any = None) -> Any:
+        import torch
+
+        optimizer: Any = self.optimizer
+        optimizer.zero_grad(set_to_none=True)  # the per-sample gradients too (the Trainer clears .grad only)
+        if len(inputs["input_ids"]) == 0:  # an empty Poisson draw: no example's gradient, the step adds noise only
+            for p in model.parameters():
+                if p.requires_grad:
+                    p.grad_sample = p.new_zeros((0, *p.shape))
+            return torch.zeros((), device=self.args.device)
+        return super().training_step(model, inputs, num_items_in_batch)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """The mean over examples of each example's mean answer-token loss: an example's gradient depends on it alone
+        (TRL's loss divides by the batch's token count, which other examples change)."""
+        import torch
+
+        if not self.model.training:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        labels = inputs["labels"]
+        forward = {k: v for k, v in inputs.items() if k != "labels"}
+        rows, cols = torch.nonzero(labels[:, 1:] != -100, as_tuple=True)
+        outputs, logits = self._answer_logits(model, forward, rows, cols)
+        targets = labels[rows, cols + 1]
+        logp = torch.log_softmax(logits, dim=-1)
+        per_token = -logp.gather(1, targets[:, None]).squeeze(1)
+        counts = torch.bincount(rows, minlength=len(labels)).clamp(min=1)
+        loss = (per_token / counts[rows]).sum() / max(len(labels), 1)
+        body = int(forward["attention_mask"].sum()) if "attention_mask" in forward else labels.numel()
+        self._record("train", inputs, labels, body, *self._token_metrics(logp, logits, targets))
+        return (loss, {"logits": outputs.logits}) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        if "loss" in logs:  # training records: the epsilon spent so far beside the loss
+            logs["dp_epsilon"] = round(self.dp.spent(self.state.global_step), 4)
+        super().log(logs, *args, **kwargs)
+
+    def train(self, *args: Any, **kwargs: Any) -> Any:
+        """Training, then a check that the adapter moved (LoRA updates that silently stop are a known opacus/peft
+        failure) and the hooks removed, so the saved model is a plain peft model."""
+        import torch
+
+        model: Any = self.model
+        before = [p.detach().clone() for p in model.parameters() if p.requires_grad]
+        try:
+            output = super().train(*args, **kwargs)
+        finally:
+            if self.dp_hooks is not None:
+                self.dp_hooks.cleanup()
+        after = [p.detach() for p in model.parameters() if p.requires_grad]
+        if self.state.global_step and all(torch.equal(a, b) for a, b in zip(before, after)):
+            raise LancyError("the LoRA weights did not change under --dp-epsilon: opacus computed no per-example "
+                             "gradients for them; report this with `pip list` (opacus, peft, torch versions)")
+        return output
