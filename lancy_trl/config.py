@@ -50,7 +50,10 @@ class ModelArgs:
     lora_target_modules: list[str] = opt(
         [], "Module names to adapt; default: every linear layer but the LM head.", group="LoRA"
     )
-    load_in_4bit: bool = opt(False, "QLoRA: load the base model in 4-bit (CUDA + bitsandbytes).", group="LoRA")
+    load_in_4bit: bool = opt(False, "QLoRA: the frozen base in 4-bit NF4 with double quantization (bitsandbytes; "
+                             "CUDA, or CPU with bitsandbytes 0.50+), LoRA adapters trained on top.", group="LoRA")
+    load_in_8bit: bool = opt(False, "The frozen base in 8-bit (bitsandbytes LLM.int8()), LoRA adapters on top.",
+                             group="LoRA")
 
 
 @dataclass
@@ -325,8 +328,11 @@ def validate(args) -> None:
         problems.append(f"--num-train-epochs must be positive (got {args.num_train_epochs})")
     if getattr(args, "save_minutes", 0) < 0:
         problems.append(f"--save-minutes must be 0 (off) or positive (got {args.save_minutes})")
-    if getattr(args, "load_in_4bit", False) and not getattr(args, "use_lora", True):
-        problems.append("--load-in-4bit trains LoRA adapters on a frozen 4-bit base: drop --no-use-lora")
+    for bits in (4, 8):
+        if getattr(args, f"load_in_{bits}bit", False) and not getattr(args, "use_lora", True):
+            problems.append(f"--load-in-{bits}bit trains LoRA adapters on a frozen {bits}-bit base: drop --no-use-lora")
+    if getattr(args, "load_in_4bit", False) and getattr(args, "load_in_8bit", False):
+        problems.append("--load-in-4bit and --load-in-8bit exclude each other: keep one")
     if getattr(args, "dp_epsilon", None) is not None:
         from lancy_trl.train.dp import check_args
 

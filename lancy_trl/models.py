@@ -360,9 +360,10 @@ def load_model(source: ModelSource, args: Any, *, device: str, for_training: boo
     kwargs["dtype"] = torch.float32 if for_training else {"bf16": torch.bfloat16, "fp16": torch.float16}.get(
         precision, torch.float32
     )
-    if getattr(args, "load_in_4bit", False):
-        kwargs["quantization_config"] = _bnb_config(device)
-        kwargs["device_map"] = {"": 0}
+    bits = 4 if getattr(args, "load_in_4bit", False) else 8 if getattr(args, "load_in_8bit", False) else None
+    if bits and for_training:
+        kwargs["quantization_config"] = _bnb_config(device, bits, precision)
+        kwargs["device_map"] = {"": 0 if device == "cuda" else "cpu"}
     check_safetensors(source)
     model = AutoModelForCausalLM.from_pretrained(source.path, use_safetensors=True, **kwargs)
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:  # type: ignore[index]
@@ -408,16 +409,27 @@ def check_safetensors(source: ModelSource) -> None:
                              f"since reading a pickle can run code; re-save a model you trust once with {how}")
 
 
-def _bnb_config(device: str) -> Any:
-    if device != "cuda" or importlib.util.find_spec("bitsandbytes") is None:
-        raise LancyError(
-            "--load-in-4bit (QLoRA) needs a CUDA GPU and bitsandbytes: pip install 'lancy-trl[gpu]'; "
-            "on CPU use plain LoRA (drop --load-in-4bit)"
-        )
+def _bnb_config(device: str, bits: int, precision: str) -> Any:
+    """bitsandbytes' NF4 with double quantization (QLoRA) or LLM.int8() for the frozen base, computing in the run's
+    precision. bitsandbytes runs on CUDA, and on CPU from 0.50 on."""
+    import importlib.metadata as md
+
+    from packaging.version import Version
+
+    option = f"--load-in-{bits}bit"
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise LancyError(f"{option} (QLoRA) needs bitsandbytes: pip install 'bitsandbytes>=0.50' (or drop {option})")
+    version = md.version("bitsandbytes")
+    if device == "cpu" and Version(version) < Version("0.50"):
+        raise LancyError(f"{option} on CPU needs bitsandbytes 0.50 or later (installed: {version}): "
+                         "pip install -U 'bitsandbytes>=0.50'")
+    if device not in ("cpu", "cuda"):
+        raise LancyError(f"{option} runs on CUDA or CPU, not {device}: pass --device cpu or drop {option}")
     import torch
     from transformers import BitsAndBytesConfig
 
-    return BitsAndBytesConfig(
-        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=torch.bfloat16,
-    )
+    compute = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    if bits == 8:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=compute)

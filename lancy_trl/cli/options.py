@@ -26,6 +26,8 @@ ALIASES = {
     "--use-peft": "--use-lora",
     "--per-device-train-batch-size": "--batch-size",
     "--lr": "--learning-rate",
+    "--moe-load-in-4bit": "--load-in-4bit",  # the finance thesis pipeline's spellings
+    "--moe-load-in-8bit": "--load-in-8bit",
 }
 
 
