@@ -137,6 +137,10 @@ class RunArgs:
     offline: bool = opt(False, "No byte leaves the machine: hub and PyPI fetches refused, library telemetry off, and any "
                         "connection to a non-loopback address stops the run (also implied by HF_HUB_OFFLINE=1).",
                         group="Run")
+    num_processes: int = opt(1, "Train with N processes on this machine: the command re-launches itself under torch's "
+                             "launcher (torchrun), one process per GPU on CUDA, gloo on CPU; each step's global batch "
+                             "is --batch-size x N x --gradient-accumulation-steps.", group="Run")
+    multi_gpu: bool = opt(False, "One process per visible CUDA GPU (--num-processes set to their count).", group="Run")
 
 
 @dataclass
@@ -309,7 +313,7 @@ def validate(args) -> None:
             problems.append(f"--{flag(f.name)} must be one of {', '.join(choices)} (got {value!r})")
     positive = ("batch_size", "gradient_accumulation_steps", "micro_batch_size", "pad_to_multiple_of", "max_new_tokens", "limit",
                 "max_length", "eval_steps", "eval_max_batches", "save_steps", "lora_r", "lora_alpha", "save_total_limit",
-                "logging_steps", "max_examples")
+                "logging_steps", "max_examples", "num_processes")
     for name in positive:
         value = getattr(args, name, None)
         if value is not None and value <= 0:

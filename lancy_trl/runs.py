@@ -28,7 +28,9 @@ CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 
 def run_name(args: Any, model_name: str, data_name: str, mode: str = "sft", now: datetime | None = None) -> str:
     now = now or datetime.now()
-    params = [f"bs{args.batch_size * args.gradient_accumulation_steps}", f"len{args.max_length}"]
+    from lancy_trl.distributed import world_size
+
+    params = [f"bs{args.batch_size * world_size() * args.gradient_accumulation_steps}", f"len{args.max_length}"]
     params.append(f"steps{args.max_steps}" if args.max_steps > 0 else f"ep{args.num_train_epochs:g}")
     if args.use_lora:
         params.append(f"lora-r{args.lora_r}")
@@ -98,7 +100,12 @@ def save_rows(run_dir: Path, splits: dict[str, Any]) -> dict[str, dict[str, Any]
 
 
 def update(run_dir: Path, **fields: Any) -> dict[str, Any]:
+    """Merge `fields` into run.json, written by global rank 0 alone (the other processes of a run leave it be)."""
+    from lancy_trl.distributed import is_main
+
     path = run_dir / RUN_FILE
+    if not is_main():
+        return {}
     data = json.loads(path.read_text()) if path.exists() else {}
     data.update(fields)
     tmp = path.with_suffix(".tmp")

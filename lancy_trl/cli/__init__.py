@@ -38,10 +38,26 @@ def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
             from rich.console import Console
             from rich.markup import escape
 
-            Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
+            from lancy_trl import distributed
+
+            where = f"rank {distributed.rank()}: " if distributed.world_size() > 1 else ""
+            Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {where}{escape(str(e))}", highlight=False)
             raise typer.Exit(1) from None
 
     return wrapper
+
+
+def training_console(args: Any, command: str) -> Any:
+    """A training command's console, once a --num-processes launch has been handed to torch's launcher (this process
+    then exits with the workers' code); ranks other than 0 print nothing."""
+    from rich.console import Console
+
+    from lancy_trl import distributed, network
+
+    if distributed.needs_launch(args):
+        network.apply(args)  # the workers inherit the offline switches and guard
+        raise typer.Exit(distributed.launch(args, command))
+    return Console(soft_wrap=True, quiet=not distributed.is_main())  # paths and commands printed whole, never wrapped
 
 
 def _register() -> None:

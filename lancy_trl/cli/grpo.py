@@ -12,7 +12,7 @@ from typing import Any
 
 import typer
 
-from lancy_trl.cli import app, guarded
+from lancy_trl.cli import app, guarded, training_console
 from lancy_trl.cli.options import LancyCommand, config_command
 from lancy_trl.cli.sft import CONFIG_OPTION
 from lancy_trl.config import GRPOArgs
@@ -23,13 +23,11 @@ from lancy_trl.config import GRPOArgs
 @guarded
 def grpo(flags: dict[str, Any], config: Path | None = None) -> None:
     """Reinforcement learning with verifiable rewards: sample completions, score them, learn from the better ones."""
-    from rich.console import Console
-
     from lancy_trl.config import load_yaml, resolve
     from lancy_trl.train.grpo import run_grpo
 
-    console = Console(soft_wrap=True)
     args = resolve(GRPOArgs, load_yaml(config) if config else {}, flags, source=str(config) if config else "config")
+    console = training_console(args, "grpo")
     result = run_grpo(args, console, flags)
     if result.status != "complete":
         raise typer.Exit(130)

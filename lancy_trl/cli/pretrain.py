@@ -12,7 +12,7 @@ from typing import Any
 
 import typer
 
-from lancy_trl.cli import app, guarded
+from lancy_trl.cli import app, guarded, training_console
 from lancy_trl.cli.options import LancyCommand, config_command
 from lancy_trl.cli.sft import CONFIG_OPTION
 from lancy_trl.config import PretrainArgs
@@ -23,13 +23,11 @@ from lancy_trl.config import PretrainArgs
 @guarded
 def pretrain(flags: dict[str, Any], config: Path | None = None) -> None:
     """Continue pretraining on plain text: every token learned, documents packed into blocks, perplexity held out."""
-    from rich.console import Console
-
     from lancy_trl.config import load_yaml, resolve
     from lancy_trl.train.pretrain import run_pretrain
 
-    console = Console(soft_wrap=True)
     args = resolve(PretrainArgs, load_yaml(config) if config else {}, flags, source=str(config) if config else "config")
+    console = training_console(args, "pretrain")
     result = run_pretrain(args, console, flags)
     if result.status != "complete":
         raise typer.Exit(130)

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from lancy_trl.cli import app, guarded
+from lancy_trl.cli import app, guarded, training_console
 from lancy_trl.cli.options import LancyCommand, config_command
 from lancy_trl.config import SFTArgs
 
@@ -33,14 +33,12 @@ CONFIG_OPTION = inspect.Parameter(
 @guarded
 def sft(flags: dict[str, Any], config: Path | None = None) -> None:
     """Fine-tune a model on chat-style examples (loss on the answer only); with no options, the embedded demo."""
-    from rich.console import Console
-
     from lancy_trl.config import load_yaml, resolve
     from lancy_trl.train.sft import run_sft
 
-    console = Console(soft_wrap=True)  # paths and commands printed whole, never wrapped
     yaml_values = load_yaml(config) if config else {}
     args = resolve(SFTArgs, yaml_values, flags, source=str(config) if config else "config")
+    console = training_console(args, "sft")
     result = run_sft(args, console, flags)
     if result.status != "complete":
         raise typer.Exit(130)

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from lancy_trl.errors import LancyError
-from lancy_trl.train.trainer import LancySFTTrainer
+from lancy_trl.train.trainer import LancySFTTrainer, one_plain_process
 
 ACCOUNTANT = "prv"  # opacus' default: the tightest of its accountants
 
@@ -136,8 +136,8 @@ class DPTrainer(LancySFTTrainer):
         super().__init__(*args, **kwargs)
         if self.shared_prefix or self.lean_modules or self.checkpointed_layers or getattr(self.args, "packing", False):
             raise LancyError("a speed path that mixes examples is on under --dp-epsilon; drop it")  # check_args' promise
-        if self.accelerator.num_processes > 1:
-            raise LancyError("--dp-epsilon runs in one process: drop the multi-process launch")
+        if not one_plain_process(self):
+            raise LancyError("--dp-epsilon runs in one process without DeepSpeed or FSDP: drop --num-processes")
         self.dp = dp
         self.dp_hooks: Any = None
 

@@ -121,26 +121,21 @@ def grpo_config(args: GRPOArgs, run_dir: Path, info: dict[str, Any], task: str, 
 
 def _train(args: GRPOArgs, run_dir: Path, checkpoint: str | None, data: Any, loaded: Any, console: Any,
            rewards: tuple[list[Any], list[float]], chat_kwargs: dict[str, Any]) -> RunResult:
-    from torch.utils.tensorboard import SummaryWriter
     from transformers import PrinterCallback
-    from transformers.integrations import TensorBoardCallback
 
     from lancy_trl.evaluation.classify import stop_ids
-    from lancy_trl.train.callbacks import GracefulInterrupt, LogFile, RichProgress, SaveEvery
     from lancy_trl.train.grpo_trainer import LancyGRPOTrainer
     from lancy_trl.train.sft import trainer_options
 
     funcs, weights = rewards
     config = grpo_config(args, run_dir, loaded.info, data.kind, weights, chat_kwargs)
     loaded.model.generation_config.eos_token_id = stop_ids(loaded.tokenizer, chat_kwargs)  # end of turn ends it
-    writer = SummaryWriter(str(run_dir / "tensorboard"))
-    interrupt = GracefulInterrupt(console)
+    writer, interrupt, callbacks = lifecycle.observers(args, run_dir, console)
     trainer = LancyGRPOTrainer(
         model=loaded.model, reward_funcs=funcs, args=config, train_dataset=data.train,
         processing_class=loaded.tokenizer, peft_config=lifecycle.lora_config(args, loaded.model, loaded.info),
         **trainer_options(args, loaded.info),
-        callbacks=[TensorBoardCallback(writer), LogFile(run_dir / "logs" / "training.log"), RichProgress(console),
-                   SaveEvery(args.save_minutes), interrupt],
+        callbacks=callbacks,
     )
     trainer.remove_callback(PrinterCallback)
     lifecycle.print_notes(data, console)
@@ -149,7 +144,8 @@ def _train(args: GRPOArgs, run_dir: Path, checkpoint: str | None, data: Any, loa
     console.print(f"[bold]{run_dir}[/]\n  {info['architecture']} on {info['device']} ({info['precision']}): "
                   f"{len(data.train):,} prompts, {args.num_generations} completions each of up to "
                   f"{config.max_completion_length} tokens, reward {named}"
-                  + (", shared prefixes computed once per batch" if trainer.shared_prefix else ""))
+                  + (", shared prefixes computed once per batch" if trainer.shared_prefix else "")
+                  + lifecycle.processes_note(args))
     info.update(shared_prefix=trainer.shared_prefix, lean_logps=trainer.lean_logps, lean_modules=trainer.lean_modules,
                 checkpointed_layers=trainer.checkpointed_layers)
     runs.update(run_dir, model_info=info)

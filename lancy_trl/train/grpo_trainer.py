@@ -27,6 +27,7 @@ import torch
 from trl import GRPOTrainer
 
 from lancy_trl.train.prefix import KEY, MODEL_TYPES, plan
+from lancy_trl.train.trainer import one_plain_process
 
 
 def realign(input_ids: torch.Tensor, attention_mask: torch.Tensor, completion: int,
@@ -64,7 +65,7 @@ class LancyGRPOTrainer(GRPOTrainer):
 
     def _lean_logps_apply(self) -> bool:
         config = self._base().config
-        return (self.accelerator.num_processes == 1 and config.model_type in MODEL_TYPES and not self.aux_loss_enabled
+        return (one_plain_process(self) and config.model_type in MODEL_TYPES and not self.aux_loss_enabled
                 and getattr(config, "final_logit_softcapping", None) is None and getattr(config, "logit_scale", None) is None
                 and not getattr(self.args, "cast_lm_head_to_fp32", False) and not self._is_vlm and not self.tools)
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lancy_trl import network, runs
+from lancy_trl import distributed, network, runs
 from lancy_trl.config import to_dict
 from lancy_trl.errors import LancyError
 
@@ -62,13 +62,16 @@ def setup(args: Any, console: Any, run_dir: Path, checkpoint: str | None, load_d
     from lancy_trl.train.sft import trainer_options
 
     device = pick_device(args.device)
-    with console.status("Loading data..."):
+    distributed.start(device)
+    with console.status("Loading data..."), main_first():  # rank 0 fills the caches, the others read them
         data = load_data(args)
     if checkpoint is not None:
         check_same_data(run_dir, data, args)
+        check_processes(run_dir, console)
     if getattr(args, "canaries", 0):  # seeded: a resumed run plants the same secrets in the same places
         plant_canaries(args, data)
-    source = resolve_model(args.model, log=console.print)
+    with main_first():  # a download or GGUF conversion happens once
+        source = resolve_model(args.model, log=console.print)
     warn_remote_code(args, source, console)
     with console.status(f"Loading {source.path}..."):
         loaded = load_model(source, args, device=device)
@@ -76,6 +79,18 @@ def setup(args: Any, console: Any, run_dir: Path, checkpoint: str | None, load_d
     if args.use_lora and args.lora_target_modules:
         check_targets(args.lora_target_modules, loaded.model)
     return data, source, loaded
+
+
+@contextmanager
+def main_first() -> Iterator[None]:
+    """Rank 0 first, then the other processes of a launched run (accelerate's barrier); nothing for one process."""
+    if distributed.world_size() == 1:
+        yield
+        return
+    from accelerate import PartialState
+
+    with PartialState().main_process_first():
+        yield
 
 
 def plant_canaries(args: Any, data: Any) -> None:
@@ -125,7 +140,9 @@ def check_same_data(run_dir: Path, data: Any, args: Any) -> None:
 def open_run(args: Any, command: str, run_dir: Path, checkpoint: str | None, source: Any, loaded: Any, data: Any,
              extra: dict[str, Any]) -> Path:
     """The run directory (created for a new run, with the rows it holds out) and run.json saying `running`, owned by
-    this process."""
+    this process; with several processes, rank 0 creates and writes it and the others are given its path."""
+    if not distributed.is_main():
+        return distributed.share(None) if checkpoint is None else run_dir
     if checkpoint is None:
         name = args.run_name or runs.run_name(args, source.name, data.name, mode=command)
         run_dir = runs.create(args.output_dir, name) if not args.run_dir else runs.create(run_dir.parent, run_dir.name)
@@ -140,10 +157,52 @@ def open_run(args: Any, command: str, run_dir: Path, checkpoint: str | None, sou
     config = to_dict(args)
     runs.save_config(run_dir, config)
     runs.update(run_dir, status="running", owner=runs.owner(), offline=network.offline(), config=config,
-                model_name=source.name,
-                base_model_path=source.path, model_info=loaded.info, versions=versions(),
+                model_name=source.name, base_model_path=source.path, model_info=loaded.info, versions=versions(),
+                processes=distributed.world_size(), global_batch_size=global_batch(args),
                 started=time.strftime("%Y-%m-%dT%H:%M:%S"), **extra)
-    return run_dir
+    return distributed.share(run_dir) if checkpoint is None else run_dir
+
+
+def global_batch(args: Any) -> int:
+    """Examples (or completions, or blocks) per optimizer step over every process."""
+    return args.batch_size * distributed.world_size() * args.gradient_accumulation_steps
+
+
+def processes_note(args: Any) -> str:
+    """The run summary's words on a launched run: the global batch, and which speed paths are off."""
+    n = distributed.world_size()
+    if n == 1:
+        return ""
+    return (f"\n  {n} processes: global batch {global_batch(args)} ({args.batch_size} per process x {n} x "
+            f"{args.gradient_accumulation_steps} accumulated); lancy's single-process speed paths (compact loss, "
+            "shared prefixes, lean log-probs, in-place vocabulary gradients) off: TRL's own loss path")
+
+
+def check_processes(run_dir: Path, console: Any) -> None:
+    """A run resumed with another number of processes goes on, with what changes said."""
+    before = runs.read(run_dir).get("processes", 1)
+    if before != distributed.world_size():
+        console.print(f"[yellow]note:[/] {run_dir} trained with {before} process(es) and resumes with "
+                      f"{distributed.world_size()}: the global batch changes with the count, the data order from here "
+                      "on differs from an uninterrupted run, and the learning-rate schedule keeps its step count",
+                      highlight=False)
+
+
+def observers(args: Any, run_dir: Path, console: Any) -> tuple[Any, Any, list[Any]]:
+    """(TensorBoard writer, Ctrl-C handler, the callbacks every command trains with). Rank 0 alone writes the logs
+    and shows progress; every rank takes Ctrl-C and the time-based saves at the same step."""
+    from torch.utils.tensorboard import SummaryWriter
+    from transformers.integrations import TensorBoardCallback
+
+    from lancy_trl.train.callbacks import GracefulInterrupt, LogFile, RichProgress, SaveEvery
+
+    interrupt = GracefulInterrupt(console)
+    shared = [SaveEvery(args.save_minutes), interrupt]
+    if not distributed.is_main():
+        return distributed.NullWriter(), interrupt, shared
+    writer = SummaryWriter(str(run_dir / "tensorboard"))
+    return writer, interrupt, [TensorBoardCallback(writer), LogFile(run_dir / "logs" / "training.log"),
+                               RichProgress(console), *shared]
 
 
 @contextmanager
@@ -156,6 +215,9 @@ def recorded(run_dir: Path, command: str) -> Iterator[None]:
 
     datasets.disable_progress_bars()
     try:
+        if not distributed.is_main():  # rank 0 keeps the log; a failure here still ends in its one line
+            yield
+            return
         with logs.to_file(run_dir / "logs" / "training.log"):
             yield
     except KeyboardInterrupt:
@@ -201,9 +263,12 @@ def finish(trainer: Any, result: RunResult, meta: dict[str, Any]) -> None:
 
     run_dir = result.run_dir
     tmp, final = run_dir / "model.part", run_dir / "model"
-    shutil.rmtree(tmp, ignore_errors=True)
+    if distributed.is_main():
+        shutil.rmtree(tmp, ignore_errors=True)
     hf_logging.disable_progress_bar()  # no "Writing model shards" bar after the run's own summary
-    trainer.save_model(str(tmp))
+    trainer.save_model(str(tmp))  # every rank: a sharded engine gathers the weights; rank 0 writes them
+    if not distributed.is_main():
+        return
     (tmp / "lancy.json").write_text(json.dumps(meta, indent=2))
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)

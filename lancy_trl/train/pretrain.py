@@ -127,11 +127,9 @@ class DocumentRows:
 
 
 def _train(args: PretrainArgs, run_dir: Any, checkpoint: str | None, data: Any, loaded: Any, console: Any) -> RunResult:
-    from torch.utils.tensorboard import SummaryWriter
     from transformers import PrinterCallback
-    from transformers.integrations import TensorBoardCallback
 
-    from lancy_trl.train.callbacks import GracefulInterrupt, LogFile, Perplexity, RichProgress, SaveEvery
+    from lancy_trl.train.callbacks import Perplexity
     from lancy_trl.train.sft import trainer_options
     from lancy_trl.train.trainer import LancySFTTrainer
 
@@ -139,15 +137,13 @@ def _train(args: PretrainArgs, run_dir: Any, checkpoint: str | None, data: Any, 
     eval_ds = data.eval
     if eval_ds is not None and len(eval_ds) > args.eval_max_batches * args.batch_size:
         eval_ds = eval_ds.shuffle(seed=args.seed).select(range(args.eval_max_batches * args.batch_size))
-    writer = SummaryWriter(str(run_dir / "tensorboard"))
-    interrupt = GracefulInterrupt(console)
+    writer, interrupt, callbacks = lifecycle.observers(args, run_dir, console)
     with console.status("Tokenizing and packing..."):
         trainer = LancySFTTrainer(
             model=loaded.model, args=config, train_dataset=data.train, eval_dataset=eval_ds,
             processing_class=loaded.tokenizer, peft_config=lifecycle.lora_config(args, loaded.model, loaded.info),
             **trainer_options(args, loaded.info),
-            callbacks=[TensorBoardCallback(writer), LogFile(run_dir / "logs" / "training.log"), RichProgress(console),
-                       SaveEvery(args.save_minutes), Perplexity(writer), interrupt],
+            callbacks=[*callbacks, Perplexity(writer)],
         )
     trainer.remove_callback(PrinterCallback)
     use_document_rows(trainer, loaded.info, loaded.tokenizer)
@@ -160,7 +156,7 @@ def _train(args: PretrainArgs, run_dir: Any, checkpoint: str | None, data: Any, 
         what = f"{len(data.train):,} documents packed into {blocks:,} blocks of up to {args.max_length} tokens"
     console.print(f"[bold]{run_dir}[/]\n  {loaded.info['architecture']} on {loaded.info['device']} "
                   f"({loaded.info['precision']}, {loaded.info['attn_implementation']}): {what}, no attention across "
-                  "documents")
+                  "documents" + lifecycle.processes_note(args))
     result = lifecycle.train(trainer, run_dir, checkpoint, interrupt, console, "pretrain")
     if result.eval_loss is not None:
         result.final_eval["eval_perplexity"] = math.exp(result.eval_loss)

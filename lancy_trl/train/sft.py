@@ -228,11 +228,10 @@ def _report_data(data: Any, report: dict[str, Any], console: Any, writer: Any) -
 
 
 def _train(args, run_dir, checkpoint, data, loaded, console, data_report, plan) -> RunResult:
-    from torch.utils.tensorboard import SummaryWriter
     from transformers import PrinterCallback
-    from transformers.integrations import TensorBoardCallback
 
-    from lancy_trl.train.callbacks import GracefulInterrupt, LogFile, RichProgress, RunFacts, SaveEvery, ScoreEval
+    from lancy_trl import distributed
+    from lancy_trl.train.callbacks import RunFacts, ScoreEval
     from lancy_trl.train.prefix import MODEL_TYPES
     from lancy_trl.train.trainer import LancySFTTrainer
 
@@ -242,10 +241,9 @@ def _train(args, run_dir, checkpoint, data, loaded, console, data_report, plan) 
     eval_ds = data.eval
     if eval_ds is not None and len(eval_ds) > args.eval_max_batches * args.batch_size:  # a seeded sample, not the first rows
         eval_ds = eval_ds.shuffle(seed=args.seed).select(range(args.eval_max_batches * args.batch_size))
-    writer = SummaryWriter(str(run_dir / "tensorboard"))
+    writer, interrupt, callbacks = lifecycle.observers(args, run_dir, console)
     _report_data(data, data_report, console, writer)
     runs.update(run_dir, data={**data.stats, **data_report})
-    interrupt = GracefulInterrupt(console)
     options: dict[str, Any] = trainer_options(args, info)
     trainer_cls: Any = LancySFTTrainer
     if plan is not None:
@@ -256,10 +254,9 @@ def _train(args, run_dir, checkpoint, data, loaded, console, data_report, plan) 
         trainer = trainer_cls(
             model=loaded.model, args=trl_config, train_dataset=data.train, eval_dataset=eval_ds,
             processing_class=loaded.tokenizer, peft_config=peft_config, **options,
-            callbacks=[TensorBoardCallback(writer), LogFile(run_dir / "logs" / "training.log"), RichProgress(console),
-                       SaveEvery(args.save_minutes), interrupt],
+            callbacks=callbacks,
         )
-    if data.labels and eval_ds is not None and "prompt" in eval_ds.column_names:
+    if data.labels and eval_ds is not None and "prompt" in eval_ds.column_names and distributed.is_main():
         trainer.add_callback(ScoreEval(writer, loaded.tokenizer, eval_ds, list(data.labels), args.batch_size,
                                        data_report["chat_template_kwargs"]))
     trainer.remove_callback(PrinterCallback)  # the progress bar shows the loss; every record goes to the log file
@@ -280,6 +277,7 @@ def _train(args, run_dir, checkpoint, data, loaded, console, data_report, plan) 
            if args.shared_prefix is None and device == "cpu" and info.get("model_type") not in MODEL_TYPES else "")
         + (f", batches of {args.batch_size} run as micro-batches of {trl_config.per_device_train_batch_size}"
            if trl_config.per_device_train_batch_size < args.batch_size else "")
+        + lifecycle.processes_note(args)
     )
     if plan is not None:
         console.print(f"  differentially private: epsilon {plan.epsilon:g} at delta {plan.delta:.2g} over {plan.steps} "

@@ -6,10 +6,9 @@ over all of them on devices without Triton; here the logits are computed at the 
 (`logits_to_keep` with those indices), so the LM head's forward and backward shrink by the same factor. The loss is
 the same sum over answer tokens divided by the same token count as TRL's, and TRL's entropy and token-accuracy
 metrics are kept, computed on those positions. With shared-prefix batches (lancy_trl/train/prefix.py) the batch
-runs as one packed row and the same positions are read from it. Anything unusual (several processes, MoE auxiliary
-loss, custom loss functions, label smoothing, DFT loss, a model without `logits_to_keep`) goes through TRL's path,
-and so does the loss on every token (pretraining): nothing is saved there, and TRL's chunked LM head never holds a
-batch's whole logits.
+runs as one packed row and the same positions are read from it. Anything unusual (several processes, DeepSpeed,
+FSDP, MoE auxiliary loss, custom loss functions, label smoothing, DFT loss, a model without `logits_to_keep`) goes
+through TRL's path. The loss on most tokens (pretraining) runs in checkpointed chunks (`_chunked_loss`).
 """
 
 from __future__ import annotations
@@ -47,15 +46,25 @@ def checkpoint_share(model: Any, share: float) -> int:
     return len(chosen)
 
 
+def one_plain_process(trainer: Any) -> bool:
+    """Whether the trainer runs as one process with no sharding engine: where lancy's speed paths apply. Several
+    processes (DDP's gradient hooks), DeepSpeed and FSDP (which partition weights and hook their gradients) get TRL's
+    own path instead."""
+    return (trainer.accelerator.num_processes == 1 and not getattr(trainer, "is_deepspeed_enabled", False)
+            and not getattr(trainer, "is_fsdp_enabled", False))
+
+
 def memory_paths(trainer: Any, checkpoint_layers: float, lean_activations: bool) -> tuple[int, int]:
     """--checkpoint-layers and lean activations on a trainer's model: (layers checkpointed, modules made lean)."""
     checkpointed = lean = 0
     if checkpoint_layers and not trainer.args.gradient_checkpointing:
         checkpointed = checkpoint_share(trainer.model, checkpoint_layers)
-    if lean_activations:  # fp32 only: the lean backward formulas do not follow autocast
+    sharded = getattr(trainer, "is_deepspeed_enabled", False) or getattr(trainer, "is_fsdp_enabled", False)
+    if lean_activations and not sharded:  # fp32 only: the lean backward formulas do not follow autocast
         from lancy_trl.train.lean import lean_activations as make_lean
 
-        lean = make_lean(trainer.model, vocab=trainer.accelerator.num_processes == 1)
+        # the in-place vocabulary gradients bypass autograd, and with it DDP's gradient hooks: one process only
+        lean = make_lean(trainer.model, vocab=one_plain_process(trainer))
     return checkpointed, lean
 
 
@@ -63,7 +72,7 @@ class LancySFTTrainer(SFTTrainer):
     def __init__(self, *args: Any, checkpoint_layers: float = 0.0, lean_activations: bool = False,
                  shared_prefix: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.shared_prefix = shared_prefix
+        self.shared_prefix = shared_prefix and one_plain_process(self)  # a path of the compact loss only
         self.body_tokens = 0  # training tokens the decoder layers computed, padding aside (a shared prefix once a batch)
         if shared_prefix:
             from lancy_trl.train.prefix import install
@@ -76,7 +85,7 @@ class LancySFTTrainer(SFTTrainer):
         """Whether the compact loss applies: one process, no auxiliary or custom loss."""
         args = self.args
         return (
-            self.accelerator.num_processes == 1 and not self.aux_loss_enabled and self.compute_loss_func is None
+            one_plain_process(self) and not self.aux_loss_enabled and self.compute_loss_func is None
             and self.label_smoother is None and getattr(args, "loss_type", "nll") == "nll" and supports_compact_loss(model)
         )
 

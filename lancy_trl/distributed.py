@@ -1,0 +1,123 @@
+"""Several processes for one run. `--num-processes N` re-launches the command under torch's own launcher
+(`torch.distributed.run`, what `torchrun` runs); under any launcher (that one, `torchrun` by hand, `accelerate
+launch`, a second node) global rank 0 owns the run directory, run.json, the log file, TensorBoard, the final model and
+the screen, and the other ranks follow it.
+
+    if distributed.needs_launch(args): raise typer.Exit(distributed.launch(args, "sft"))  # waits for the workers
+    distributed.start(device)                        # the process group (gloo on CPU, NCCL on CUDA), once
+    run_dir = distributed.share(run_dir)             # rank 0's new run directory, on every rank
+    stop = distributed.agree(stop)                   # one decision for all ranks (Ctrl-C, time-based saves)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from lancy_trl.errors import LancyError
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def is_main() -> bool:
+    """Global rank 0 (a single process is its own rank 0)."""
+    return rank() == 0
+
+
+def processes_wanted(args: Any) -> int:
+    """--num-processes, or with --multi-gpu every visible CUDA GPU."""
+    if getattr(args, "multi_gpu", False):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise LancyError("--multi-gpu uses every CUDA GPU and torch sees none: pass --num-processes N for CPU "
+                             "processes, or drop --multi-gpu")
+        return torch.cuda.device_count()
+    return getattr(args, "num_processes", 1)
+
+
+def needs_launch(args: Any) -> bool:
+    """Whether this process is the user's command asking for several processes (not already one of them)."""
+    wanted = processes_wanted(args)
+    if wanted < 1:
+        raise LancyError(f"--num-processes must be 1 or more (got {wanted})")
+    return wanted > 1 and "LOCAL_RANK" not in os.environ
+
+
+def launch_arguments(n: int, argv: list[str]) -> list[str]:
+    """torchrun's arguments for the same lancy command line, N processes on this machine (`--standalone`: a free
+    local port). The workers get --num-processes too: they see the launcher's environment and do not launch again."""
+    return ["--standalone", f"--nproc-per-node={n}", "-m", "lancy_trl", *argv]
+
+
+def launch(args: Any, command: str) -> int:
+    """Run the command line this process was started with under torch's launcher, in this process (no `torchrun` on
+    PATH needed); the workers' exit code. A worker's own error is its one line; the launcher adds no report."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
+
+    argv = sys.argv[1:]
+    if not argv or argv[0] != command:
+        raise LancyError(f"--num-processes re-launches the `lancy {command}` command line; from Python, start it with "
+                         f"torchrun --nproc-per-node N -m lancy_trl {command} ...")
+    n = processes_wanted(args)
+    if args.device != "cuda" and "OMP_NUM_THREADS" not in os.environ:  # the launcher would give each process 1 thread
+        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // n))
+    print(f"Launching {n} processes: torchrun --standalone --nproc-per-node {n} -m lancy_trl {' '.join(argv)}",
+          flush=True)
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # a worker's failure is its own line
+    try:
+        run(get_args_parser().parse_args(launch_arguments(n, argv)))
+    except ChildFailedError as e:
+        return max((f.exitcode for f in e.failures.values() if f.exitcode and f.exitcode > 0), default=1)
+    return 0
+
+
+def start(device: str) -> None:
+    """The process group for a launched run, through accelerate (what the Trainer uses): gloo on CPU, where TRL's
+    trainers otherwise each train alone, NCCL on CUDA."""
+    if world_size() > 1:
+        from accelerate import PartialState
+
+        PartialState(cpu=device == "cpu")
+
+
+def share(path: Path | None) -> Path:
+    """Rank 0's path on every rank (the run directory it just created)."""
+    if world_size() == 1:
+        assert path is not None
+        return path
+    from accelerate.utils import broadcast_object_list
+
+    box = [str(path) if is_main() else None]
+    broadcast_object_list(box, from_process=0)
+    return Path(box[0])  # type: ignore[arg-type]
+
+
+def agree(flag: bool) -> bool:
+    """True on every rank when it is true on any: a stop or a save every rank takes at the same step."""
+    if world_size() == 1:
+        return flag
+    import torch
+    import torch.distributed as dist
+    from accelerate import PartialState
+
+    value = torch.tensor([int(flag)], device=PartialState().device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+class NullWriter:
+    """TensorBoard's SummaryWriter for ranks other than 0: they write nothing."""
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args, **kwargs: None
