@@ -150,3 +150,19 @@ def test_an_unreachable_budget_is_one_line_without_a_run_dir(tiny_model, tmp_pat
     assert result.exit_code == 1, result.output
     assert "--dp-epsilon 0.001 cannot be met over" in result.output and "Traceback" not in result.output
     assert not any((tmp_path / "runs").iterdir())  # the folder is checked writable first; no run directory in it
+
+
+def test_dp_keeps_repeated_canaries_from_being_memorised(tiny_model, tmp_path):
+    """The secret-sharer test with and without DP on the tiny model: 2 canaries planted 40 times each."""
+    exposure = {}
+    for name, extra in (("clear", []), ("private", ["--dp-epsilon", 8])):
+        trained = sft("--model", tiny_model, "--learning-rate", "2e-3", "--max-examples", 40, "--canaries", 2,
+                      "--canary-repeats", 40, "--eval-steps", 1000, "--run-name", name, "--output-dir",
+                      tmp_path / "runs", *extra)
+        assert trained.exit_code == 0, trained.output
+        scored = runner.invoke(app, ["eval", "--model", str(tmp_path / "runs" / name), "--canaries",
+                                     "--canary-candidates", "200", "--json"])
+        assert scored.exit_code == 0, scored.output
+        exposure[name] = json.loads(scored.stdout.strip().splitlines()[-1])["mean_exposure"]
+    # at most log2(201) = 7.65 bits; about 1 for a secret the model knows nothing of
+    assert exposure["clear"] > 4 and exposure["private"] < 3, exposure
