@@ -51,6 +51,9 @@ def check_args(args: Any) -> list[str]:
     if args.checkpoint_layers:
         problems.append("--checkpoint-layers is off under --dp-epsilon (recomputed layers would record each example "
                         "twice): drop --checkpoint-layers")
+    if args.num_processes > 1 or args.multi_gpu:
+        problems.append("--dp-epsilon trains in one process (opacus' per-example hooks and accountant here are "
+                        "single-process): drop --num-processes / --multi-gpu")
     if args.gradient_accumulation_steps > 1 or (args.micro_batch_size or args.batch_size) < args.batch_size:
         problems.append("--dp-epsilon samples each step's batch whole (Poisson sampling): drop "
                         "--gradient-accumulation-steps and --micro-batch-size, and set --batch-size instead")
@@ -98,6 +101,10 @@ def make_plan(args: Any, rows: int) -> Plan:
         from opacus.accountants.utils import get_noise_multiplier
     except ImportError:
         raise LancyError("--dp-epsilon needs opacus: pip install 'opacus>=1.6'") from None
+    from lancy_trl.distributed import world_size
+
+    if world_size() > 1:  # launched by hand (torchrun): --num-processes itself is refused with the flags
+        raise LancyError("--dp-epsilon trains in one process: launch it without torchrun")
     if rows < 2 * args.batch_size:
         raise LancyError(f"--dp-epsilon needs more training examples than two batches ({rows} examples, --batch-size "
                          f"{args.batch_size}): lower --batch-size or add data")

@@ -137,6 +137,7 @@ def test_dp_run_reports_epsilon_learns_and_resumes_to_the_same_result(tiny_model
     (["--gradient-accumulation-steps", 2], "drop --gradient-accumulation-steps"),
     (["--checkpoint-layers", 0.5], "--checkpoint-layers is off"),
     (["--dp-delta", 2], "--dp-delta must be in (0, 1)"),
+    (["--num-processes", 2], "--dp-epsilon trains in one process"),
 ])
 def test_dp_refuses_what_would_mix_examples_before_loading(tmp_path, bad, message):
     result = sft("--model", tmp_path / "no-such-model", "--dp-epsilon", 8, *bad, "--output-dir", tmp_path / "runs")
