@@ -141,6 +141,9 @@ class RunArgs:
                              "launcher (torchrun), one process per GPU on CUDA, gloo on CPU; each step's global batch "
                              "is --batch-size x N x --gradient-accumulation-steps.", group="Run")
     multi_gpu: bool = opt(False, "One process per visible CUDA GPU (--num-processes set to their count).", group="Run")
+    deepspeed: str | None = opt(None, "Train under DeepSpeed: a shipped config (zero1, zero2, zero3, zero3_offload; "
+                                "`lancy configs list`) or your own JSON file; its \"auto\" values come from lancy's "
+                                "flags.", group="Run")
 
 
 @dataclass
@@ -337,12 +340,28 @@ def validate(args) -> None:
             problems.append(f"--load-in-{bits}bit trains LoRA adapters on a frozen {bits}-bit base: drop --no-use-lora")
     if getattr(args, "load_in_4bit", False) and getattr(args, "load_in_8bit", False):
         problems.append("--load-in-4bit and --load-in-8bit exclude each other: keep one")
+    if getattr(args, "deepspeed", None):
+        problems += check_deepspeed(args.deepspeed)
     if getattr(args, "dp_epsilon", None) is not None:
         from lancy_trl.train.dp import check_args
 
         problems += check_args(args)
     if problems:
         raise LancyError("; ".join(problems))
+
+
+def check_deepspeed(name: str) -> list[str]:
+    import importlib.util
+
+    from lancy_trl.engines import resolve
+
+    try:
+        resolve(name)
+    except LancyError as e:
+        return [f"--deepspeed: {e}"]
+    if importlib.util.find_spec("deepspeed") is None:
+        return ["--deepspeed needs DeepSpeed: pip install --no-build-isolation deepspeed (against the torch installed)"]
+    return []
 
 
 def flag(name: str) -> str:

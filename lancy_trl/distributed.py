@@ -46,11 +46,24 @@ def processes_wanted(args: Any) -> int:
 
 
 def needs_launch(args: Any) -> bool:
-    """Whether this process is the user's command asking for several processes (not already one of them)."""
-    wanted = processes_wanted(args)
-    if wanted < 1:
-        raise LancyError(f"--num-processes must be 1 or more (got {wanted})")
-    return wanted > 1 and "LOCAL_RANK" not in os.environ
+    """Whether this process is the user's command asking for several processes, or for DeepSpeed (which wants a
+    launcher's environment even for one), and not already one of the launched processes."""
+    wanted = processes_wanted(args) > 1 or bool(getattr(args, "deepspeed", None))  # config.validate refuses N < 1
+    return wanted and "LOCAL_RANK" not in os.environ
+
+
+def launch_settings(args: Any, flags: dict[str, Any], command: str) -> Any:
+    """A resumed run launches as it was launched: its saved process count and engine, unless given again."""
+    if not args.resume:
+        return args
+    import dataclasses
+
+    from lancy_trl import runs
+
+    run_dir, _ = runs.find_resume(args.resume, args.run_dir, args.output_dir, command)
+    saved = runs.read(run_dir).get("config", {})
+    keep = {k: saved[k] for k in ("num_processes", "multi_gpu", "deepspeed") if k in saved and flags.get(k) is None}
+    return dataclasses.replace(args, **keep)
 
 
 def launch_arguments(n: int, argv: list[str]) -> list[str]:
@@ -72,7 +85,7 @@ def launch(args: Any, command: str) -> int:
     n = processes_wanted(args)
     if args.device != "cuda" and "OMP_NUM_THREADS" not in os.environ:  # the launcher would give each process 1 thread
         os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // n))
-    print(f"Launching {n} processes: torchrun --standalone --nproc-per-node {n} -m lancy_trl {' '.join(argv)}",
+    print(f"Launching {n} process{'es' if n > 1 else ''}: torchrun --standalone --nproc-per-node {n} -m lancy_trl {' '.join(argv)}",
           flush=True)
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # a worker's failure is its own line
     try:

@@ -47,16 +47,18 @@ def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def training_console(args: Any, command: str) -> Any:
-    """A training command's console, once a --num-processes launch has been handed to torch's launcher (this process
-    then exits with the workers' code); ranks other than 0 print nothing."""
+def training_console(args: Any, command: str, flags: dict[str, Any]) -> Any:
+    """A training command's console, once a launch (--num-processes, --deepspeed, or a resumed run that had them) has
+    been handed to torch's launcher (this process then exits with the workers' code); ranks other than 0 print
+    nothing."""
     from rich.console import Console
 
     from lancy_trl import distributed, network
 
-    if distributed.needs_launch(args):
+    launched = distributed.launch_settings(args, flags, command)
+    if distributed.needs_launch(launched):
         network.apply(args)  # the workers inherit the offline switches and guard
-        raise typer.Exit(distributed.launch(args, command))
+        raise typer.Exit(distributed.launch(launched, command))
     return Console(soft_wrap=True, quiet=not distributed.is_main())  # paths and commands printed whole, never wrapped
 
 
@@ -64,7 +66,7 @@ def _register() -> None:
     # Importing a command module only defines its Typer signature; heavy libraries load inside the commands.
     from importlib import import_module
 
-    from lancy_trl.cli import datasets, eval, grpo, manifest, models, pretrain, sft  # noqa: F401
+    from lancy_trl.cli import configs, datasets, eval, grpo, manifest, models, pretrain, sft  # noqa: F401
 
     import_module("lancy_trl.cli.chat")  # chat and export: listed after the training commands
 

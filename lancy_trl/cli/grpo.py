@@ -27,7 +27,7 @@ def grpo(flags: dict[str, Any], config: Path | None = None) -> None:
     from lancy_trl.train.grpo import run_grpo
 
     args = resolve(GRPOArgs, load_yaml(config) if config else {}, flags, source=str(config) if config else "config")
-    console = training_console(args, "grpo")
+    console = training_console(args, "grpo", flags)
     result = run_grpo(args, console, flags)
     if result.status != "complete":
         raise typer.Exit(130)

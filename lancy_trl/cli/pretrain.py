@@ -27,7 +27,7 @@ def pretrain(flags: dict[str, Any], config: Path | None = None) -> None:
     from lancy_trl.train.pretrain import run_pretrain
 
     args = resolve(PretrainArgs, load_yaml(config) if config else {}, flags, source=str(config) if config else "config")
-    console = training_console(args, "pretrain")
+    console = training_console(args, "pretrain", flags)
     result = run_pretrain(args, console, flags)
     if result.status != "complete":
         raise typer.Exit(130)

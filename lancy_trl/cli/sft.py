@@ -38,7 +38,7 @@ def sft(flags: dict[str, Any], config: Path | None = None) -> None:
 
     yaml_values = load_yaml(config) if config else {}
     args = resolve(SFTArgs, yaml_values, flags, source=str(config) if config else "config")
-    console = training_console(args, "sft")
+    console = training_console(args, "sft", flags)
     result = run_sft(args, console, flags)
     if result.status != "complete":
         raise typer.Exit(130)

@@ -1,4 +1,4 @@
-"""Package data: prompt templates (prompts/*.yaml) and accelerate / DeepSpeed configs (accelerate/*.yaml)."""
+"""Package data: prompt templates (prompts/*.yaml) and DeepSpeed configs (engines/*.json)."""
 
 from pathlib import Path
 

@@ -170,10 +170,11 @@ def global_batch(args: Any) -> int:
 
 def processes_note(args: Any) -> str:
     """The run summary's words on a launched run: the global batch, and which speed paths are off."""
-    n = distributed.world_size()
-    if n == 1:
+    n, engine = distributed.world_size(), getattr(args, "deepspeed", None)
+    if n == 1 and not engine:
         return ""
-    return (f"\n  {n} processes: global batch {global_batch(args)} ({args.batch_size} per process x {n} x "
+    where = f"{n} process{'es' if n > 1 else ''}" + (f" under DeepSpeed {engine}" if engine else "")
+    return (f"\n  {where}: global batch {global_batch(args)} ({args.batch_size} per process x {n} x "
             f"{args.gradient_accumulation_steps} accumulated); lancy's single-process speed paths (compact loss, "
             "shared prefixes, lean log-probs, in-place vocabulary gradients) off: TRL's own loss path")
 

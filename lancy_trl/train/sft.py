@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from lancy_trl import runs
+from lancy_trl import engines, runs
 from lancy_trl.config import RunnableArgs, SFTArgs
 from lancy_trl.errors import LancyError
 from lancy_trl.train import lifecycle
@@ -120,7 +120,14 @@ def trainer_arguments(args: RunnableArgs, run_dir: Path, info: dict[str, Any]) -
         report_to="none",  # lancy adds its own TensorBoard callback, writing into the run directory
         disable_tqdm=True,
         dataloader_num_workers=0,
+        deepspeed=engine_config(args),
     )
+
+
+def engine_config(args: RunnableArgs) -> str | None:
+    """The DeepSpeed config file a run trains under, or None."""
+    name = getattr(args, "deepspeed", None)
+    return str(engines.resolve(name)) if name else None
 
 
 def to_trl_config(args: RunnableArgs, run_dir: Path, info: dict[str, Any], has_eval: bool) -> Any:
