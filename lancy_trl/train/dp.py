@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from lancy_trl.errors import LancyError
-from lancy_trl.train.trainer import LancySFTTrainer, one_plain_process
+from lancy_trl.train.trainer import LancySFTTrainer, one_plain_process, supports_compact_loss
 
 ACCOUNTANT = "prv"  # opacus' default: the tightest of its accountants
 
@@ -200,7 +200,11 @@ class DPTrainer(LancySFTTrainer):
         labels = inputs["labels"]
         forward = {k: v for k, v in inputs.items() if k != "labels"}
         rows, cols = torch.nonzero(labels[:, 1:] != -100, as_tuple=True)
-        outputs, logits = self._answer_logits(model, forward, rows, cols)
+        if supports_compact_loss(model):
+            outputs, logits = self._answer_logits(model, forward, rows, cols)
+        else:  # a model without `logits_to_keep`: every position's logits, read at the same places
+            outputs = model(**forward, use_cache=False)
+            logits = outputs.logits[rows, cols].float()
         targets = labels[rows, cols + 1]
         logp = torch.log_softmax(logits, dim=-1)
         per_token = -logp.gather(1, targets[:, None]).squeeze(1)

@@ -37,12 +37,19 @@ def _dp_trainer(tiny_model, tmp_path, rows, noise):
     return trainer
 
 
-def test_the_private_gradient_is_the_mean_of_each_examples_clipped_gradient(tiny_model, tmp_path):
+@pytest.mark.parametrize("compact", [True, False])
+def test_the_private_gradient_is_the_mean_of_each_examples_clipped_gradient(tiny_model, tmp_path, compact,
+                                                                           monkeypatch):
     """Without noise, DP-SGD's update direction is sum_i clip(g_i) / expected batch, where g_i is the gradient of
     example i's own mean answer loss computed alone (no padding, TRL's plain forward): the hooks, the per-example
-    loss and opacus' clipping together must give exactly that."""
+    loss and opacus' clipping together must give exactly that, with the LM head at the answer positions only and,
+    for a model without `logits_to_keep`, at every position."""
     import torch
     import torch.nn.functional as F
+
+    from lancy_trl.train import dp
+
+    monkeypatch.setattr(dp, "supports_compact_loss", lambda model: compact)
 
     rows = chat_rows("profit rose ", [(1, "positive"), (4, "negative"), (2, "neutral sentiment"), (7, "positive")])
     trainer = _dp_trainer(tiny_model, tmp_path, rows, noise=0.0)
