@@ -33,3 +33,12 @@ def resolve(name_or_path: str) -> Path:
         return path
     raise LancyError(f"{name_or_path!r} is neither a shipped DeepSpeed config ({', '.join(SHIPPED)}) nor an existing "
                      ".json file; `lancy configs list` shows what each is for")
+
+
+def zero_stage(name_or_path: str | None) -> int:
+    """The ZeRO stage a run's DeepSpeed config sets (0 without DeepSpeed)."""
+    if not name_or_path:
+        return 0
+    import json
+
+    return int(json.loads(resolve(name_or_path).read_text()).get("zero_optimization", {}).get("stage", 0))

@@ -263,7 +263,9 @@ def _train(args, run_dir, checkpoint, data, loaded, console, data_report, plan) 
             processing_class=loaded.tokenizer, peft_config=peft_config, **options,
             callbacks=callbacks,
         )
-    if data.labels and eval_ds is not None and "prompt" in eval_ds.column_names and distributed.is_main():
+    # rank 0 scores alone; not under ZeRO-3 with several processes, where its forward would wait on the others
+    alone = distributed.world_size() == 1 or engines.zero_stage(args.deepspeed) < 3
+    if data.labels and eval_ds is not None and "prompt" in eval_ds.column_names and distributed.is_main() and alone:
         trainer.add_callback(ScoreEval(writer, loaded.tokenizer, eval_ds, list(data.labels), args.batch_size,
                                        data_report["chat_template_kwargs"]))
     trainer.remove_callback(PrinterCallback)  # the progress bar shows the loss; every record goes to the log file
