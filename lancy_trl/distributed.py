@@ -3,7 +3,7 @@
 launch`, a second node) global rank 0 owns the run directory, run.json, the log file, TensorBoard, the final model and
 the screen, and the other ranks follow it.
 
-    if distributed.needs_launch(args): raise typer.Exit(distributed.launch(args, "sft"))  # waits for the workers
+    if distributed.needs_launch(args): raise typer.Exit(distributed.launch(args, "sft"))  # cli.training_console
     distributed.start(device)                        # the process group (gloo on CPU, NCCL on CUDA), once
     run_dir = distributed.share(run_dir)             # rank 0's new run directory, on every rank
     stop = distributed.agree(stop)                   # one decision for all ranks (Ctrl-C, time-based saves)
@@ -80,8 +80,8 @@ def launch(args: Any, command: str) -> int:
 
     argv = sys.argv[1:]
     if not argv or argv[0] != command:
-        raise LancyError(f"--num-processes re-launches the `lancy {command}` command line; from Python, start it with "
-                         f"torchrun --nproc-per-node N -m lancy_trl {command} ...")
+        raise LancyError(f"--num-processes and --deepspeed re-launch the `lancy {command}` command line; from Python, "
+                         f"start it with torchrun --nproc-per-node N -m lancy_trl {command} ...")
     n = processes_wanted(args)
     if args.device != "cuda" and "OMP_NUM_THREADS" not in os.environ:  # the launcher would give each process 1 thread
         os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // n))

@@ -46,12 +46,15 @@ def checkpoint_share(model: Any, share: float) -> int:
     return len(chosen)
 
 
+def sharded_engine(trainer: Any) -> bool:
+    """Whether DeepSpeed or FSDP runs the model: they partition weights and hook their gradients."""
+    return getattr(trainer, "is_deepspeed_enabled", False) or getattr(trainer, "is_fsdp_enabled", False)
+
+
 def one_plain_process(trainer: Any) -> bool:
     """Whether the trainer runs as one process with no sharding engine: where lancy's speed paths apply. Several
-    processes (DDP's gradient hooks), DeepSpeed and FSDP (which partition weights and hook their gradients) get TRL's
-    own path instead."""
-    return (trainer.accelerator.num_processes == 1 and not getattr(trainer, "is_deepspeed_enabled", False)
-            and not getattr(trainer, "is_fsdp_enabled", False))
+    processes (DDP's gradient hooks), DeepSpeed and FSDP get TRL's own path instead."""
+    return trainer.accelerator.num_processes == 1 and not sharded_engine(trainer)
 
 
 def memory_paths(trainer: Any, checkpoint_layers: float, lean_activations: bool) -> tuple[int, int]:
@@ -59,8 +62,7 @@ def memory_paths(trainer: Any, checkpoint_layers: float, lean_activations: bool)
     checkpointed = lean = 0
     if checkpoint_layers and not trainer.args.gradient_checkpointing:
         checkpointed = checkpoint_share(trainer.model, checkpoint_layers)
-    sharded = getattr(trainer, "is_deepspeed_enabled", False) or getattr(trainer, "is_fsdp_enabled", False)
-    if lean_activations and not sharded:  # fp32 only: the lean backward formulas do not follow autocast
+    if lean_activations and not sharded_engine(trainer):  # fp32 only: the lean backward formulas do not follow autocast
         from lancy_trl.train.lean import lean_activations as make_lean
 
         # the in-place vocabulary gradients bypass autograd, and with it DDP's gradient hooks: one process only
@@ -74,7 +76,7 @@ class LancySFTTrainer(SFTTrainer):
         super().__init__(*args, **kwargs)
         self.shared_prefix = shared_prefix and one_plain_process(self)  # a path of the compact loss only
         self.body_tokens = 0  # training tokens the decoder layers computed, padding aside (a shared prefix once a batch)
-        if shared_prefix:
+        if self.shared_prefix:
             from lancy_trl.train.prefix import install
 
             model: Any = self.model
