@@ -144,6 +144,9 @@ class RunArgs:
     deepspeed: str | None = opt(None, "Train under DeepSpeed: a shipped config (zero1, zero2, zero3, zero3_offload; "
                                 "`lancy configs list`) or your own JSON file; its \"auto\" values come from lancy's "
                                 "flags.", group="Run")
+    fsdp: str | None = opt(None, "Train under PyTorch FSDP (weights, gradients and optimizer state sharded): bare "
+                           "--fsdp for the shipped full-shard config (`lancy configs path fsdp`), or your own "
+                           "accelerate config (.yaml) or fsdp_config (.json).", group="Run")
 
 
 @dataclass
@@ -340,8 +343,7 @@ def validate(args) -> None:
             problems.append(f"--load-in-{bits}bit trains LoRA adapters on a frozen {bits}-bit base: drop --no-use-lora")
     if getattr(args, "load_in_4bit", False) and getattr(args, "load_in_8bit", False):
         problems.append("--load-in-4bit and --load-in-8bit exclude each other: keep one")
-    if getattr(args, "deepspeed", None):
-        problems += check_deepspeed(args.deepspeed)
+    problems += check_engine(args)
     if getattr(args, "dp_epsilon", None) is not None:
         from lancy_trl.train.dp import check_args
 
@@ -350,17 +352,27 @@ def validate(args) -> None:
         raise LancyError("; ".join(problems))
 
 
-def check_deepspeed(name: str) -> list[str]:
+def check_engine(args) -> list[str]:
+    """--deepspeed and --fsdp: a config that exists and reads, DeepSpeed installed, not both, not on a k-bit base
+    under FSDP."""
     import importlib.util
 
-    from lancy_trl.engines import resolve
+    from lancy_trl import engines
 
+    ds, fsdp = getattr(args, "deepspeed", None), getattr(args, "fsdp", None)
+    if ds and fsdp:
+        return ["--deepspeed and --fsdp are two sharding engines: keep one"]
     try:
-        resolve(name)
+        if ds:
+            engines.resolve(ds)
+        if fsdp:
+            engines.fsdp_config(fsdp)
     except LancyError as e:
-        return [f"--deepspeed: {e}"]
-    if importlib.util.find_spec("deepspeed") is None:
+        return [f"--{'deepspeed' if ds else 'fsdp'}: {str(e).removeprefix('--fsdp: ')}"]
+    if ds and importlib.util.find_spec("deepspeed") is None:
         return ["--deepspeed needs DeepSpeed: pip install --no-build-isolation deepspeed (against the torch installed)"]
+    if fsdp and (getattr(args, "load_in_4bit", False) or getattr(args, "load_in_8bit", False)):
+        return ["--fsdp does not shard a 4-bit or 8-bit base in lancy: drop --fsdp, or --load-in-4bit/--load-in-8bit"]
     return []
 
 

@@ -46,9 +46,10 @@ def processes_wanted(args: Any) -> int:
 
 
 def needs_launch(args: Any) -> bool:
-    """Whether this process is the user's command asking for several processes, or for DeepSpeed (which wants a
-    launcher's environment even for one), and not already one of the launched processes."""
-    wanted = processes_wanted(args) > 1 or bool(getattr(args, "deepspeed", None))  # config.validate refuses N < 1
+    """Whether this process is the user's command asking for several processes, or for DeepSpeed or FSDP (which want
+    a launcher's environment even for one), and not already one of the launched processes."""
+    engine = getattr(args, "deepspeed", None) or getattr(args, "fsdp", None)
+    wanted = processes_wanted(args) > 1 or bool(engine)  # config.validate refuses N < 1
     return wanted and "LOCAL_RANK" not in os.environ
 
 
@@ -62,7 +63,7 @@ def launch_settings(args: Any, flags: dict[str, Any], command: str) -> Any:
 
     run_dir, _ = runs.find_resume(args.resume, args.run_dir, args.output_dir, command)
     saved = runs.read(run_dir).get("config", {})
-    keep = {k: saved[k] for k in ("num_processes", "multi_gpu", "deepspeed") if k in saved and flags.get(k) is None}
+    keep = {k: saved[k] for k in ("num_processes", "multi_gpu", "deepspeed", "fsdp") if k in saved and flags.get(k) is None}
     return dataclasses.replace(args, **keep)
 
 
@@ -80,7 +81,7 @@ def launch(args: Any, command: str) -> int:
 
     argv = sys.argv[1:]
     if not argv or argv[0] != command:
-        raise LancyError(f"--num-processes and --deepspeed re-launch the `lancy {command}` command line; from Python, "
+        raise LancyError(f"--num-processes, --deepspeed and --fsdp re-launch the `lancy {command}` command line; from Python, "
                          f"start it with torchrun --nproc-per-node N -m lancy_trl {command} ...")
     n = processes_wanted(args)
     if args.device != "cuda" and "OMP_NUM_THREADS" not in os.environ:  # the launcher would give each process 1 thread

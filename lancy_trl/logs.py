@@ -1,6 +1,8 @@
 """Library messages to a file, not the terminal: what a training run logs, and the warnings `lancy eval` hides.
 
-    with logs.to_file(run_dir / "logs" / "training.log"):
+    with logs.to_file(run_dir / "logs" / "training.log"):   # rank 0 of a run (or its only process)
+        trainer.train()
+    with logs.to_file(None):                                  # the other ranks: rank 0's file already has it all
         trainer.train()
 """
 
@@ -15,15 +17,18 @@ LOGGERS = ("transformers", "trl", "peft", "lancy", "py.warnings")
 
 
 @contextmanager
-def to_file(path: Path) -> Iterator[None]:
-    """While inside: every record of the libraries' loggers and lancy's goes to `path`, Python warnings
-    (FutureWarning, deprecations) too, and transformers' own terminal handler is off; all restored on the way out."""
+def to_file(path: Path | None) -> Iterator[None]:
+    """While inside: every record of the libraries' loggers and lancy's goes to `path` (None: nowhere), Python
+    warnings (FutureWarning, deprecations) too, and transformers' own terminal handler is off; all restored on the way
+    out."""
     import warnings
 
     import transformers
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(path)
+    handler: logging.Handler = logging.NullHandler()
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     loggers = [logging.getLogger(name) for name in LOGGERS]
     for logger in loggers:

@@ -197,6 +197,13 @@ def convert_gguf(gguf: Path, *, log=print) -> Path:
 
 
 def pick_device(requested: str) -> str:
+    device = _device(requested)
+    if device == "cpu":  # DeepSpeed, which transformers imports when installed, then knows it and says nothing
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    return device
+
+
+def _device(requested: str) -> str:
     import torch
 
     if requested == "auto":

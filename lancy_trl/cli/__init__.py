@@ -48,14 +48,18 @@ def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def training_console(args: Any, command: str, flags: dict[str, Any]) -> Any:
-    """A training command's console, once a launch (--num-processes, --deepspeed, or a resumed run that had them) has
+    """A training command's console, once a launch (--num-processes, --deepspeed, --fsdp, or a resumed run that had them) has
     been handed to torch's launcher (this process then exits with the workers' code); ranks other than 0 print
     nothing."""
     from rich.console import Console
 
-    from lancy_trl import distributed, network
+    from lancy_trl import distributed, engines, network
 
     launched = distributed.launch_settings(args, flags, command)
+    if engines.fsdp_wanted(launched):  # refused on CPU before any process is launched
+        from lancy_trl.models import pick_device
+
+        engines.check_device(launched, pick_device(launched.device))
     if distributed.needs_launch(launched):
         network.apply(args)  # the workers inherit the offline switches and guard
         raise typer.Exit(distributed.launch(launched, command))

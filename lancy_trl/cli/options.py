@@ -1,7 +1,8 @@
 """Typer options generated from a config dataclass, so each flag is documented once (in config.py).
 
 Flags use dashes; the underscore spellings older tools use (`--max_steps`) and a few legacy names
-(`--resume_from_checkpoint`, `--datasets`) are rewritten before click parses them. A list option
+(`--resume_from_checkpoint`, `--datasets`) are rewritten before click parses them, and a bare `--fsdp` means the
+shipped FSDP config. A list option
 takes several values after one flag (`--mixture-rates 0.7 0.3`) as well as the flag repeated.
 """
 
@@ -29,10 +30,12 @@ ALIASES = {
     "--moe-load-in-4bit": "--load-in-4bit",  # the finance thesis pipeline's spellings
     "--moe-load-in-8bit": "--load-in-8bit",
 }
+BARE = {"--fsdp": "fsdp"}  # options that may stand alone, meaning this value (`--fsdp`: the shipped FSDP config)
 
 
 def normalize_argv(args: list[str], multi_options: set[str]) -> list[str]:
     """Dash spellings, legacy aliases, and `--opt a b` expanded to `--opt a --opt b` for list options."""
+    args = [a for i, arg in enumerate(args) for a in _bare(arg, args[i + 1:i + 2])]
     out: list[str] = []
     pending: str | None = None  # a list option whose following bare values each repeat the flag
     took_value = False
@@ -53,6 +56,14 @@ def normalize_argv(args: list[str], multi_options: set[str]) -> list[str]:
             pending = None
             out.append(arg)
     return out
+
+
+def _bare(arg: str, following: list[str]) -> list[str]:
+    """An option of BARE given without its value (last, or followed by another option) gets its default value."""
+    name = arg.replace("_", "-")
+    if name in BARE and (not following or following[0].startswith("-")):
+        return [arg, BARE[name]]
+    return [arg]
 
 
 class LancyCommand(TyperCommand):

@@ -54,6 +54,10 @@ def check_args(args: Any) -> list[str]:
     if args.num_processes > 1 or args.multi_gpu:
         problems.append("--dp-epsilon trains in one process (opacus' per-example hooks and accountant here are "
                         "single-process): drop --num-processes / --multi-gpu")
+    for engine in ("deepspeed", "fsdp"):
+        if getattr(args, engine, None):
+            problems.append(f"--dp-epsilon trains without a sharding engine (opacus clips each example's gradient "
+                            f"before any engine would see it): drop --{engine}")
     if args.gradient_accumulation_steps > 1 or (args.micro_batch_size or args.batch_size) < args.batch_size:
         problems.append("--dp-epsilon samples each step's batch whole (Poisson sampling): drop "
                         "--gradient-accumulation-steps and --micro-batch-size, and set --batch-size instead")

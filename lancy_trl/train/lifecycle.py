@@ -58,10 +58,12 @@ def prepare(args: Any, flags: dict[str, Any], console: Any, cls: Any, command: s
 def setup(args: Any, console: Any, run_dir: Path, checkpoint: str | None, load_data: Any) -> tuple[Any, Any, Any]:
     """(data, model source, loaded model): the data first (a resumed run's checked against what it started on), then
     the model; impossible speed options and unknown LoRA targets are refused before a run directory exists."""
+    from lancy_trl.engines import check_device
     from lancy_trl.models import load_model, pick_device, resolve_model
     from lancy_trl.train.sft import trainer_options
 
     device = pick_device(args.device)
+    check_device(args, device)
     distributed.start(device)
     with console.status("Loading data..."), main_first():  # rank 0 fills the caches, the others read them
         data = load_data(args)
@@ -170,10 +172,12 @@ def global_batch(args: Any) -> int:
 
 def processes_note(args: Any) -> str:
     """The run summary's words on a launched run: the global batch, and which speed paths are off."""
-    n, engine = distributed.world_size(), getattr(args, "deepspeed", None)
+    from lancy_trl import engines
+
+    n, engine = distributed.world_size(), engines.describe(args)
     if n == 1 and not engine:
         return ""
-    where = f"{n} process{'es' if n > 1 else ''}" + (f" under DeepSpeed {engine}" if engine else "")
+    where = f"{n} process{'es' if n > 1 else ''}" + (f" under {engine}" if engine else "")
     return (f"\n  {where}: global batch {global_batch(args)} ({args.batch_size} per process x {n} x "
             f"{args.gradient_accumulation_steps} accumulated); lancy's single-process speed paths (compact loss, "
             "shared prefixes, lean log-probs, in-place vocabulary gradients) off: TRL's own loss path")
@@ -216,10 +220,8 @@ def recorded(run_dir: Path, command: str) -> Iterator[None]:
 
     datasets.disable_progress_bars()
     try:
-        if not distributed.is_main():  # rank 0 keeps the log; a failure here still ends in its one line
-            yield
-            return
-        with logs.to_file(run_dir / "logs" / "training.log"):
+        # rank 0 keeps the log; the other ranks' library messages go nowhere, a failure still ends in its one line
+        with logs.to_file(run_dir / "logs" / "training.log" if distributed.is_main() else None):
             yield
     except KeyboardInterrupt:
         runs.update(run_dir, status="interrupted")
@@ -235,8 +237,12 @@ def recorded(run_dir: Path, command: str) -> Iterator[None]:
 
 def train(trainer: Any, run_dir: Path, checkpoint: str | None, interrupt: Any, console: Any, command: str) -> RunResult:
     """trainer.train() under the Ctrl-C handler; the train loss covers the whole run, resumed or not."""
+    from lancy_trl.engines import fsdp_wanted
     from lancy_trl.train.callbacks import whole_run_loss
 
+    if fsdp_wanted(trainer.args) and not getattr(trainer, "is_fsdp_enabled", False):  # check_device's safety net
+        raise LancyError("FSDP was asked for but accelerate did not enable it on this device: the run would train "
+                         "whole copies; drop --fsdp or run on GPUs")
     start = time.time()
     with interrupt:
         output = trainer.train(resume_from_checkpoint=checkpoint)

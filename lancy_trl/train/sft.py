@@ -120,14 +120,16 @@ def trainer_arguments(args: RunnableArgs, run_dir: Path, info: dict[str, Any]) -
         report_to="none",  # lancy adds its own TensorBoard callback, writing into the run directory
         disable_tqdm=True,
         dataloader_num_workers=0,
-        deepspeed=engine_config(args),
+        **engine_arguments(args),
     )
 
 
-def engine_config(args: RunnableArgs) -> str | None:
-    """The DeepSpeed config file a run trains under, or None."""
-    name = getattr(args, "deepspeed", None)
-    return str(engines.resolve(name)) if name else None
+def engine_arguments(args: RunnableArgs) -> dict[str, Any]:
+    """The TrainingArguments naming the DeepSpeed config file or the FSDP settings a run trains under."""
+    deepspeed, fsdp = getattr(args, "deepspeed", None), getattr(args, "fsdp", None)
+    if deepspeed:
+        return {"deepspeed": str(engines.resolve(deepspeed))}
+    return {"fsdp": True, "fsdp_config": engines.fsdp_config(fsdp)} if fsdp else {}
 
 
 def to_trl_config(args: RunnableArgs, run_dir: Path, info: dict[str, Any], has_eval: bool) -> Any:
@@ -263,8 +265,8 @@ def _train(args, run_dir, checkpoint, data, loaded, console, data_report, plan) 
             processing_class=loaded.tokenizer, peft_config=peft_config, **options,
             callbacks=callbacks,
         )
-    # rank 0 scores alone; not under ZeRO-3 with several processes, where its forward would wait on the others
-    alone = distributed.world_size() == 1 or engines.zero_stage(args.deepspeed) < 3
+    # rank 0 scores alone; not when weights are sharded over several processes: its forward would wait on the others
+    alone = distributed.world_size() == 1 or not engines.sharded_weights(args)
     if data.labels and eval_ds is not None and "prompt" in eval_ds.column_names and distributed.is_main() and alone:
         trainer.add_callback(ScoreEval(writer, loaded.tokenizer, eval_ds, list(data.labels), args.batch_size,
                                        data_report["chat_template_kwargs"]))
@@ -273,7 +275,8 @@ def _train(args, run_dir, checkpoint, data, loaded, console, data_report, plan) 
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     info.update(trainable_params=trainable, packing=trl_config.packing, pad_to_multiple_of=trl_config.pad_to_multiple_of,
                 micro_batch_size=trl_config.per_device_train_batch_size, checkpointed_layers=trainer.checkpointed_layers,
-                lean_modules=trainer.lean_modules, shared_prefix=trainer.shared_prefix)
+                lean_modules=trainer.lean_modules, shared_prefix=trainer.shared_prefix,
+                loss_path="compact" if plan is None and trainer._compact(model) else "trl")
     facts = {**{k: v for k, v in info.items() if v is not None}, **{f"version_{k}": v for k, v in lifecycle.versions().items()}}
     trainer.add_callback(RunFacts(writer, facts, {"trainable_params": trainable, "total_params": info["total_params"]}))
     runs.update(run_dir, model_info=info)

@@ -55,6 +55,9 @@ def test_two_processes_under_zero2_make_one_run_that_matches_one_process_and_res
     info, alone = json.loads((run / "run.json").read_text()), json.loads((tmp_path / "runs" / "one" / "run.json").read_text())
     assert info["status"] == "complete" and info["processes"] == 2 and info["global_batch_size"] == 8
     assert len(list((run / "tensorboard").iterdir())) == 1
+    engine, plain = info["model_info"], alone["model_info"]  # lancy's speed paths: off under DeepSpeed, on alone
+    assert (engine["loss_path"], engine["lean_modules"], engine["shared_prefix"]) == ("trl", 0, False)
+    assert plain["loss_path"] == "compact" and plain["lean_modules"] > 0 and plain["shared_prefix"]
     from safetensors.torch import load_file
 
     adapter = load_file(run / "model" / "adapter_model.safetensors")  # complete, not the empty-adapter trap

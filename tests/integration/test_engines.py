@@ -7,13 +7,13 @@ import pytest
 from typer.testing import CliRunner
 
 from lancy_trl.cli import app
-from lancy_trl.engines import SHIPPED, resolve
+from lancy_trl.engines import DEEPSPEED, SHIPPED, resolve
 
 runner = CliRunner()
 deepspeed = pytest.importorskip("deepspeed")  # a dev dependency: CI installs it
 
 
-@pytest.mark.parametrize("name", list(SHIPPED))
+@pytest.mark.parametrize("name", list(DEEPSPEED))
 def test_every_shipped_config_validates_with_deepspeed_and_the_hf_integration(name, tiny_model, tmp_path):
     from deepspeed.runtime.config import DeepSpeedConfig
     from transformers import AutoModelForCausalLM, TrainingArguments
@@ -41,7 +41,7 @@ def test_configs_list_and_path():
     path = runner.invoke(app, ["configs", "path", "zero2"])
     assert path.exit_code == 0 and path.output.strip().endswith("engines/zero2.json")
     unknown = runner.invoke(app, ["configs", "path", "zero9"])
-    assert unknown.exit_code == 1 and "neither a shipped DeepSpeed config (zero1, zero2" in unknown.output
+    assert unknown.exit_code == 1 and "neither a shipped DeepSpeed or FSDP config (zero1, zero2" in unknown.output
 
 
 def test_an_unknown_deepspeed_config_is_refused_before_loading(tmp_path):
@@ -49,3 +49,62 @@ def test_an_unknown_deepspeed_config_is_refused_before_loading(tmp_path):
                                  "--output-dir", str(tmp_path / "runs")])
     assert result.exit_code == 1 and "--deepspeed: 'zero9' is neither a shipped" in result.output
     assert not (tmp_path / "runs").exists()
+
+
+def test_the_shipped_fsdp_file_is_an_accelerate_config_and_the_trainers_fsdp_settings(tmp_path):
+    """One file for `accelerate launch --config_file` and for `--fsdp`: accelerate reads it as a launch config, and
+    its fsdp_config section becomes the Trainer's FSDP plugin (FSDP2, full shard, decoder layers wrapped)."""
+    from accelerate.commands.config.config_args import load_config_from_file
+    from accelerate.utils import FullyShardedDataParallelPlugin
+    from trl import SFTConfig
+
+    from lancy_trl.engines import fsdp_config
+    from lancy_trl.train.sft import engine_arguments
+
+    launch = load_config_from_file(str(resolve("fsdp", "FSDP")))
+    assert str(launch.distributed_type).endswith("FSDP") and launch.fsdp_config["fsdp_version"] == 2
+    args = SFTConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, **engine_arguments(type("A", (), {"fsdp": "fsdp"})()))
+    plugin = FullyShardedDataParallelPlugin(**args.fsdp_plugin_args)
+    assert plugin.fsdp_version == 2 and plugin.reshard_after_forward is True
+    assert str(plugin.state_dict_type).endswith("FULL_STATE_DICT")  # the final model saved whole, loadable anywhere
+    assert plugin.auto_wrap_policy is not None  # transformer-based: the model's _no_split_modules (its decoder layer)
+    own = tmp_path / "mine.json"
+    own.write_text(json.dumps({"fsdp_version": 2, "fsdp_offload_params": True}))
+    assert fsdp_config(str(own)) == {"version": 2, "cpu_offload": True}
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--fsdp"], "FSDP runs on GPUs (accelerate does not shard over CPU processes"),
+    (["--fsdp", "zero2"], "--fsdp: 'zero2' is neither a shipped FSDP config (fsdp)"),
+    (["--fsdp", "--deepspeed", "zero2"], "--deepspeed and --fsdp are two sharding engines: keep one"),
+    (["--fsdp", "--load-in-4bit"], "--fsdp does not shard a 4-bit or 8-bit base"),
+])
+def test_fsdp_mistakes_are_one_line_before_anything_loads(tiny_model, tmp_path, flags, message):
+    result = runner.invoke(app, ["sft", "--model", str(tiny_model), *flags, "--device", "cpu",
+                                 "--output-dir", str(tmp_path / "runs")])
+    assert result.exit_code == 1 and message in result.output, result.output
+    assert "Traceback" not in result.output and not any((tmp_path / "runs").glob("*"))
+
+
+def test_lancys_speed_paths_are_off_under_sharding_engines_and_several_processes(tiny_model):
+    """Decided by what runs, not by the process count: DeepSpeed or FSDP (even one process) get no lean activations,
+    no shared prefixes and no compact loss; several plain processes keep lean activations but not the in-place
+    vocabulary gradients, which bypass DDP's hooks."""
+    from types import SimpleNamespace
+
+    from transformers import AutoModelForCausalLM
+
+    from lancy_trl.train.trainer import memory_paths, one_plain_process
+
+    def trainer(processes, **engine):
+        return SimpleNamespace(model=AutoModelForCausalLM.from_pretrained(tiny_model), accelerator=SimpleNamespace(
+            num_processes=processes), args=SimpleNamespace(gradient_checkpointing=False), **engine)
+
+    for engine in ({"is_fsdp_enabled": True}, {"is_deepspeed_enabled": True}):
+        sharded = trainer(1, **engine)
+        assert not one_plain_process(sharded) and memory_paths(sharded, 0.0, True) == (0, 0)
+    ddp = trainer(2)
+    _, lean = memory_paths(ddp, 0.0, True)
+    alone = trainer(1)
+    assert not one_plain_process(ddp) and one_plain_process(alone)
+    assert 0 < lean < memory_paths(alone, 0.0, True)[1]  # the embedding and LM head stay plain under DDP
