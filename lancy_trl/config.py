@@ -54,6 +54,9 @@ class ModelArgs:
                              "CUDA, or CPU with bitsandbytes 0.50+), LoRA adapters trained on top.", group="LoRA")
     load_in_8bit: bool = opt(False, "The frozen base in 8-bit (bitsandbytes LLM.int8()), LoRA adapters on top.",
                              group="LoRA")
+    router_aux_loss_coef: float | None = opt(None, "Mixture-of-experts models: weight of the router's load-balancing "
+                                             "loss added to the training loss (default: the model config's own; 0 "
+                                             "turns it off).", group="Model")
 
 
 @dataclass
@@ -336,6 +339,8 @@ def validate(args) -> None:
         problems.append(f"--max-steps must be positive, or -1 to run the epochs (got {args.max_steps})")
     if getattr(args, "num_train_epochs", 1) <= 0:
         problems.append(f"--num-train-epochs must be positive (got {args.num_train_epochs})")
+    if (getattr(args, "router_aux_loss_coef", None) or 0) < 0:
+        problems.append(f"--router-aux-loss-coef must be 0 (off) or positive (got {args.router_aux_loss_coef})")
     if getattr(args, "save_minutes", 0) < 0:
         problems.append(f"--save-minutes must be 0 (off) or positive (got {args.save_minutes})")
     for bits in (4, 8):

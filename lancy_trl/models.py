@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lancy_trl import moe
 from lancy_trl.errors import LancyError, did_you_mean
 from lancy_trl.network import hub_cached as _hub_cached
 from lancy_trl.network import hub_reachable
@@ -299,7 +300,9 @@ def check_causal(path: str, trust_remote_code: bool) -> Any:
             "decoder (causal) LMs; pick one from `lancy models list`"
         )
     if getattr(config, "is_encoder_decoder", False):
-        raise LancyError(f"{path} is an encoder-decoder model ({config.model_type}); lancy trains decoder-only LMs")
+        raise LancyError(f"{path} is an encoder-decoder model ({config.model_type}: T5, BART and Switch Transformers "
+                         "are): lancy trains decoder-only LMs, mixture-of-experts ones included (Mixtral, Qwen3-MoE, "
+                         "OLMoE, DeepSeek); pick one from `lancy models list` or a decoder's hub id")
     return config
 
 
@@ -334,14 +337,17 @@ def setup_tokenizer(tokenizer: Any) -> dict[str, Any]:
 
 
 def lora_targets(model: Any) -> list[str]:
-    """Every linear layer's leaf name except the output head: LoRA on all of them works best for small models."""
+    """Every linear layer's leaf name except the output head and a mixture-of-experts model's routers: LoRA on all of
+    them works best for small models; a router adapted by LoRA would learn to send tokens elsewhere."""
     import torch
 
-    out_emb = model.get_output_embeddings()
+    from lancy_trl.moe import routers
+
+    out_emb, skip = model.get_output_embeddings(), routers(model)
     names = set()
     for name, module in model.named_modules():
         is_linear = isinstance(module, torch.nn.Linear) or type(module).__name__ == "Conv1D"
-        if is_linear and module is not out_emb:
+        if is_linear and module is not out_emb and name not in skip:
             names.add(name.rsplit(".", 1)[-1])
     return sorted(names)
 
@@ -397,6 +403,7 @@ def load_model(source: ModelSource, args: Any, *, device: str, for_training: boo
         "architecture": (model.config.architectures or [type(model).__name__])[0],
         "model_type": model.config.model_type,
         "total_params": sum(p.numel() for p in model.parameters()),
+        **moe.describe(model),
         **{f"tokenizer_{k}": v for k, v in tok_notes.items()},
     }
     return LoadedModel(model, tokenizer, info)

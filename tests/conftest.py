@@ -49,17 +49,20 @@ def build_tokenizer(pad: bool = False):
 
 def build_tiny_model(path: Path, arch: str = "llama", tie: bool = True) -> Path:
     import torch
-    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
+    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config, Qwen2MoeConfig
 
     torch.manual_seed(0)
     tok = build_tokenizer()
-    cls = {"llama": LlamaConfig, "qwen2": Qwen2Config}[arch]
+    cls = {"llama": LlamaConfig, "qwen2": Qwen2Config, "qwen2_moe": Qwen2MoeConfig}[arch]
+    moe = {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32,
+           "shared_expert_intermediate_size": 32} if arch == "qwen2_moe" else {}
     config = cls(
         vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=tie,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **moe,
     )
-    config.architectures = [{"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}[arch]]
+    config.architectures = [{"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM",
+                             "qwen2_moe": "Qwen2MoeForCausalLM"}[arch]]
     model = AutoModelForCausalLM.from_config(config)
     model.save_pretrained(path)
     tok.save_pretrained(path)

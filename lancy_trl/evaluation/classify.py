@@ -132,8 +132,11 @@ def score_batch(model: Any, prompt_ids: list[list[int]], label_ids: list[list[in
     # label j's token t is predicted at the prompt's end (t = 0) or at its own token t - 1
     where = [p_len - 1 if t == 0 else start + t - 1 for start, n in zip(starts, lens) for t in range(n)]
     keep = sorted(set(where))
+    # a mixture-of-experts model trained with its router loss has it on in its config: not wanted here, and its
+    # formula reads a 2-D attention mask
+    routers = {"output_router_logits": False} if hasattr(model.config, "output_router_logits") else {}
     out = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
-                use_cache=cache is not None, logits_to_keep=torch.tensor(keep, device=device),
+                use_cache=cache is not None, logits_to_keep=torch.tensor(keep, device=device), **routers,
                 **({cache_keyword(model): cache} if cache is not None else {}))
     logp = torch.log_softmax(out.logits.float(), dim=-1)  # (b, len(keep), vocab)
     index = {c: n for n, c in enumerate(keep)}

@@ -145,7 +145,7 @@ def _train(args: GRPOArgs, run_dir: Path, checkpoint: str | None, data: Any, loa
                   f"{len(data.train):,} prompts, {args.num_generations} completions each of up to "
                   f"{config.max_completion_length} tokens, reward {named}"
                   + (", shared prefixes computed once per batch" if trainer.shared_prefix else "")
-                  + lifecycle.processes_note(args))
+                  + lifecycle.moe_note(info, trainer) + lifecycle.processes_note(args))
     info.update(shared_prefix=trainer.shared_prefix, lean_logps=trainer.lean_logps, lean_modules=trainer.lean_modules,
                 checkpointed_layers=trainer.checkpointed_layers)
     runs.update(run_dir, model_info=info)

@@ -78,6 +78,9 @@ def setup(args: Any, console: Any, run_dir: Path, checkpoint: str | None, load_d
     with console.status(f"Loading {source.path}..."):
         loaded = load_model(source, args, device=device)
     trainer_options(args, loaded.info)
+    if getattr(args, "router_aux_loss_coef", None) and not loaded.info.get("experts"):
+        raise LancyError(f"--router-aux-loss-coef weighs a mixture-of-experts router's loss, and {source.path} is a dense "
+                         "model: drop --router-aux-loss-coef")
     if args.use_lora and args.lora_target_modules:
         check_targets(args.lora_target_modules, loaded.model)
     return data, source, loaded
@@ -183,6 +186,25 @@ def processes_note(args: Any) -> str:
             "shared prefixes, lean log-probs, in-place vocabulary gradients) off: TRL's own loss path")
 
 
+def router_loss(trainer: Any) -> float:
+    """The weight of the router load-balancing loss TRL adds (0: none)."""
+    return getattr(trainer, "router_aux_loss_coef", 0.0) if getattr(trainer, "aux_loss_enabled", False) else 0.0
+
+
+def moe_note(info: dict[str, Any], trainer: Any) -> str:
+    """The run summary's words on a mixture-of-experts model: experts, active parameters, the router loss."""
+    if not info.get("experts"):
+        return ""
+    from lancy_trl.moe import routers
+
+    coef = router_loss(trainer)
+    adapted = any(".lora_" in name for name in routers(trainer.model))
+    lora = "" if not info.get("lora_target_modules") else "LoRA on routers too; " if adapted else "routers without LoRA; "
+    return (f"\n  mixture of experts: {info['experts']} experts, {info['experts_per_token']} per token; "
+            f"{info['active_params']:,} of {info['total_params']:,} parameters active per token; {lora}"
+            + (f"router load-balancing loss x{coef:g} (logged as aux_loss)" if coef else "no router load-balancing loss"))
+
+
 def check_processes(run_dir: Path, console: Any) -> None:
     """A run resumed with another number of processes goes on, with what changes said."""
     before = runs.read(run_dir).get("processes", 1)
@@ -243,6 +265,8 @@ def train(trainer: Any, run_dir: Path, checkpoint: str | None, interrupt: Any, c
     if fsdp_wanted(trainer.args) and not getattr(trainer, "is_fsdp_enabled", False):  # check_device's safety net
         raise LancyError("FSDP was asked for but accelerate did not enable it on this device: the run would train "
                          "whole copies; drop --fsdp or run on GPUs")
+    if router_loss(trainer):
+        runs.update(run_dir, router_aux_loss_coef=router_loss(trainer))
     start = time.time()
     with interrupt:
         output = trainer.train(resume_from_checkpoint=checkpoint)
@@ -273,6 +297,9 @@ def finish(trainer: Any, result: RunResult, meta: dict[str, Any]) -> None:
     if distributed.is_main():
         shutil.rmtree(tmp, ignore_errors=True)
     hf_logging.disable_progress_bar()  # no "Writing model shards" bar after the run's own summary
+    text_config = trainer.model.config.get_text_config()
+    if getattr(text_config, "output_router_logits", False):  # on for training only (TRL's router loss)
+        text_config.output_router_logits = False
     trainer.save_model(str(tmp))  # every rank: a sharded engine gathers the weights; rank 0 writes them
     if not distributed.is_main():
         return

@@ -156,7 +156,7 @@ def _train(args: PretrainArgs, run_dir: Any, checkpoint: str | None, data: Any, 
         what = f"{len(data.train):,} documents packed into {blocks:,} blocks of up to {args.max_length} tokens"
     console.print(f"[bold]{run_dir}[/]\n  {loaded.info['architecture']} on {loaded.info['device']} "
                   f"({loaded.info['precision']}, {loaded.info['attn_implementation']}): {what}, no attention across "
-                  "documents" + lifecycle.processes_note(args))
+                  "documents" + lifecycle.moe_note(loaded.info, trainer) + lifecycle.processes_note(args))
     result = lifecycle.train(trainer, run_dir, checkpoint, interrupt, console, "pretrain")
     if result.eval_loss is not None:
         result.final_eval["eval_perplexity"] = math.exp(result.eval_loss)

@@ -120,6 +120,8 @@ def trainer_arguments(args: RunnableArgs, run_dir: Path, info: dict[str, Any]) -
         report_to="none",  # lancy adds its own TensorBoard callback, writing into the run directory
         disable_tqdm=True,
         dataloader_num_workers=0,
+        router_aux_loss_coef=getattr(args, "router_aux_loss_coef", None),  # MoE: TRL adds, weights and logs it
+        ddp_find_unused_parameters=bool(info.get("experts")),  # dense: every trained weight has a gradient each step
         **engine_arguments(args),
     )
 
@@ -289,7 +291,7 @@ def _train(args, run_dir, checkpoint, data, loaded, console, data_report, plan) 
            if args.shared_prefix is None and device == "cpu" and info.get("model_type") not in MODEL_TYPES else "")
         + (f", batches of {args.batch_size} run as micro-batches of {trl_config.per_device_train_batch_size}"
            if trl_config.per_device_train_batch_size < args.batch_size else "")
-        + lifecycle.processes_note(args)
+        + lifecycle.moe_note(info, trainer) + lifecycle.processes_note(args)
     )
     if plan is not None:
         console.print(f"  differentially private: epsilon {plan.epsilon:g} at delta {plan.delta:.2g} over {plan.steps} "
