@@ -88,7 +88,7 @@ def run_grpo(args: GRPOArgs, console: Any, flags: dict[str, Any] | None = None) 
         picked["rewards"] = reward_functions(args, data)
         return data
 
-    data, source, loaded = lifecycle.setup(args, console, run_dir, checkpoint, load_data)
+    data, source, loaded = lifecycle.setup(args, console, run_dir, checkpoint, load_data, "grpo")
     funcs, weights = picked["rewards"]
     with console.status("Counting tokens..."):
         report = fit_to_model(data, loaded.tokenizer, args)
@@ -145,7 +145,7 @@ def _train(args: GRPOArgs, run_dir: Path, checkpoint: str | None, data: Any, loa
                   f"{len(data.train):,} prompts, {args.num_generations} completions each of up to "
                   f"{config.max_completion_length} tokens, reward {named}"
                   + (", shared prefixes computed once per batch" if trainer.shared_prefix else "")
-                  + lifecycle.moe_note(info, trainer) + lifecycle.processes_note(args))
+                  + lifecycle.notes(args, info, trainer))
     info.update(shared_prefix=trainer.shared_prefix, lean_logps=trainer.lean_logps, lean_modules=trainer.lean_modules,
                 checkpointed_layers=trainer.checkpointed_layers)
     runs.update(run_dir, model_info=info)

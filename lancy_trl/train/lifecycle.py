@@ -55,9 +55,11 @@ def prepare(args: Any, flags: dict[str, Any], console: Any, cls: Any, command: s
     return args, Path(args.run_dir) if args.run_dir else Path(), None
 
 
-def setup(args: Any, console: Any, run_dir: Path, checkpoint: str | None, load_data: Any) -> tuple[Any, Any, Any]:
+def setup(args: Any, console: Any, run_dir: Path, checkpoint: str | None, load_data: Any,
+          command: str = "sft") -> tuple[Any, Any, Any]:
     """(data, model source, loaded model): the data first (a resumed run's checked against what it started on), then
-    the model; impossible speed options and unknown LoRA targets are refused before a run directory exists."""
+    the model's memory estimated and the model loaded; impossible speed options and unknown LoRA targets are refused
+    before a run directory exists."""
     from lancy_trl.engines import check_device
     from lancy_trl.models import load_model, pick_device, resolve_model
     from lancy_trl.train.sft import trainer_options
@@ -75,8 +77,10 @@ def setup(args: Any, console: Any, run_dir: Path, checkpoint: str | None, load_d
     with main_first():  # a download or GGUF conversion happens once
         source = resolve_model(args.model, log=console.print)
     warn_remote_code(args, source, console)
+    estimate = estimate_memory(args, source, device, data, command, console)
     with console.status(f"Loading {source.path}..."):
         loaded = load_model(source, args, device=device)
+    loaded.info.update(estimate)
     trainer_options(args, loaded.info)
     if getattr(args, "router_aux_loss_coef", None) and not loaded.info.get("experts"):
         raise LancyError(f"--router-aux-loss-coef weighs a mixture-of-experts router's loss, and {source.path} is a dense "
@@ -84,6 +88,28 @@ def setup(args: Any, console: Any, run_dir: Path, checkpoint: str | None, load_d
     if args.use_lora and args.lora_target_modules:
         check_targets(args.lora_target_modules, loaded.model)
     return data, source, loaded
+
+
+def estimate_memory(args: Any, source: Any, device: str, data: Any, command: str, console: Any) -> dict[str, Any]:
+    """The run's memory per process estimated from the model's config (lancy_trl/memory.py), before its weights
+    load; a line with the options that would fit when it is more than the device has."""
+    from lancy_trl import memory
+    from lancy_trl.models import check_causal
+    from lancy_trl.train.trainer import LOSS_CHUNK
+
+    s = memory.shape(check_causal(source.path, args.trust_remote_code), args)
+    micro = min(getattr(args, "micro_batch_size", None) or args.batch_size, args.batch_size)
+    classify = getattr(data, "kind", "") == "classification"
+    answers = {"pretrain": -(-LOSS_CHUNK // micro), "sft": 4 if classify else None}.get(command)
+    n = distributed.world_size()
+    estimate, room = memory.estimate(args, s, device, n, answers), memory.device_memory(device)
+    if estimate.total > room and distributed.is_main():
+        fits = memory.alternatives(args, s, device, n, answers, room)
+        console.print(f"[yellow]warning:[/] this run needs {estimate.line()} and the {device} has "
+                      f"{room / memory.GB:.1f} GB; " + (f"would fit: {', '.join(fits)}" if fits else
+                                                         "no single change fits: use a smaller model"), highlight=False)
+    return {"memory_estimate_gb": round(estimate.total / memory.GB, 2), "memory_estimate": estimate.line(),
+            "device_memory_gb": round(room / memory.GB, 1)}
 
 
 @contextmanager
@@ -184,6 +210,14 @@ def processes_note(args: Any) -> str:
     return (f"\n  {where}: global batch {global_batch(args)} ({args.batch_size} per process x {n} x "
             f"{args.gradient_accumulation_steps} accumulated); lancy's single-process speed paths (compact loss, "
             "shared prefixes, lean log-probs, in-place vocabulary gradients) off: TRL's own loss path")
+
+
+def notes(args: Any, info: dict[str, Any], trainer: Any) -> str:
+    """The run summary's shared lines: a mixture-of-experts model, the memory estimate, several processes."""
+    memory = (f"\n  memory estimate for the longest batch (rows of --max-length): {info['memory_estimate']} of the "
+              f"{info['device']}'s {info['device_memory_gb']} GB"
+              if "memory_estimate" in info else "")
+    return moe_note(info, trainer) + memory + processes_note(args)
 
 
 def router_loss(trainer: Any) -> float:
@@ -307,13 +341,24 @@ def finish(trainer: Any, result: RunResult, meta: dict[str, Any]) -> None:
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
     runs.update(run_dir, status="complete", steps=result.steps, train_loss=result.train_loss,
-                eval_loss=result.eval_loss, train_seconds=round(result.seconds, 1),
+                eval_loss=result.eval_loss, train_seconds=round(result.seconds, 1), **peak_memory(),
                 finished=time.strftime("%Y-%m-%dT%H:%M:%S"), final_eval=result.final_eval)
     metrics = {"step": result.steps, "train_loss": result.train_loss, **result.final_eval}
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     from lancy_trl import manifest
 
     manifest.write(run_dir)  # sha256 of the data files, base model and output: `lancy manifest RUN --verify`
+
+
+def peak_memory() -> dict[str, float]:
+    """This process's peak: GPU memory allocated on CUDA, resident memory otherwise (GB), beside the estimate."""
+    import resource
+
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.max_memory_allocated():
+        return {"peak_gpu_memory_gb": round(torch.cuda.max_memory_allocated() / 1024**3, 2)}
+    return {"peak_memory_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, 2)}
 
 
 def lora_config(args: Any, model: Any, info: dict[str, Any]) -> Any:

@@ -71,7 +71,7 @@ def run_pretrain(args: PretrainArgs, console: Any, flags: dict[str, Any] | None 
     from lancy_trl.train.sft import fit_to_model
 
     args, run_dir, checkpoint = lifecycle.prepare(args, flags or {}, console, PretrainArgs, "pretrain")
-    data, source, loaded = lifecycle.setup(args, console, run_dir, checkpoint, text_data)
+    data, source, loaded = lifecycle.setup(args, console, run_dir, checkpoint, text_data, "pretrain")
     if data.stats.get("streamed"):
         report: dict[str, Any] = {"train_tokens": "streamed"}
     else:
@@ -156,7 +156,7 @@ def _train(args: PretrainArgs, run_dir: Any, checkpoint: str | None, data: Any, 
         what = f"{len(data.train):,} documents packed into {blocks:,} blocks of up to {args.max_length} tokens"
     console.print(f"[bold]{run_dir}[/]\n  {loaded.info['architecture']} on {loaded.info['device']} "
                   f"({loaded.info['precision']}, {loaded.info['attn_implementation']}): {what}, no attention across "
-                  "documents" + lifecycle.moe_note(loaded.info, trainer) + lifecycle.processes_note(args))
+                  "documents" + lifecycle.notes(args, loaded.info, trainer))
     result = lifecycle.train(trainer, run_dir, checkpoint, interrupt, console, "pretrain")
     if result.eval_loss is not None:
         result.final_eval["eval_perplexity"] = math.exp(result.eval_loss)

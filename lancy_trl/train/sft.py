@@ -162,7 +162,7 @@ def run_sft(args: SFTArgs, console: Any, flags: dict[str, Any] | None = None) ->
     from lancy_trl.data.build import build_data
 
     args, run_dir, checkpoint = lifecycle.prepare(args, flags or {}, console, SFTArgs, "sft")
-    data, source, loaded = lifecycle.setup(args, console, run_dir, checkpoint, build_data)
+    data, source, loaded = lifecycle.setup(args, console, run_dir, checkpoint, build_data, "sft")
     with console.status("Counting tokens..."):
         data_report = fit_to_model(data, loaded.tokenizer, args)
     plan = None
@@ -291,7 +291,7 @@ def _train(args, run_dir, checkpoint, data, loaded, console, data_report, plan) 
            if args.shared_prefix is None and device == "cpu" and info.get("model_type") not in MODEL_TYPES else "")
         + (f", batches of {args.batch_size} run as micro-batches of {trl_config.per_device_train_batch_size}"
            if trl_config.per_device_train_batch_size < args.batch_size else "")
-        + lifecycle.moe_note(info, trainer) + lifecycle.processes_note(args)
+        + lifecycle.notes(args, info, trainer)
     )
     if plan is not None:
         console.print(f"  differentially private: epsilon {plan.epsilon:g} at delta {plan.delta:.2g} over {plan.steps} "

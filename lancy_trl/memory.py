@@ -1,0 +1,143 @@
+"""How much memory a training run will take, estimated from the model's config before any weight loads.
+
+    estimate = memory.estimate(args, config, device)   # Estimate(weights=..., gradients=..., ...), bytes per process
+    memory.fits(estimate, device)                       # what the device has, and what would fit if it is too little
+
+The parts: weights (fp32 while training, as lancy trains; 4-bit NF4 or 8-bit for a quantized base's linear layers),
+gradients and AdamW's two moments for what trains (LoRA's A and B, or every weight), each divided among the
+processes as the engine shards it (ZeRO-1: optimizer state; ZeRO-2: and gradients; ZeRO-3 and FSDP: and weights;
+ZeRO-3 offload: optimizer and weights in CPU memory), and activations for the longest batch: per decoder layer and
+token, the tensors a Llama-style layer keeps for backward, fewer with checkpointing, plus the logits the loss path
+materialises. It is an estimate for the worst batch; bench figures against measured peaks are in docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from typing import Any
+
+GB = 1024**3
+RUNTIME = {"cpu": 0.6 * GB, "cuda": 0.6 * GB, "mps": 0.6 * GB}  # torch, Python and the libraries; a CUDA context
+
+
+@dataclass(frozen=True)
+class Estimate:
+    weights: float
+    gradients: float
+    optimizer: float
+    activations: float
+    runtime: float
+
+    @property
+    def total(self) -> float:
+        return self.weights + self.gradients + self.optimizer + self.activations + self.runtime
+
+    def line(self) -> str:
+        parts = ", ".join(f"{name} {getattr(self, name) / GB:.2f}" for name in
+                          ("weights", "gradients", "optimizer", "activations"))
+        return f"about {self.total / GB:.1f} GB per process ({parts}; GB)"
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What the estimate reads from a model: parameter counts and the decoder's sizes."""
+
+    params: int
+    linear: int  # parameters in linear layers a 4/8-bit base quantizes (not the embeddings or the LM head)
+    lora: int  # LoRA parameters per unit of rank on the default targets (sum of in + out features)
+    layers: int
+    hidden: int
+    intermediate: int
+    vocab: int
+
+
+def shape(config: Any, args: Any) -> Shape:
+    """Counts from a weightless (meta-device) model built from the config: exact for any family."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from lancy_trl.models import lora_targets
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=args.trust_remote_code)
+    head = model.get_output_embeddings()
+    linears = [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and m is not head]
+    targets = set(args.lora_target_modules or lora_targets(model))
+    text = config.get_text_config()
+    return Shape(
+        params=sum(p.numel() for p in model.parameters()),
+        linear=sum(m.weight.numel() for _, m in linears),
+        lora=sum(m.in_features + m.out_features for n, m in linears if n.rsplit(".", 1)[-1] in targets),
+        layers=text.num_hidden_layers, hidden=text.hidden_size,
+        intermediate=getattr(text, "intermediate_size", None) or 4 * text.hidden_size, vocab=text.vocab_size,
+    )
+
+
+def estimate(args: Any, s: Shape, device: str, processes: int = 1, answers: int | None = None) -> Estimate:
+    """Bytes per process for this run's method, precision, engine and batch; `answers`: the positions per example
+    lancy's compact loss takes logits at (None: the loss is on every token)."""
+    from lancy_trl import engines
+
+    bits = 4 if getattr(args, "load_in_4bit", False) else 8 if getattr(args, "load_in_8bit", False) else 32
+    weights = (s.params - s.linear) * 4 + s.linear * (bits / 8 + (0.06 if bits == 4 else 0))  # NF4's scales
+    trained = s.lora * args.lora_r if args.use_lora else s.params
+    gradients, optimizer = trained * 4.0, trained * 8.0  # fp32 gradients, AdamW's two fp32 moments
+    stage = 3 if getattr(args, "fsdp", None) else engines.zero_stage(getattr(args, "deepspeed", None))
+    offload = "offload" in str(getattr(args, "deepspeed", "") or "")
+    if processes > 1 or stage:
+        optimizer = 0.0 if offload else optimizer / processes if stage >= 1 else optimizer
+        gradients = gradients / processes if stage >= 2 else gradients
+        weights = 0.0 if offload else weights / processes if stage >= 3 else weights
+    plain = processes == 1 and not stage
+    return Estimate(weights, gradients, optimizer, activations(args, s, answers if plain else None),
+                    RUNTIME.get(device, RUNTIME["cpu"]))
+
+
+def activations(args: Any, s: Shape, answers: int | None) -> float:
+    """The longest batch's saved activations: per layer and token, a Llama layer keeps about 10 hidden-size and 4
+    intermediate-size tensors for backward (norm inputs, q/k/v, attention output, the MLP's gate, up and product),
+    in the autocast precision; checkpointed layers keep their input only. Calibrated on full blocks (pretraining
+    SmolLM2-135M on CPU: bench/memory_estimate.py). Plus the fp32 logits and their gradient
+    where the loss is taken: every position on TRL's path, `answers` per example on lancy's compact one."""
+    micro = min(getattr(args, "micro_batch_size", None) or args.batch_size, args.batch_size)
+    tokens = micro * args.max_length
+    width = 2 if args.precision in ("bf16", "fp16") else 4
+    lora = 1.5 if args.use_lora else 1.0  # measured: LoRA's saved inputs and low-rank outputs add half again
+    per_layer = tokens * (10 * s.hidden + 4 * s.intermediate) * width * lora
+    share = 1.0 if args.gradient_checkpointing else getattr(args, "checkpoint_layers", 0.0)
+    kept = s.layers * (per_layer * (1 - share) + tokens * s.hidden * width * share) + per_layer * (share > 0)
+    positions = tokens if answers is None else min(tokens, micro * answers)
+    return kept + positions * s.vocab * 4 * 2
+
+
+def device_memory(device: str) -> float:
+    """What the device has: a CUDA GPU's memory, else the machine's RAM."""
+    if device == "cuda":
+        import torch
+
+        return float(torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory)
+    return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
+def alternatives(args: Any, s: Shape, device: str, processes: int, answers: int | None, room: float) -> list[str]:
+    """The flags that would bring the estimate under `room`, each tried alone on this run's settings."""
+    tries: list[tuple[str, dict[str, Any]]] = []
+    if not args.use_lora:
+        tries.append(("LoRA (drop --no-use-lora)", {"use_lora": True}))
+    if not (getattr(args, "load_in_4bit", False) or getattr(args, "fsdp", None)):
+        tries.append(("--load-in-4bit", {"load_in_4bit": True, "load_in_8bit": False, "use_lora": True}))
+    micro = getattr(args, "micro_batch_size", None) or args.batch_size
+    tries += [(f"--micro-batch-size {m}", {"micro_batch_size": m}) for m in (micro // 2, micro // 4, 1) if 0 < m < micro]
+    if not args.gradient_checkpointing:
+        tries.append(("--gradient-checkpointing", {"gradient_checkpointing": True}))
+    if processes > 1 and not getattr(args, "fsdp", None):
+        tries += [(f"--deepspeed {z}", {"deepspeed": z}) for z in ("zero2", "zero3", "zero3_offload")]
+    fitting = []
+    for words, change in tries:
+        other = dataclasses.replace(args, **{k: v for k, v in change.items() if hasattr(args, k)})
+        need = estimate(other, s, device, processes, answers).total
+        if need <= room:
+            fitting.append(f"{words} (about {need / GB:.1f} GB)")
+    return fitting
