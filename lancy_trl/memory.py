@@ -6,9 +6,10 @@
 The parts: weights (fp32 while training, as lancy trains; 4-bit NF4 or 8-bit for a quantized base's linear layers),
 gradients and AdamW's two moments for what trains (LoRA's A and B, or every weight), each divided among the
 processes as the engine shards it (ZeRO-1: optimizer state; ZeRO-2: and gradients; ZeRO-3 and FSDP: and weights;
-ZeRO-3 offload: optimizer and weights in CPU memory), and activations for the longest batch: per decoder layer and
-token, the tensors a Llama-style layer keeps for backward, fewer with checkpointing, plus the logits the loss path
-materialises. It is an estimate for the worst batch; bench figures against measured peaks are in docs/benchmarks.md.
+ZeRO-3 offload: optimizer and weights in CPU memory), and activations for the longest batch (rows as long as the
+data's longest, guessed from its characters, or --max-length for packed blocks): per decoder layer and token, the
+tensors a Llama-style layer keeps for backward, fewer with checkpointing, plus the logits the loss path
+materialises. Bench figures against measured peaks: bench/memory_estimate.py, docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -75,9 +76,11 @@ def shape(config: Any, args: Any) -> Shape:
     )
 
 
-def estimate(args: Any, s: Shape, device: str, processes: int = 1, answers: int | None = None) -> Estimate:
+def estimate(args: Any, s: Shape, device: str, processes: int = 1, answers: int | None = None,
+             length: int | None = None) -> Estimate:
     """Bytes per process for this run's method, precision, engine and batch; `answers`: the positions per example
-    lancy's compact loss takes logits at (None: the loss is on every token)."""
+    lancy's compact loss takes logits at (None: the loss is on every token); `length`: the longest row (default
+    --max-length)."""
     from lancy_trl import engines
 
     bits = 4 if getattr(args, "load_in_4bit", False) else 8 if getattr(args, "load_in_8bit", False) else 32
@@ -91,18 +94,33 @@ def estimate(args: Any, s: Shape, device: str, processes: int = 1, answers: int 
         gradients = gradients / processes if stage >= 2 else gradients
         weights = 0.0 if offload else weights / processes if stage >= 3 else weights
     plain = processes == 1 and not stage
-    return Estimate(weights, gradients, optimizer, activations(args, s, answers if plain else None),
+    return Estimate(weights, gradients, optimizer, activations(args, s, answers if plain else None, length),
                     RUNTIME.get(device, RUNTIME["cpu"]))
 
 
-def activations(args: Any, s: Shape, answers: int | None) -> float:
+def longest_row(rows: Any, max_length: int, scan: int = 20_000) -> int:
+    """The longest row in tokens, guessed before any tokenizer loads: its text's characters / 3 (English runs about
+    4 per token) plus 8 per chat message for the template, at most --max-length (longer rows are dropped). Scans
+    the first `scan` rows; a dataset without a length (streamed) counts as full rows."""
+    if not hasattr(rows, "__len__") or not hasattr(rows, "select"):
+        return max_length
+    columns = [c for c in ("prompt", "completion", "messages", "text") if c in rows.column_names]
+    longest = 0
+    for row in rows.select(range(min(len(rows), scan))).select_columns(columns):
+        parts = [m for c in columns for m in (row[c] if isinstance(row[c], list) else [row[c]])]
+        chars = sum(len(p["content"] if isinstance(p, dict) else str(p)) for p in parts)
+        longest = max(longest, chars // 3 + 8 * len(parts))
+    return min(max_length, longest or max_length)
+
+
+def activations(args: Any, s: Shape, answers: int | None, length: int | None = None) -> float:
     """The longest batch's saved activations: per layer and token, a Llama layer keeps about 10 hidden-size and 4
     intermediate-size tensors for backward (norm inputs, q/k/v, attention output, the MLP's gate, up and product),
     in the autocast precision; checkpointed layers keep their input only. Calibrated on full blocks (pretraining
     SmolLM2-135M on CPU: bench/memory_estimate.py). Plus the fp32 logits and their gradient
     where the loss is taken: every position on TRL's path, `answers` per example on lancy's compact one."""
     micro = min(getattr(args, "micro_batch_size", None) or args.batch_size, args.batch_size)
-    tokens = micro * args.max_length
+    tokens = micro * (length or args.max_length)
     width = 2 if args.precision in ("bf16", "fp16") else 4
     lora = 1.5 if args.use_lora else 1.0  # measured: LoRA's saved inputs and low-rank outputs add half again
     per_layer = tokens * (10 * s.hidden + 4 * s.intermediate) * width * lora
@@ -121,7 +139,8 @@ def device_memory(device: str) -> float:
     return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
 
 
-def alternatives(args: Any, s: Shape, device: str, processes: int, answers: int | None, room: float) -> list[str]:
+def alternatives(args: Any, s: Shape, device: str, processes: int, answers: int | None, length: int | None,
+                 room: float) -> list[str]:
     """The flags that would bring the estimate under `room`, each tried alone on this run's settings."""
     tries: list[tuple[str, dict[str, Any]]] = []
     if not args.use_lora:
@@ -137,7 +156,7 @@ def alternatives(args: Any, s: Shape, device: str, processes: int, answers: int 
     fitting = []
     for words, change in tries:
         other = dataclasses.replace(args, **{k: v for k, v in change.items() if hasattr(args, k)})
-        need = estimate(other, s, device, processes, answers).total
+        need = estimate(other, s, device, processes, answers, length).total
         if need <= room:
             fitting.append(f"{words} (about {need / GB:.1f} GB)")
     return fitting

@@ -101,14 +101,16 @@ def estimate_memory(args: Any, source: Any, device: str, data: Any, command: str
     micro = min(getattr(args, "micro_batch_size", None) or args.batch_size, args.batch_size)
     classify = getattr(data, "kind", "") == "classification"
     answers = {"pretrain": -(-LOSS_CHUNK // micro), "sft": 4 if classify else None}.get(command)
+    length = args.max_length if command == "pretrain" else memory.longest_row(data.train, args.max_length)
     n = distributed.world_size()
-    estimate, room = memory.estimate(args, s, device, n, answers), memory.device_memory(device)
+    estimate, room = memory.estimate(args, s, device, n, answers, length), memory.device_memory(device)
     if estimate.total > room and distributed.is_main():
-        fits = memory.alternatives(args, s, device, n, answers, room)
+        fits = memory.alternatives(args, s, device, n, answers, length, room)
         console.print(f"[yellow]warning:[/] this run needs {estimate.line()} and the {device} has "
                       f"{room / memory.GB:.1f} GB; " + (f"would fit: {', '.join(fits)}" if fits else
                                                          "no single change fits: use a smaller model"), highlight=False)
     return {"memory_estimate_gb": round(estimate.total / memory.GB, 2), "memory_estimate": estimate.line(),
+            "memory_estimate_row_tokens": length,
             "device_memory_gb": round(room / memory.GB, 1)}
 
 
@@ -214,8 +216,8 @@ def processes_note(args: Any) -> str:
 
 def notes(args: Any, info: dict[str, Any], trainer: Any) -> str:
     """The run summary's shared lines: a mixture-of-experts model, the memory estimate, several processes."""
-    memory = (f"\n  memory estimate for the longest batch (rows of --max-length): {info['memory_estimate']} of the "
-              f"{info['device']}'s {info['device_memory_gb']} GB"
+    memory = (f"\n  memory estimate for the longest batch (rows of about {info['memory_estimate_row_tokens']} tokens): "
+              f"{info['memory_estimate']} of the {info['device']}'s {info['device_memory_gb']} GB"
               if "memory_estimate" in info else "")
     return moe_note(info, trainer) + memory + processes_note(args)
 
