@@ -94,7 +94,7 @@ def estimate(args: Any, s: Shape, device: str, processes: int = 1, answers: int 
         gradients = gradients / processes if stage >= 2 else gradients
         weights = 0.0 if offload else weights / processes if stage >= 3 else weights
     plain = processes == 1 and not stage
-    return Estimate(weights, gradients, optimizer, activations(args, s, answers if plain else None, length),
+    return Estimate(weights, gradients, optimizer, activations(args, s, device, answers if plain else None, length),
                     RUNTIME.get(device, RUNTIME["cpu"]))
 
 
@@ -113,7 +113,7 @@ def longest_row(rows: Any, max_length: int, scan: int = 20_000) -> int:
     return min(max_length, longest or max_length)
 
 
-def activations(args: Any, s: Shape, answers: int | None, length: int | None = None) -> float:
+def activations(args: Any, s: Shape, device: str, answers: int | None, length: int | None = None) -> float:
     """The longest batch's saved activations: per layer and token, a Llama layer keeps about 10 hidden-size and 4
     intermediate-size tensors for backward (norm inputs, q/k/v, attention output, the MLP's gate, up and product),
     in the autocast precision; checkpointed layers keep their input only. Calibrated on full blocks (pretraining
@@ -121,7 +121,7 @@ def activations(args: Any, s: Shape, answers: int | None, length: int | None = N
     where the loss is taken: every position on TRL's path, `answers` per example on lancy's compact one."""
     micro = min(getattr(args, "micro_batch_size", None) or args.batch_size, args.batch_size)
     tokens = micro * (length or args.max_length)
-    width = 2 if args.precision in ("bf16", "fp16") else 4
+    width = 2 if args.precision in ("bf16", "fp16") or (args.precision == "auto" and device == "cuda") else 4
     lora = 1.5 if args.use_lora else 1.0  # measured: LoRA's saved inputs and low-rank outputs add half again
     per_layer = tokens * (10 * s.hidden + 4 * s.intermediate) * width * lora
     share = 1.0 if args.gradient_checkpointing else getattr(args, "checkpoint_layers", 0.0)

@@ -108,3 +108,10 @@ def test_lancys_speed_paths_are_off_under_sharding_engines_and_several_processes
     alone = trainer(1)
     assert not one_plain_process(ddp) and one_plain_process(alone)
     assert 0 < lean < memory_paths(alone, 0.0, True)[1]  # the embedding and LM head stay plain under DDP
+
+
+def test_multi_gpu_without_a_gpu_is_one_line_before_anything_launches(tiny_model, tmp_path):
+    """--multi-gpu (and the pipeline's --multi_gpu) asks for one process per CUDA GPU: with none, one line."""
+    result = runner.invoke(app, ["sft", "--model", str(tiny_model), "--multi_gpu", "--output-dir", str(tmp_path / "runs")])
+    assert result.exit_code == 1 and "--multi-gpu uses every CUDA GPU and torch sees none" in result.output
+    assert "Traceback" not in result.output and not any((tmp_path / "runs").glob("*"))
