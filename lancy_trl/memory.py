@@ -1,7 +1,7 @@
 """How much memory a training run will take, estimated from the model's config before any weight loads.
 
-    estimate = memory.estimate(args, config, device)   # Estimate(weights=..., gradients=..., ...), bytes per process
-    memory.fits(estimate, device)                       # what the device has, and what would fit if it is too little
+    need = memory.estimate(args, memory.shape(config, args), device)   # Estimate(weights=..., ...), bytes per process
+    info = memory.report(args, config, device, data, "sft", console)  # the summary's figures; a warning if too much
 
 The parts: weights (fp32 while training, as lancy trains; 4-bit NF4 or 8-bit for a quantized base's linear layers),
 gradients and AdamW's two moments for what trains (LoRA's A and B, or every weight), each divided among the
@@ -160,3 +160,25 @@ def alternatives(args: Any, s: Shape, device: str, processes: int, answers: int 
         if need <= room:
             fitting.append(f"{words} (about {need / GB:.1f} GB)")
     return fitting
+
+
+def report(args: Any, config: Any, device: str, data: Any, command: str, console: Any) -> dict[str, Any]:
+    """A run's estimate for run.json and its summary, before the weights load; a warning line with the options
+    that would fit when it is more than the device has."""
+    from lancy_trl import distributed
+    from lancy_trl.train.trainer import LOSS_CHUNK
+
+    s = shape(config, args)
+    micro = min(getattr(args, "micro_batch_size", None) or args.batch_size, args.batch_size)
+    classify = getattr(data, "kind", "") == "classification"
+    answers = {"pretrain": -(-LOSS_CHUNK // micro), "sft": 4 if classify else None}.get(command)
+    length = args.max_length if command == "pretrain" else longest_row(data.train, args.max_length)
+    n = distributed.world_size()
+    need, room = estimate(args, s, device, n, answers, length), device_memory(device)
+    if need.total > room and distributed.is_main():
+        fits = alternatives(args, s, device, n, answers, length, room)
+        console.print(f"[yellow]warning:[/] this run needs {need.line()} and the {device} has {room / GB:.1f} GB; "
+                      + (f"would fit: {', '.join(fits)}" if fits else "no single change fits: use a smaller model"),
+                      highlight=False)
+    return {"memory_estimate_gb": round(need.total / GB, 2), "memory_estimate": need.line(),
+            "memory_estimate_row_tokens": length, "device_memory_gb": round(room / GB, 1)}

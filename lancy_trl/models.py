@@ -359,11 +359,7 @@ def load_model(source: ModelSource, args: Any, *, device: str, for_training: boo
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # lancy's own status line says what is loading; no bar under it
-    config = check_causal(source.path, args.trust_remote_code)
-    tokenizer_dir = Path(source.adapter or source.path)
-    if tokenizer_dir.is_dir() and not any((tokenizer_dir / f).is_file() for f in TOKENIZER_FILES):
-        raise LancyError(f"{tokenizer_dir} has no tokenizer files ({', '.join(TOKENIZER_FILES[:2])}); save the "
-                         "tokenizer next to the weights: tokenizer.save_pretrained(DIR)")
+    config = preflight(source, args)
     precision = pick_precision(args.precision, device)
     attention = pick_attention(args.attn_implementation, device, model_class(config))
     tokenizer = AutoTokenizer.from_pretrained(source.adapter or source.path, trust_remote_code=args.trust_remote_code)
@@ -377,7 +373,6 @@ def load_model(source: ModelSource, args: Any, *, device: str, for_training: boo
     if bits and for_training:
         kwargs["quantization_config"] = _bnb_config(device, bits, precision)
         kwargs["device_map"] = {"": 0 if device == "cuda" else "cpu"}
-    check_safetensors(source)
     model = AutoModelForCausalLM.from_pretrained(source.path, use_safetensors=True, **kwargs)
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:  # type: ignore[index]
         model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
@@ -407,6 +402,18 @@ def load_model(source: ModelSource, args: Any, *, device: str, for_training: boo
         **{f"tokenizer_{k}": v for k, v in tok_notes.items()},
     }
     return LoadedModel(model, tokenizer, info)
+
+
+def preflight(source: ModelSource, args: Any) -> Any:
+    """The model's config, once what would stop its loading is checked: a causal LM, tokenizer files beside it,
+    safetensors weights. Nothing heavy loads."""
+    config = check_causal(source.path, args.trust_remote_code)
+    tokenizer_dir = Path(source.adapter or source.path)
+    if tokenizer_dir.is_dir() and not any((tokenizer_dir / f).is_file() for f in TOKENIZER_FILES):
+        raise LancyError(f"{tokenizer_dir} has no tokenizer files ({', '.join(TOKENIZER_FILES[:2])}); save the "
+                         "tokenizer next to the weights: tokenizer.save_pretrained(DIR)")
+    check_safetensors(source)
+    return config
 
 
 def check_safetensors(source: ModelSource) -> None:

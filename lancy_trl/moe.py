@@ -64,3 +64,29 @@ def describe(model: Any) -> dict[str, Any]:
     total = sum(p.numel() for p in model.parameters())
     return {"experts": n, "experts_per_token": k, "expert_params": expert_params,
             "active_params": total - expert_params + expert_params * k // n}
+
+
+def check_args(args: Any, config: Any, path: str) -> None:
+    """--router-aux-loss-coef on a dense model: one line, before its weights load."""
+    from lancy_trl.errors import LancyError
+
+    if getattr(args, "router_aux_loss_coef", None) and not experts(config)[0]:
+        raise LancyError(f"--router-aux-loss-coef weighs a mixture-of-experts router's loss, and {path} is a dense "
+                         "model: drop --router-aux-loss-coef")
+
+
+def router_loss(trainer: Any) -> float:
+    """The weight of the router load-balancing loss TRL adds (0: none)."""
+    return getattr(trainer, "router_aux_loss_coef", 0.0) if getattr(trainer, "aux_loss_enabled", False) else 0.0
+
+
+def note(info: dict[str, Any], trainer: Any) -> str:
+    """The run summary's words on a mixture-of-experts model: experts, active parameters, routers, the router loss."""
+    if not info.get("experts"):
+        return ""
+    coef = router_loss(trainer)
+    adapted = any(".lora_" in name for name in routers(trainer.model))
+    lora = "" if not info.get("lora_target_modules") else "LoRA on routers too; " if adapted else "routers without LoRA; "
+    return (f"\n  mixture of experts: {info['experts']} experts, {info['experts_per_token']} per token; "
+            f"{info['active_params']:,} of {info['total_params']:,} parameters active per token; {lora}"
+            + (f"router load-balancing loss x{coef:g} (logged as aux_loss)" if coef else "no router load-balancing loss"))

@@ -60,8 +60,9 @@ def setup(args: Any, console: Any, run_dir: Path, checkpoint: str | None, load_d
     """(data, model source, loaded model): the data first (a resumed run's checked against what it started on), then
     the model's memory estimated and the model loaded; impossible speed options and unknown LoRA targets are refused
     before a run directory exists."""
+    from lancy_trl import memory, moe
     from lancy_trl.engines import check_device
-    from lancy_trl.models import load_model, pick_device, resolve_model
+    from lancy_trl.models import load_model, pick_device, preflight, resolve_model
     from lancy_trl.train.sft import trainer_options
 
     device = pick_device(args.device)
@@ -77,41 +78,16 @@ def setup(args: Any, console: Any, run_dir: Path, checkpoint: str | None, load_d
     with main_first():  # a download or GGUF conversion happens once
         source = resolve_model(args.model, log=console.print)
     warn_remote_code(args, source, console)
-    estimate = estimate_memory(args, source, device, data, command, console)
+    config = preflight(source, args)
+    moe.check_args(args, config, source.path)
+    estimate = memory.report(args, config, device, data, command, console)
     with console.status(f"Loading {source.path}..."):
         loaded = load_model(source, args, device=device)
     loaded.info.update(estimate)
     trainer_options(args, loaded.info)
-    if getattr(args, "router_aux_loss_coef", None) and not loaded.info.get("experts"):
-        raise LancyError(f"--router-aux-loss-coef weighs a mixture-of-experts router's loss, and {source.path} is a dense "
-                         "model: drop --router-aux-loss-coef")
     if args.use_lora and args.lora_target_modules:
         check_targets(args.lora_target_modules, loaded.model)
     return data, source, loaded
-
-
-def estimate_memory(args: Any, source: Any, device: str, data: Any, command: str, console: Any) -> dict[str, Any]:
-    """The run's memory per process estimated from the model's config (lancy_trl/memory.py), before its weights
-    load; a line with the options that would fit when it is more than the device has."""
-    from lancy_trl import memory
-    from lancy_trl.models import check_causal
-    from lancy_trl.train.trainer import LOSS_CHUNK
-
-    s = memory.shape(check_causal(source.path, args.trust_remote_code), args)
-    micro = min(getattr(args, "micro_batch_size", None) or args.batch_size, args.batch_size)
-    classify = getattr(data, "kind", "") == "classification"
-    answers = {"pretrain": -(-LOSS_CHUNK // micro), "sft": 4 if classify else None}.get(command)
-    length = args.max_length if command == "pretrain" else memory.longest_row(data.train, args.max_length)
-    n = distributed.world_size()
-    estimate, room = memory.estimate(args, s, device, n, answers, length), memory.device_memory(device)
-    if estimate.total > room and distributed.is_main():
-        fits = memory.alternatives(args, s, device, n, answers, length, room)
-        console.print(f"[yellow]warning:[/] this run needs {estimate.line()} and the {device} has "
-                      f"{room / memory.GB:.1f} GB; " + (f"would fit: {', '.join(fits)}" if fits else
-                                                         "no single change fits: use a smaller model"), highlight=False)
-    return {"memory_estimate_gb": round(estimate.total / memory.GB, 2), "memory_estimate": estimate.line(),
-            "memory_estimate_row_tokens": length,
-            "device_memory_gb": round(room / memory.GB, 1)}
 
 
 @contextmanager
@@ -219,26 +195,9 @@ def notes(args: Any, info: dict[str, Any], trainer: Any) -> str:
     memory = (f"\n  memory estimate for the longest batch (rows of about {info['memory_estimate_row_tokens']} tokens): "
               f"{info['memory_estimate']} of the {info['device']}'s {info['device_memory_gb']} GB"
               if "memory_estimate" in info else "")
-    return moe_note(info, trainer) + memory + processes_note(args)
+    from lancy_trl import moe
 
-
-def router_loss(trainer: Any) -> float:
-    """The weight of the router load-balancing loss TRL adds (0: none)."""
-    return getattr(trainer, "router_aux_loss_coef", 0.0) if getattr(trainer, "aux_loss_enabled", False) else 0.0
-
-
-def moe_note(info: dict[str, Any], trainer: Any) -> str:
-    """The run summary's words on a mixture-of-experts model: experts, active parameters, the router loss."""
-    if not info.get("experts"):
-        return ""
-    from lancy_trl.moe import routers
-
-    coef = router_loss(trainer)
-    adapted = any(".lora_" in name for name in routers(trainer.model))
-    lora = "" if not info.get("lora_target_modules") else "LoRA on routers too; " if adapted else "routers without LoRA; "
-    return (f"\n  mixture of experts: {info['experts']} experts, {info['experts_per_token']} per token; "
-            f"{info['active_params']:,} of {info['total_params']:,} parameters active per token; {lora}"
-            + (f"router load-balancing loss x{coef:g} (logged as aux_loss)" if coef else "no router load-balancing loss"))
+    return moe.note(info, trainer) + memory + processes_note(args)
 
 
 def check_processes(run_dir: Path, console: Any) -> None:
@@ -301,6 +260,8 @@ def train(trainer: Any, run_dir: Path, checkpoint: str | None, interrupt: Any, c
     if fsdp_wanted(trainer.args) and not getattr(trainer, "is_fsdp_enabled", False):  # check_device's safety net
         raise LancyError("FSDP was asked for but accelerate did not enable it on this device: the run would train "
                          "whole copies; drop --fsdp or run on GPUs")
+    from lancy_trl.moe import router_loss
+
     if router_loss(trainer):
         runs.update(run_dir, router_aux_loss_coef=router_loss(trainer))
     start = time.time()
