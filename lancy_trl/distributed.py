@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -69,8 +70,10 @@ def launch_settings(args: Any, flags: dict[str, Any], command: str) -> Any:
 
 def launch_arguments(n: int, argv: list[str]) -> list[str]:
     """torchrun's arguments for the same lancy command line, N processes on this machine (`--standalone`: a free
-    local port). The workers get --num-processes too: they see the launcher's environment and do not launch again."""
-    return ["--standalone", f"--nproc-per-node={n}", "-m", "lancy_trl", *argv]
+    local port). The workers get --num-processes too: they see the launcher's environment and do not launch again.
+    The launcher leaves SIGINT to the workers (see `launch`)."""
+    return ["--standalone", f"--nproc-per-node={n}", "--signals-to-handle=SIGTERM,SIGHUP,SIGQUIT", "-m", "lancy_trl",
+            *argv]
 
 
 def launch(args: Any, command: str) -> int:
@@ -89,11 +92,25 @@ def launch(args: Any, command: str) -> int:
     print(f"Launching {n} process{'es' if n > 1 else ''}: torchrun --standalone --nproc-per-node {n} -m lancy_trl {' '.join(argv)}",
           flush=True)
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # a worker's failure is its own line
+    # The workers run in sessions of their own, out of the terminal's reach: Ctrl-C here is passed on to them, and
+    # they stop at a step, agree, save and exit while the launcher waits, rather than being killed 30 s into a
+    # checkpoint's save as torch's launcher would.
+    previous = signal.signal(signal.SIGINT, _pass_on)
     try:
         run(get_args_parser().parse_args(launch_arguments(n, argv)))
     except ChildFailedError as e:
         return max((f.exitcode for f in e.failures.values() if f.exitcode and f.exitcode > 0), default=1)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     return 0
+
+
+def _pass_on(signum: int, frame: Any) -> None:
+    """SIGINT for the launched workers (a second Ctrl-C: they abort)."""
+    import psutil  # accelerate's dependency
+
+    for child in psutil.Process().children():
+        child.send_signal(signum)
 
 
 def start(device: str) -> None:

@@ -4,9 +4,11 @@ rendezvous, one run directory, resume, and the same loss as one process with the
 import dataclasses
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -116,3 +118,21 @@ def test_pretrain_and_grpo_run_with_two_processes(tiny_model, tmp_path, command,
     info = json.loads((run / "run.json").read_text())
     assert info["status"] == "complete" and info["processes"] == 2 and (run / "model").is_dir()
     assert "2 processes: global batch" in result.stdout and result.stdout.count("Done in") == 1
+
+
+def test_ctrl_c_under_the_launcher_stops_every_process_at_a_step_and_saves(common, tmp_path):
+    """torch's launcher runs the workers in sessions of their own: Ctrl-C reaches the launcher alone, which passes it
+    on and waits while they agree on a step, save and exit (torch's own handling kills them 30 s into a save)."""
+    run = tmp_path / "runs" / "stop"
+    cmd = [sys.executable, "-m", "lancy_trl", "sft", *map(str, common), "--max-steps", "5000", "--num-processes", "2",
+           "--run-name", "stop"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (run / "checkpoints" / "checkpoint-2").is_dir() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=300)
+    assert "Interrupted at step" in out and "Traceback" not in err, out + err
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "interrupted" and 2 < info["steps"] < 5000
+    assert (run / "checkpoints" / f"checkpoint-{info['steps']}").is_dir()  # the step they stopped at, saved
