@@ -147,8 +147,8 @@ class RunArgs:
     deepspeed: str | None = opt(None, "Train under DeepSpeed: a shipped config (zero1, zero2, zero3, zero3_offload; "
                                 "`lancy configs list`) or your own JSON file; its \"auto\" values come from lancy's "
                                 "flags.", group="Run")
-    fsdp: str | None = opt(None, "Train under PyTorch FSDP (weights, gradients and optimizer state sharded): bare "
-                           "--fsdp for the shipped full-shard config (`lancy configs path fsdp`), or your own "
+    fsdp: str | None = opt(None, "Train under PyTorch FSDP on GPUs (weights, gradients and optimizer state sharded): "
+                           "bare --fsdp for the shipped full-shard config (`lancy configs path fsdp`), or your own "
                            "accelerate config (.yaml) or fsdp_config (.json).", group="Run")
 
 
@@ -377,7 +377,7 @@ def check_engine(args) -> list[str]:
     if ds and importlib.util.find_spec("deepspeed") is None:
         return ["--deepspeed needs DeepSpeed: pip install --no-build-isolation deepspeed (against the torch installed)"]
     if fsdp and (getattr(args, "load_in_4bit", False) or getattr(args, "load_in_8bit", False)):
-        return ["--fsdp does not shard a 4-bit or 8-bit base in lancy: drop --fsdp, or --load-in-4bit/--load-in-8bit"]
+        return ["--fsdp does not shard a 4-bit or 8-bit base in lancy: use --deepspeed zero2 or zero3 with it instead"]
     return []
 
 

@@ -91,8 +91,9 @@ def check_device(args: Any, device: str) -> None:
     """FSDP where accelerate runs it: on GPUs and other accelerators. On CPU accelerate would quietly train plain
     data-parallel copies instead, so the run is refused before a model loads."""
     if fsdp_wanted(args) and device == "cpu":
-        raise LancyError("FSDP runs on GPUs (accelerate does not shard over CPU processes; it would train whole "
-                         "copies): on CPU drop --fsdp and use --deepspeed zero3 to shard the weights, or --num-processes "
+        given = "drop --fsdp" if getattr(args, "fsdp", None) else "launch without the FSDP accelerate config"
+        raise LancyError(f"FSDP runs on GPUs (accelerate does not shard over CPU processes; it would train whole "
+                         f"copies): on CPU {given} and use --deepspeed zero3 to shard the weights, or --num-processes "
                          "N alone for data parallelism")
 
 

@@ -77,6 +77,23 @@ def test_two_processes_under_zero2_make_one_run_that_matches_one_process_and_res
     assert again["train_loss"] == pytest.approx(info["train_loss"], rel=1e-3)
 
 
+def test_qlora_under_zero3_with_two_processes_saves_a_complete_adapter(common, tmp_path):
+    """ZeRO-3 partitions every weight across the processes: the saved adapter must be gathered whole (the well-known
+    empty-adapter trap), here on a 4-bit base."""
+    pytest.importorskip("deepspeed")
+    pytest.importorskip("bitsandbytes")
+    from safetensors.torch import load_file
+
+    result = lancy("sft", *common, "--batch-size", 4, "--num-processes", 2, "--deepspeed", "zero3", "--load-in-4bit",
+                   "--run-name", "z3")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "under DeepSpeed zero3" in result.stdout
+    adapter = load_file(tmp_path / "runs" / "z3" / "model" / "adapter_model.safetensors")
+    assert len(adapter) == 28 and all(t.numel() > 0 for t in adapter.values())  # every LoRA matrix, at full shape
+    assert {tuple(t.shape) for t in adapter.values()} >= {(16, 32), (32, 16)}
+    assert any(t.abs().sum() > 0 for k, t in adapter.items() if "lora_B" in k)  # trained, not the zero init
+
+
 def test_a_bad_flag_under_the_launcher_is_one_line_per_process(common, tmp_path):
     result = lancy("sft", *common, "--num-processes", 2, "--lora-target-modules", "nonexistent")
     assert result.returncode == 1

@@ -77,7 +77,7 @@ def test_the_shipped_fsdp_file_is_an_accelerate_config_and_the_trainers_fsdp_set
     (["--fsdp"], "FSDP runs on GPUs (accelerate does not shard over CPU processes"),
     (["--fsdp", "zero2"], "--fsdp: 'zero2' is neither a shipped FSDP config (fsdp)"),
     (["--fsdp", "--deepspeed", "zero2"], "--deepspeed and --fsdp are two sharding engines: keep one"),
-    (["--fsdp", "--load-in-4bit"], "--fsdp does not shard a 4-bit or 8-bit base"),
+    (["--fsdp", "--load-in-4bit"], "--fsdp does not shard a 4-bit or 8-bit base in lancy: use --deepspeed zero2"),
 ])
 def test_fsdp_mistakes_are_one_line_before_anything_loads(tiny_model, tmp_path, flags, message):
     result = runner.invoke(app, ["sft", "--model", str(tiny_model), *flags, "--device", "cpu",
