@@ -168,7 +168,12 @@ def report(args: Any, config: Any, device: str, data: Any, command: str, console
     from lancy_trl import distributed
     from lancy_trl.train.trainer import LOSS_CHUNK
 
-    s = shape(config, args)
+    try:
+        s = shape(config, args)
+    except Exception as e:  # advisory: a family transformers cannot build on the meta device trains without it
+        console.print(f"[dim]note: no memory estimate for this model ({type(e).__name__}: {str(e)[:120]})[/]",
+                      highlight=False)
+        return {}
     micro = min(getattr(args, "micro_batch_size", None) or args.batch_size, args.batch_size)
     classify = getattr(data, "kind", "") == "classification"
     answers = {"pretrain": -(-LOSS_CHUNK // micro), "sft": 4 if classify else None}.get(command)

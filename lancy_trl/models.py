@@ -300,9 +300,9 @@ def check_causal(path: str, trust_remote_code: bool) -> Any:
             "decoder (causal) LMs; pick one from `lancy models list`"
         )
     if getattr(config, "is_encoder_decoder", False):
-        raise LancyError(f"{path} is an encoder-decoder model ({config.model_type}: T5, BART and Switch Transformers "
-                         "are): lancy trains decoder-only LMs, mixture-of-experts ones included (Mixtral, Qwen3-MoE, "
-                         "OLMoE, DeepSeek); pick one from `lancy models list` or a decoder's hub id")
+        raise LancyError(f"{path} is an encoder-decoder model ({config.model_type}), as T5, BART and Switch "
+                         "Transformers are: lancy trains decoder-only LMs, mixture-of-experts ones included (Mixtral, "
+                         "Qwen3-MoE, OLMoE, DeepSeek); pick one from `lancy models list` or a decoder's hub id")
     return config
 
 

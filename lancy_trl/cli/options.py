@@ -2,8 +2,8 @@
 
 Flags use dashes; the underscore spellings older tools use (`--max_steps`) and a few legacy names
 (`--resume_from_checkpoint`, `--datasets`) are rewritten before click parses them, and a bare `--fsdp` means the
-shipped FSDP config. A list option
-takes several values after one flag (`--mixture-rates 0.7 0.3`) as well as the flag repeated.
+shipped FSDP config. A list option takes several values after one flag (`--mixture-rates 0.7 0.3`) as well as the
+flag repeated.
 """
 
 from __future__ import annotations

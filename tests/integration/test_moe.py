@@ -103,6 +103,6 @@ def test_an_encoder_decoder_is_refused_with_what_lancy_trains(tmp_path):
     SwitchTransformersConfig(num_layers=1, num_decoder_layers=1, d_model=16, num_heads=2, d_kv=8, d_ff=32,
                              num_experts=2).save_pretrained(tmp_path / "switch")
     result = runner.invoke(app, ["sft", "--model", str(tmp_path / "switch"), "--output-dir", str(tmp_path / "runs")])
-    assert result.exit_code == 1 and "is an encoder-decoder model (switch_transformers" in result.output
+    assert result.exit_code == 1 and "is an encoder-decoder model (switch_transformers)" in result.output
     assert "mixture-of-experts ones included" in result.output and "Traceback" not in result.output
     assert not any((tmp_path / "runs").glob("*"))
