@@ -106,3 +106,17 @@ def test_an_encoder_decoder_is_refused_with_what_lancy_trains(tmp_path):
     assert result.exit_code == 1 and "is an encoder-decoder model (switch_transformers)" in result.output
     assert "mixture-of-experts ones included" in result.output and "Traceback" not in result.output
     assert not any((tmp_path / "runs").glob("*"))
+
+
+def test_active_parameters_of_mixtral_8x7b_from_its_config():
+    """The README's figure: a weightless Mixtral-8x7B (transformers' default MixtralConfig) uses 2 of 8 experts."""
+    import torch
+    from transformers import AutoModelForCausalLM, MixtralConfig
+
+    from lancy_trl.moe import describe
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(MixtralConfig())
+    facts = describe(model)
+    assert sum(p.numel() for p in model.parameters()) == 46_702_792_704
+    assert (facts["experts"], facts["experts_per_token"], facts["active_params"]) == (8, 2, 12_879_925_248)
