@@ -39,6 +39,13 @@ def typecheck(session: nox.Session) -> None:
 
 
 @nox.session(default=False)
+def faults(session: nox.Session) -> None:
+    """Seeded fault sweep: sft, pretrain and grpo runs killed -9 at 60 points, recovered; prints what was lost."""
+    install(session)
+    session.run("python", "-m", "tests.faults.sweep", *session.posargs)
+
+
+@nox.session(default=False)
 def bench(session: nox.Session) -> None:
     """Training throughput against the padded and TRL-default baselines (minutes)."""
     install(session)

@@ -117,9 +117,21 @@ def start(device: str) -> None:
     """The process group for a launched run, through accelerate (what the Trainer uses): gloo on CPU, where TRL's
     trainers otherwise each train alone, NCCL on CUDA."""
     if world_size() > 1:
+        import atexit
+
         from accelerate import PartialState
 
         PartialState(cpu=device == "cpu")
+        atexit.register(stop)
+
+
+def stop() -> None:
+    """The process group taken down before the interpreter exits: left to interpreter teardown, gloo's threads were
+    destroyed unjoined ("terminate called without an active exception", a non-zero exit after a finished run)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()  # local: no rank waits on another that failed
 
 
 def share(path: Path | None) -> Path:

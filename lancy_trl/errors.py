@@ -5,6 +5,10 @@ class LancyError(Exception):
     """A problem with the user's input or environment: says what is wrong and how to fix it."""
 
 
+class SaveFailed(LancyError):
+    """A checkpoint or the final model the disk would not take (full, read-only): the run stops resumable."""
+
+
 def closest(word: str, choices, n: int = 3) -> list[str]:
     """The registered names nearest to a misspelt one, for 'did you mean' hints."""
     import difflib

@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from lancy_trl import faults
 from lancy_trl.errors import LancyError
 
 CONVERTER = ("llama-cpp-python", "0.3.36")
@@ -45,8 +46,9 @@ def export_merged(run_dir: Path, out: Path) -> Path:
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     (tmp / "README.md").write_text(model_card(run_dir, info))
+    faults.point("export.merged", tmp)
     shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    tmp.rename(out)  # a folder under the export's name is always whole
     return out
 
 
@@ -67,16 +69,25 @@ def model_card(run_dir: Path, info: dict[str, Any]) -> str:
 
 def converter(log: Any = print) -> Path:
     """llama.cpp's converter tree in lancy's cache, fetched from PyPI once (the llama-cpp-python sdist)."""
-    import tarfile
-    import tempfile
-
-    from lancy_trl import network
     from lancy_trl.models import cache_dir
 
     package, version = CONVERTER
     home = cache_dir() / f"llama.cpp-{version}"
     if (home / ".complete").is_file():
         return home
+    from lancy_trl.files import exclusive
+
+    with exclusive(home.with_name(f".{home.name}.lock")):  # one fetch; a second process waits and reuses it
+        return home if (home / ".complete").is_file() else _fetch_converter(home, log)
+
+
+def _fetch_converter(home: Path, log: Any) -> Path:
+    import tarfile
+    import tempfile
+
+    from lancy_trl import network
+
+    package, version = CONVERTER
     if network.offline():
         raise LancyError("GGUF export needs llama.cpp's converter, fetched once from PyPI (llama-cpp-python "
                          f"{version} source); run `lancy export --format gguf` once without --offline")
@@ -119,14 +130,18 @@ def export_gguf(run_dir: Path, out: Path, quant: str, log: Any = print) -> tuple
     merged = export_merged(run_dir, run_dir / "export" / "merged")
     out.mkdir(parents=True, exist_ok=True)
     target = out / f"{run_dir.name}-{quant}.gguf"
+    part = target.with_name(target.name + ".part")  # renamed to the .gguf name once verified: never half a file there
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(home / "gguf-py"), os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, str(home / "convert_hf_to_gguf.py"), str(merged), "--outfile", str(target),
+    cmd = [sys.executable, str(home / "convert_hf_to_gguf.py"), str(merged), "--outfile", str(part),
            "--outtype", quant]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if done.returncode or not target.is_file():
+    if done.returncode or not part.is_file():
+        part.unlink(missing_ok=True)
         last = [line for line in done.stderr.strip().splitlines() if line.strip()][-1:] or ["no output"]
         raise LancyError(f"llama.cpp's converter could not convert this model: {last[0]}")
-    report = verify(run_dir, merged, target, quant)
+    faults.point("export.gguf", part)
+    report = verify(run_dir, merged, part, quant)
+    part.replace(target)
     return target, report
 
 

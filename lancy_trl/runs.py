@@ -4,6 +4,8 @@ finding where to resume.
     runs/2026-07-30_14h32m_smollm2-135m_finsent-sentiment_sft_bs8_len256_ep2_lora-r16/
         run.json            status (running / interrupted / failed / complete), owner (pid, host), the command,
                             versions, data and model facts, the task and label words, the held-out rows
+        run.lock            locked by the process that trains in the run (the kernel unlocks it when that process
+                            ends, killed or not): a run is `running` while its lock is held
         config.yaml/.json   the resolved config
         data/               validation.jsonl / test.jsonl: the rows the run held out, as it built them
         logs/training.log   everything logged
@@ -15,15 +17,19 @@ finding where to resume.
 from __future__ import annotations
 
 import json
+import os
 import re
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from lancy_trl import files
 from lancy_trl.errors import LancyError
 
 RUN_FILE = "run.json"
+LOCK_FILE = "run.lock"
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+_claimed: dict[str, files.Lock] = {}  # the runs this process trains in, by resolved path
 
 
 def run_name(args: Any, model_name: str, data_name: str, mode: str = "sft", now: datetime | None = None) -> str:
@@ -54,9 +60,47 @@ def create(parent: str | Path, name: str) -> Path:
 def read(run_dir: Path) -> dict[str, Any]:
     """run.json, with the status a dead owner leaves (`running` from a killed process) shown as `interrupted`."""
     info = json.loads((run_dir / RUN_FILE).read_text())
-    if info.get("status") == "running" and not owner_alive(info.get("owner")):
+    if info.get("status") == "running" and not alive(run_dir, info.get("owner")):
         info["status"] = "interrupted"
     return info
+
+
+def claim(run_dir: Path) -> None:
+    """Mark `run_dir` as trained by this process: its lock, held until release() or until the process ends, however
+    it ends. Refused, naming the process, while another one holds it."""
+    key = str(run_dir.resolve())
+    if key in _claimed:
+        return
+    lock = files.hold(run_dir / LOCK_FILE, f"pid {os.getpid()} on {owner()['host']}\n")
+    if lock is None:
+        raise LancyError(f"{run_dir} is being trained by another process ({holder(run_dir)}); wait for it to finish, "
+                         "or stop it (Ctrl-C saves a checkpoint) and resume then")
+    _claimed[key] = lock
+
+
+def release(run_dir: Path) -> None:
+    lock = _claimed.pop(str(run_dir.resolve()), None)
+    if lock is not None:
+        lock.release()
+
+
+def busy(run_dir: Path) -> bool:
+    """Whether a live process (this one included) trains in `run_dir`."""
+    return str(run_dir.resolve()) in _claimed or files.held_elsewhere(run_dir / LOCK_FILE)
+
+
+def holder(run_dir: Path) -> str:
+    try:
+        return (run_dir / LOCK_FILE).read_text().strip() or "pid unknown"
+    except OSError:
+        return "pid unknown"
+
+
+def alive(run_dir: Path, who: dict[str, Any] | None) -> bool:
+    """Whether the process that runs `run_dir` still runs: its lock tells (runs made before locks: its pid)."""
+    if (run_dir / LOCK_FILE).is_file():
+        return busy(run_dir)
+    return owner_alive(who)
 
 
 def owner() -> dict[str, Any]:
@@ -108,9 +152,7 @@ def update(run_dir: Path, **fields: Any) -> dict[str, Any]:
         return {}
     data = json.loads(path.read_text()) if path.exists() else {}
     data.update(fields)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    tmp.replace(path)  # atomic: a crash never leaves a half-written run.json
+    files.write_json(path, data, fault="runjson")  # atomic: a crash never leaves a half-written run.json
     return data
 
 
@@ -121,15 +163,32 @@ def save_config(run_dir: Path, config: dict[str, Any]) -> None:
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
 
 
-def complete_checkpoints(run_dir: Path) -> list[Path]:
-    """Checkpoints that finished saving (trainer state written last), oldest first."""
+def checkpoint_complete(path: Path) -> bool:
+    """Whether a checkpoint finished saving: the Trainer writes trainer_state.json after every other file of it (and
+    lancy's trainers delete a stale one before saving over a folder), so a whole, readable one at its step says so."""
+    m = CHECKPOINT_RE.match(path.name)
+    try:
+        state = json.loads((path / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return bool(m) and isinstance(state, dict) and state.get("global_step") == int(m.group(1))  # type: ignore[union-attr]
+
+
+def _checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
     folder = run_dir / "checkpoints"
-    found = []
-    for path in folder.glob("checkpoint-*") if folder.is_dir() else []:
-        m = CHECKPOINT_RE.match(path.name)
-        if m and (path / "trainer_state.json").is_file():
-            found.append((int(m.group(1)), path))
-    return [p for _, p in sorted(found)]
+    found = [(int(m.group(1)), p) for p in (folder.glob("checkpoint-*") if folder.is_dir() else [])
+             if (m := CHECKPOINT_RE.match(p.name)) and p.is_dir()]
+    return sorted(found)
+
+
+def complete_checkpoints(run_dir: Path) -> list[Path]:
+    """Checkpoints that finished saving, oldest first."""
+    return [p for _, p in _checkpoints(run_dir) if checkpoint_complete(p)]
+
+
+def partial_checkpoints(run_dir: Path) -> list[Path]:
+    """Checkpoints whose save was cut off (a kill, a full disk): never resumed from."""
+    return [p for _, p in _checkpoints(run_dir) if not checkpoint_complete(p)]
 
 
 def all_runs(parent: Path) -> list[Path]:
@@ -151,7 +210,7 @@ def why_not_resumable(run: Path, command: str = "sft") -> str | None:
                 "(or --num-train-epochs)")
     if info.get("status") == "running":
         who = info.get("owner") or {}
-        return f"{run} is still running (pid {who.get('pid')} on {who.get('host')}); stop it first"
+        return f"{run} is still running (pid {who.get('pid')} on {who.get('host')}); stop it first (Ctrl-C saves a checkpoint)"
     if not complete_checkpoints(run):
         return f"{run} stopped before its first checkpoint ({info.get('status')}); nothing to resume: start a new run"
     return None
@@ -166,6 +225,10 @@ def find_resume(resume: str, run_dir: str | None, output_dir: str, command: str 
         path = Path(resume)
         if CHECKPOINT_RE.match(path.name) and path.is_dir():
             checkpoint, run_dir = path, str(path.parent.parent)
+            if not checkpoint_complete(path):
+                done = complete_checkpoints(path.parent.parent)
+                raise LancyError(f"{path} is incomplete (its save was cut off); resume from "
+                                 + (f"{done[-1]}, the newest complete one" if done else "the run's start: run it again"))
         else:
             run_dir = str(path)
     if run_dir is None:

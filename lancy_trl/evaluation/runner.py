@@ -241,6 +241,9 @@ def run_eval(args: EvalArgs, console: Any) -> dict[str, Any]:
 
     network.apply(args)
     source = resolve_model(args.model, log=console.print)
+    from lancy_trl.models import check_safetensors
+
+    check_safetensors(source)  # before the output folder is made: a refused model leaves nothing behind
     from lancy_trl.train.lifecycle import warn_remote_code
 
     warn_remote_code(args, source, console)

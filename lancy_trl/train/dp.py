@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from lancy_trl.errors import LancyError
+from lancy_trl.train.resumable import by_epoch
 from lancy_trl.train.trainer import LancySFTTrainer, one_plain_process, supports_compact_loss
 
 ACCOUNTANT = "prv"  # opacus' default: the tightest of its accountants
@@ -160,11 +161,17 @@ class DPTrainer(LancySFTTrainer):
         from torch.utils.data import DataLoader
 
         dataset = self._remove_unused_columns(self.train_dataset, description="training")
-        sampler = UniformWithReplacementSampler(num_samples=len(dataset), sample_rate=self.dp.sample_rate,
-                                                generator=torch.Generator().manual_seed(self.args.seed))
+        sampler = by_epoch(UniformWithReplacementSampler(num_samples=len(dataset), sample_rate=self.dp.sample_rate,
+                                                         generator=torch.Generator().manual_seed(self.args.seed)),
+                           self.args.seed)
         collate = self.data_collator
         empty = {k: v[:0] for k, v in collate([dataset[0]]).items()}
-        return DataLoader(dataset, batch_sampler=sampler, collate_fn=lambda rows: collate(rows) if rows else dict(empty))
+
+        class EpochLoader(DataLoader):
+            def set_epoch(self, epoch: int) -> None:  # the Trainer calls it before each epoch
+                sampler.set_epoch(epoch)
+
+        return EpochLoader(dataset, batch_sampler=sampler, collate_fn=lambda rows: collate(rows) if rows else dict(empty))
 
     def create_optimizer(self, model: Any = None) -> Any:
         """The Trainer's optimizer inside opacus' DPOptimizer, per-sample hooks on the trainable (LoRA) layers."""

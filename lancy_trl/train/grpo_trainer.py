@@ -27,6 +27,7 @@ import torch
 from trl import GRPOTrainer
 
 from lancy_trl.train.prefix import KEY, MODEL_TYPES, plan
+from lancy_trl.train.resumable import Resumable
 from lancy_trl.train.trainer import one_plain_process
 
 
@@ -45,7 +46,7 @@ def realign(input_ids: torch.Tensor, attention_mask: torch.Tensor, completion: i
     return ids, mask.long(), (rows, steps), prompt_lengths[rows] + steps - 1
 
 
-class LancyGRPOTrainer(GRPOTrainer):
+class LancyGRPOTrainer(Resumable, GRPOTrainer):
     def __init__(self, *args: Any, checkpoint_layers: float = 0.0, lean_activations: bool = False,
                  shared_prefix: bool = False, **kwargs: Any) -> None:
         from lancy_trl.train.trainer import memory_paths

@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lancy_trl import distributed, network, runs
+from lancy_trl import distributed, faults, files, network, runs
 from lancy_trl.config import to_dict
-from lancy_trl.errors import LancyError
+from lancy_trl.errors import LancyError, SaveFailed
 
 
 @dataclass
@@ -48,11 +48,24 @@ def prepare(args: Any, flags: dict[str, Any], console: Any, cls: Any, command: s
 
         run_dir, checkpoint = runs.find_resume(args.resume, args.run_dir, args.output_dir, command)
         console.print(f"Resuming {run_dir} from {checkpoint.name}", highlight=False, soft_wrap=True)
+        drop_partial_checkpoints(run_dir, console)
         saved = runs.read(run_dir).get("config", {})
         args = resolve(cls, saved, {**flags, "resume": args.resume}, source=str(run_dir / "config.yaml"))
         return args, run_dir, str(checkpoint)
     check_writable(Path(args.run_dir).parent if args.run_dir else Path(args.output_dir))
     return args, Path(args.run_dir) if args.run_dir else Path(), None
+
+
+def drop_partial_checkpoints(run_dir: Path, console: Any) -> None:
+    """Checkpoints whose save was cut off are named and removed before a resume: never read, and never left for
+    the Trainer's rotation to keep in place of a whole one."""
+    import shutil
+
+    if not distributed.is_main():
+        return
+    for path in runs.partial_checkpoints(run_dir):
+        console.print(f"[yellow]note:[/] skipping {path.name}: its save was cut off (removed)", highlight=False)
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def setup(args: Any, console: Any, run_dir: Path, checkpoint: str | None, load_data: Any,
@@ -126,15 +139,26 @@ def print_notes(data: Any, console: Any) -> None:
 
 
 def check_writable(folder: Path) -> None:
-    """Refuse an output folder that cannot be created or written, before any model is loaded."""
+    """Refuse an output folder that cannot be created or written, before any model is loaded, without creating it:
+    a run that stops on bad input leaves no folder behind (the run directory is made when training starts)."""
+    import os
     import tempfile
 
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=folder).close()
-    except OSError as e:
-        raise LancyError(f"cannot write runs to {folder} ({e.strerror or type(e).__name__}); pass a writable "
-                         "--output-dir") from None
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    problem = None
+    if not existing.is_dir():
+        problem = f"{existing} is a file"
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        problem = "permission denied"
+    else:
+        try:
+            tempfile.TemporaryFile(dir=existing).close()
+        except OSError as e:
+            problem = e.strerror or type(e).__name__
+    if problem:
+        raise LancyError(f"cannot write runs to {folder} ({problem}); pass a writable --output-dir")
 
 
 def check_same_data(run_dir: Path, data: Any, args: Any) -> None:
@@ -155,6 +179,8 @@ def open_run(args: Any, command: str, run_dir: Path, checkpoint: str | None, sou
     if checkpoint is None:
         name = args.run_name or runs.run_name(args, source.name, data.name, mode=command)
         run_dir = runs.create(args.output_dir, name) if not args.run_dir else runs.create(run_dir.parent, run_dir.name)
+    runs.claim(run_dir)  # held while this process trains here; a second process is refused, naming this one
+    if checkpoint is None:
         held_out = runs.save_rows(run_dir, {"validation": (data.eval, data.stats.get("eval_from", "validation split")),
                                             "test": (data.test, "test split")})
         runs.update(run_dir, command=command, held_out=held_out, task=data.kind, dataset=data.name,
@@ -229,8 +255,9 @@ def observers(args: Any, run_dir: Path, console: Any) -> tuple[Any, Any, list[An
 
 @contextmanager
 def recorded(run_dir: Path, command: str) -> Iterator[None]:
-    """Everything logged goes to logs/training.log; a failure marks the run `failed`, an abort `interrupted` with
-    the resume command only when a checkpoint exists."""
+    """Everything logged goes to logs/training.log; a failure marks the run `failed`; an abort, or a save the disk
+    refused, `interrupted`, with the resume command when a checkpoint exists. The run's lock is let go on the way
+    out, however the run ends."""
     import datasets
 
     from lancy_trl import logs
@@ -238,18 +265,58 @@ def recorded(run_dir: Path, command: str) -> Iterator[None]:
     datasets.disable_progress_bars()
     try:
         # rank 0 keeps the log; the other ranks' library messages go nowhere, a failure still ends in its one line
-        with logs.to_file(run_dir / "logs" / "training.log" if distributed.is_main() else None):
+        with logs.to_file(run_dir / "logs" / "training.log" if distributed.is_main() else None), quiet_full_disk():
             yield
     except KeyboardInterrupt:
-        runs.update(run_dir, status="interrupted")
-        if runs.complete_checkpoints(run_dir):
-            why = f"aborted; resume from the last checkpoint with `lancy {command} --resume latest --run-dir {run_dir}`"
-        else:
-            why = f"aborted before the first checkpoint: nothing to resume; start again (the logs stay in {run_dir})"
-        raise LancyError(why) from None
+        raise LancyError(stopped(run_dir, command, "aborted")) from None
+    except SaveFailed as e:
+        raise LancyError(stopped(run_dir, command, str(e))) from None
+    except OSError as e:
+        if e.errno not in files.NO_ROOM:
+            mark(run_dir, status="failed", error=f"{type(e).__name__}: {e}")
+            raise
+        raise LancyError(stopped(run_dir, command, files.refused(e, Path(e.filename or run_dir)))) from None
     except (Exception, network.OfflineViolation) as e:
-        runs.update(run_dir, status="failed", error=f"{type(e).__name__}: {e}")
+        mark(run_dir, status="failed", error=f"{type(e).__name__}: {e}")
         raise
+    finally:
+        runs.release(run_dir)
+
+
+@contextmanager
+def quiet_full_disk() -> Iterator[None]:
+    """A background writer (TensorBoard's) that meets a full or read-only disk stops without a traceback: the run's
+    own next write meets the same disk and says it in one line."""
+    import threading
+
+    previous = threading.excepthook
+
+    def hook(args: Any) -> None:
+        if not (isinstance(args.exc_value, OSError) and args.exc_value.errno in files.NO_ROOM):
+            previous(args)
+
+    threading.excepthook = hook
+    try:
+        yield
+    finally:
+        threading.excepthook = previous
+
+
+def mark(run_dir: Path, **fields: Any) -> None:
+    """run.json updated on the way out of a run, as far as the disk allows (it may be the full one)."""
+    try:
+        runs.update(run_dir, **fields)
+    except OSError:
+        pass
+
+
+def stopped(run_dir: Path, command: str, why: str) -> str:
+    """The run marked `interrupted`, and the line that says why and how it goes on."""
+    mark(run_dir, status="interrupted")
+    if runs.complete_checkpoints(run_dir):
+        return (f"{why}; the run is interrupted, resume it from its last checkpoint with `lancy {command} --resume "
+                f"latest --run-dir {run_dir}`")
+    return f"{why}; stopped before the first checkpoint: nothing to resume; start again (the logs stay in {run_dir})"
 
 
 def train(trainer: Any, run_dir: Path, checkpoint: str | None, interrupt: Any, console: Any, command: str) -> RunResult:
@@ -264,12 +331,13 @@ def train(trainer: Any, run_dir: Path, checkpoint: str | None, interrupt: Any, c
 
     if router_loss(trainer):
         runs.update(run_dir, router_aux_loss_coef=router_loss(trainer))
+    # read before training: --save-total-limit may delete the checkpoint this run resumed from on the way
+    first = json.loads((Path(checkpoint) / "trainer_state.json").read_text())["global_step"] if checkpoint else 0
     start = time.time()
     with interrupt:
         output = trainer.train(resume_from_checkpoint=checkpoint)
     seconds = time.time() - start
     state = trainer.state
-    first = json.loads((Path(checkpoint) / "trainer_state.json").read_text())["global_step"] if checkpoint else 0
     train_loss = whole_run_loss(state.log_history, first, output.training_loss, state.global_step)
     eval_loss = next((h["eval_loss"] for h in reversed(state.log_history) if "eval_loss" in h), None)
     final = {k: v for h in state.log_history for k, v in h.items() if k.startswith("eval_")}  # the latest of each
@@ -283,8 +351,8 @@ def train(trainer: Any, run_dir: Path, checkpoint: str | None, interrupt: Any, c
 
 def finish(trainer: Any, result: RunResult, meta: dict[str, Any]) -> None:
     """The adapter (or full model) and tokenizer with lancy.json (`meta`), written to model.part and renamed once
-    complete, so a `model/` folder always means a finished run; then run.json `complete`, metrics.json and
-    manifest.json."""
+    whole; then metrics.json and manifest.json, each replaced whole; then run.json `complete`, last, so `complete`
+    means every one of them is there. A kill anywhere before leaves the run `interrupted` and resumable."""
     import shutil
 
     from transformers.utils import logging as hf_logging
@@ -297,20 +365,31 @@ def finish(trainer: Any, result: RunResult, meta: dict[str, Any]) -> None:
     text_config = trainer.model.config.get_text_config()
     if getattr(text_config, "output_router_logits", False):  # on for training only (TRL's router loss)
         text_config.output_router_logits = False
-    trainer.save_model(str(tmp))  # every rank: a sharded engine gathers the weights; rank 0 writes them
-    if not distributed.is_main():
-        return
-    (tmp / "lancy.json").write_text(json.dumps(meta, indent=2))
+    try:
+        trainer.save_model(str(tmp))  # every rank: a sharded engine gathers the weights; rank 0 writes them
+        if not distributed.is_main():
+            return
+        files.write_json(tmp / "lancy.json", meta)
+        faults.point("finish.model", tmp)
+    except OSError as e:
+        if e.errno not in files.NO_ROOM:
+            raise
+        from lancy_trl.train.resumable import saved_bytes
+
+        needed = saved_bytes(trainer.model, whole=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise SaveFailed(files.refused(e, run_dir, needed)) from None
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
-    runs.update(run_dir, status="complete", steps=result.steps, train_loss=result.train_loss,
-                eval_loss=result.eval_loss, train_seconds=round(result.seconds, 1), **peak_memory(),
-                finished=time.strftime("%Y-%m-%dT%H:%M:%S"), final_eval=result.final_eval)
+    faults.point("finish.rename", final)
     metrics = {"step": result.steps, "train_loss": result.train_loss, **result.final_eval}
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    files.write_json(run_dir / "metrics.json", metrics, fault="finish.metrics")
     from lancy_trl import manifest
 
     manifest.write(run_dir)  # sha256 of the data files, base model and output: `lancy manifest RUN --verify`
+    runs.update(run_dir, status="complete", steps=result.steps, train_loss=result.train_loss,
+                eval_loss=result.eval_loss, train_seconds=round(result.seconds, 1), **peak_memory(),
+                finished=time.strftime("%Y-%m-%dT%H:%M:%S"), final_eval=result.final_eval)
 
 
 def peak_memory() -> dict[str, float]:

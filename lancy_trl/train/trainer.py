@@ -18,6 +18,8 @@ from typing import Any
 
 from trl import SFTTrainer
 
+from lancy_trl.train.resumable import Resumable
+
 LOSS_CHUNK = 1024  # positions whose logits exist at once in the chunked loss
 
 
@@ -70,7 +72,7 @@ def memory_paths(trainer: Any, checkpoint_layers: float, lean_activations: bool)
     return checkpointed, lean
 
 
-class LancySFTTrainer(SFTTrainer):
+class LancySFTTrainer(Resumable, SFTTrainer):
     def __init__(self, *args: Any, checkpoint_layers: float = 0.0, lean_activations: bool = False,
                  shared_prefix: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -243,6 +243,6 @@ def test_a_second_ctrl_c_before_any_checkpoint_says_there_is_nothing_to_resume(q
     monkeypatch.setattr(callbacks.GracefulInterrupt, "on_step_end", abort)
     result = sft(*quick, "--max-steps", 4)
     output = " ".join(result.output.split())
-    assert result.exit_code == 1 and "aborted before the first checkpoint: nothing to resume" in output
+    assert result.exit_code == 1 and "aborted; stopped before the first checkpoint: nothing to resume" in output
     assert "--resume" not in output
     assert json.loads((only_run(tmp_path) / "run.json").read_text())["status"] == "interrupted"

@@ -22,13 +22,17 @@ def test_run_directories_are_never_overwritten(tmp_path):
 def test_resume_picks_the_newest_complete_checkpoint(tmp_path):
     run = runs.create(tmp_path, "r")
     runs.update(run, status="interrupted")
-    for step, complete in [(5, True), (10, True), (15, False)]:
+    for step, state in [(5, '{"global_step": 5}'), (10, '{"global_step": 10}'), (15, None), (20, '{"global_st'),
+                        (25, '{"global_step": 20}')]:  # no state yet, a torn one, another step's
         ck = run / "checkpoints" / f"checkpoint-{step}"
         ck.mkdir(parents=True)
-        if complete:
-            (ck / "trainer_state.json").write_text("{}")
+        if state:
+            (ck / "trainer_state.json").write_text(state)
     assert runs.find_resume("latest", str(run), str(tmp_path)) == (run, run / "checkpoints" / "checkpoint-10")
     assert runs.find_resume("latest", None, str(tmp_path))[1].name == "checkpoint-10"
+    assert [p.name for p in runs.partial_checkpoints(run)] == ["checkpoint-15", "checkpoint-20", "checkpoint-25"]
+    with pytest.raises(LancyError, match="checkpoint-20 is incomplete .* resume from .*checkpoint-10, the newest complete"):
+        runs.find_resume(str(run / "checkpoints" / "checkpoint-20"), None, str(tmp_path))
 
 
 def test_resume_without_checkpoint_says_so(tmp_path):
@@ -48,7 +52,7 @@ def test_a_run_resumes_only_with_the_command_that_made_it(tmp_path):
     run = runs.create(tmp_path, "r")
     runs.update(run, status="interrupted", command="pretrain", config={})
     (run / "checkpoints" / "checkpoint-5").mkdir(parents=True)
-    (run / "checkpoints" / "checkpoint-5" / "trainer_state.json").write_text("{}")
+    (run / "checkpoints" / "checkpoint-5" / "trainer_state.json").write_text('{"global_step": 5}')
     args = resolve(SFTArgs, flags={"resume": "latest", "run_dir": str(run)})
     with pytest.raises(LancyError, match="is a `lancy pretrain` run; resume it with `lancy pretrain --resume`"):
         lifecycle.prepare(args, {}, Console(quiet=True), SFTArgs, "sft")
@@ -64,7 +68,7 @@ def test_resume_latest_takes_the_newest_run_of_its_own_command(tmp_path):
     for run, command in ((older, "sft"), (newer, "pretrain")):
         runs.update(run, status="interrupted", command=command)
         (run / "checkpoints" / "checkpoint-3").mkdir(parents=True)
-        (run / "checkpoints" / "checkpoint-3" / "trainer_state.json").write_text("{}")
+        (run / "checkpoints" / "checkpoint-3" / "trainer_state.json").write_text('{"global_step": 3}')
     os.utime(older / runs.RUN_FILE, (1, 1))  # the sft run is the older one
     assert runs.find_resume("latest", None, str(tmp_path), "sft")[0] == older
     assert runs.find_resume("latest", None, str(tmp_path), "pretrain")[0] == newer
