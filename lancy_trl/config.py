@@ -350,7 +350,7 @@ def validate(args) -> None:
         problems.append("--load-in-4bit and --load-in-8bit exclude each other: keep one")
     problems += check_engine(args)
     if getattr(args, "dp_epsilon", None) is not None:
-        from lancy_trl.train.dp import check_args
+        from lancy_trl.privacy.dp import check_args
 
         problems += check_args(args)
     if problems:
@@ -362,7 +362,7 @@ def check_engine(args) -> list[str]:
     under FSDP."""
     import importlib.util
 
-    from lancy_trl import engines
+    from lancy_trl.scale import engines
 
     ds, fsdp = getattr(args, "deepspeed", None), getattr(args, "fsdp", None)
     if ds and fsdp:

@@ -85,7 +85,7 @@ def _fetch_converter(home: Path, log: Any) -> Path:
     import tarfile
     import tempfile
 
-    from lancy_trl import network
+    from lancy_trl.privacy import network
 
     package, version = CONVERTER
     if network.offline():

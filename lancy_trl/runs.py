@@ -34,7 +34,7 @@ _claimed: dict[str, files.Lock] = {}  # the runs this process trains in, by reso
 
 def run_name(args: Any, model_name: str, data_name: str, mode: str = "sft", now: datetime | None = None) -> str:
     now = now or datetime.now()
-    from lancy_trl.distributed import world_size
+    from lancy_trl.scale.distributed import world_size
 
     params = [f"bs{args.batch_size * world_size() * args.gradient_accumulation_steps}", f"len{args.max_length}"]
     params.append(f"steps{args.max_steps}" if args.max_steps > 0 else f"ep{args.num_train_epochs:g}")
@@ -145,7 +145,7 @@ def save_rows(run_dir: Path, splits: dict[str, Any]) -> dict[str, dict[str, Any]
 
 def update(run_dir: Path, **fields: Any) -> dict[str, Any]:
     """Merge `fields` into run.json, written by global rank 0 alone (the other processes of a run leave it be)."""
-    from lancy_trl.distributed import is_main
+    from lancy_trl.scale.distributed import is_main
 
     path = run_dir / RUN_FILE
     if not is_main():

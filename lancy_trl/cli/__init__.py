@@ -15,7 +15,7 @@ from typing import Any
 import typer
 
 from lancy_trl.errors import LancyError
-from lancy_trl.network import OfflineViolation
+from lancy_trl.privacy.network import OfflineViolation
 
 app = typer.Typer(
     name="lancy",
@@ -38,7 +38,7 @@ def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
             from rich.console import Console
             from rich.markup import escape
 
-            from lancy_trl import distributed
+            from lancy_trl.scale import distributed
 
             where = f"rank {distributed.rank()}: " if distributed.world_size() > 1 else ""
             Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {where}{escape(str(e))}", highlight=False)
@@ -53,7 +53,8 @@ def training_console(args: Any, command: str, flags: dict[str, Any]) -> Any:
     nothing."""
     from rich.console import Console
 
-    from lancy_trl import distributed, engines, network
+    from lancy_trl.privacy import network
+    from lancy_trl.scale import distributed, engines
 
     launched = distributed.launch_settings(args, flags, command)
     if engines.fsdp_wanted(launched):  # refused on CPU before any process is launched

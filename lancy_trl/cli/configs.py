@@ -19,7 +19,7 @@ app.add_typer(configs_app, name="configs")
 @configs_app.command("list")
 def list_configs() -> None:
     """Each shipped config's name, what it is for, and its file."""
-    from lancy_trl.engines import SHIPPED, resolve
+    from lancy_trl.scale.engines import SHIPPED, resolve
 
     for name, purpose in SHIPPED.items():
         typer.echo(f"{name:14} {purpose}\n{'':14} {resolve(name, 'DeepSpeed or FSDP')}")
@@ -29,6 +29,6 @@ def list_configs() -> None:
 @guarded
 def config_path(name: str = typer.Argument(..., help="A name from `lancy configs list`.")) -> None:
     """The path of one shipped config (for --deepspeed, --fsdp, accelerate launch, or to copy and edit)."""
-    from lancy_trl.engines import resolve
+    from lancy_trl.scale.engines import resolve
 
     typer.echo(str(resolve(name, "DeepSpeed or FSDP")))

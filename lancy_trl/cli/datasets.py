@@ -238,9 +238,9 @@ def scan(
     """Personal and secret data in a dataset's text: e-mails, phones, IBANs, cards, SSNs, IPs, API keys, crypto."""
     from collections import Counter, defaultdict
 
-    from lancy_trl import pii
     from lancy_trl.data.build import files_as_dataset, load_source
     from lancy_trl.errors import LancyError
+    from lancy_trl.privacy import pii
 
     if name is None:
         if not data_files:

@@ -22,8 +22,9 @@ def manifest_(
     verify: Annotated[bool, typer.Option("--verify", help="Re-hash every file and name any that changed.")] = False,
 ) -> None:
     """Hashes of a run's data, base model and output, with its config and versions; --verify checks them."""
-    from lancy_trl import manifest, runs
+    from lancy_trl import runs
     from lancy_trl.errors import LancyError
+    from lancy_trl.privacy import manifest
 
     if not (run / runs.RUN_FILE).is_file():
         raise LancyError(f"{run} is not a lancy run directory (no {runs.RUN_FILE}); pass the folder a run made")

@@ -239,7 +239,7 @@ def load_hub(spec: DatasetSpec, max_examples: int | None = None) -> dict[str, An
         )
     if spec.loader == "stream" and not max_examples:
         raise LancyError(f"{spec.display_name} is streamed (too large to download); pass --max-examples N")
-    from lancy_trl import network
+    from lancy_trl.privacy import network
 
     offline = network.offline() or not network.hub_reachable(spec.hub_id or "", repo_type="dataset")
     try:
@@ -286,7 +286,7 @@ def load_hub_generic(hub_id: str, config: str | None) -> dict[str, Any]:
     instruction + input + output, text)."""
     from datasets import load_dataset
 
-    from lancy_trl import network
+    from lancy_trl.privacy import network
 
     fix = ("download its files and pass one as --dataset FILE.jsonl/.csv/.parquet with columns messages, "
            "prompt + completion, instruction + input + output, or text")
@@ -530,7 +530,7 @@ def build_data(args: Any, transform: Any = None) -> DataBundle:
 
 def _redacting(then: Any, counts: Counter) -> Any:
     """A split rewrite that replaces personal and secret data first (lancy_trl/pii.py), then applies `then`."""
-    from lancy_trl.pii import redact_rows
+    from lancy_trl.privacy.pii import redact_rows
 
     def transform(ds: Any) -> Any:
         ds = redact_rows(ds, counts)

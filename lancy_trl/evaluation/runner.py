@@ -236,8 +236,9 @@ def _user(row: dict[str, Any]) -> str:
 
 
 def run_eval(args: EvalArgs, console: Any) -> dict[str, Any]:
-    from lancy_trl import logs, network
+    from lancy_trl import logs
     from lancy_trl.models import ModelSource, resolve_model, short_name
+    from lancy_trl.privacy import network
 
     network.apply(args)
     source = resolve_model(args.model, log=console.print)
@@ -250,7 +251,7 @@ def run_eval(args: EvalArgs, console: Any) -> dict[str, Any]:
     run_dir = Path(args.model) if source.origin == "run" else None
     run_info = runs.read(run_dir) if run_dir else {}
     if args.canaries:
-        from lancy_trl import canaries
+        from lancy_trl.privacy import canaries
 
         return canaries.evaluate(args, source, run_dir, run_info, console)
     es = eval_rows(args, run_info, run_dir)

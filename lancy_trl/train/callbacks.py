@@ -92,7 +92,7 @@ class SaveEvery(TrainerCallback):
         self.last = time.monotonic()
 
     def on_step_end(self, args, state, control, **kwargs):
-        from lancy_trl.distributed import agree
+        from lancy_trl.scale.distributed import agree
 
         if agree(self.seconds > 0 and time.monotonic() - self.last >= self.seconds):  # every rank saves, or none
             control.should_save = True
@@ -137,7 +137,7 @@ class GracefulInterrupt(TrainerCallback):
         self.console.print("\n[yellow]Stopping after this step and saving a checkpoint (Ctrl-C again to abort)...")
 
     def on_step_end(self, args, state, control, **kwargs):
-        from lancy_trl.distributed import agree
+        from lancy_trl.scale.distributed import agree
 
         self.requested = agree(self.requested)  # Ctrl-C seen by any process stops them all at this step
         if self.requested:

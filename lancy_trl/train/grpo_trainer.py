@@ -26,8 +26,8 @@ from typing import Any
 import torch
 from trl import GRPOTrainer
 
-from lancy_trl.train.prefix import KEY, MODEL_TYPES, plan
 from lancy_trl.train.resumable import Resumable
+from lancy_trl.train.speed.prefix import KEY, MODEL_TYPES, plan
 from lancy_trl.train.trainer import one_plain_process
 
 
@@ -55,7 +55,7 @@ class LancyGRPOTrainer(Resumable, GRPOTrainer):
         self.lean_logps = self._lean_logps_apply()
         self.shared_prefix = shared_prefix and self.lean_logps
         if self.shared_prefix:
-            from lancy_trl.train.prefix import install
+            from lancy_trl.train.speed.prefix import install
 
             install(self._base())
         self.checkpointed_layers, self.lean_modules = memory_paths(self, checkpoint_layers, lean_activations)

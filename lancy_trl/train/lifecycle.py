@@ -23,9 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lancy_trl import distributed, faults, files, network, runs
+from lancy_trl import faults, files, runs
 from lancy_trl.config import to_dict
 from lancy_trl.errors import LancyError, SaveFailed
+from lancy_trl.privacy import network
+from lancy_trl.scale import distributed
 
 
 @dataclass
@@ -73,9 +75,9 @@ def setup(args: Any, console: Any, run_dir: Path, checkpoint: str | None, load_d
     """(data, model source, loaded model): the data first (a resumed run's checked against what it started on), then
     the model's memory estimated and the model loaded; impossible speed options and unknown LoRA targets are refused
     before a run directory exists."""
-    from lancy_trl import memory, moe
-    from lancy_trl.engines import check_device
     from lancy_trl.models import load_model, pick_device, preflight, resolve_model
+    from lancy_trl.scale import memory, moe
+    from lancy_trl.scale.engines import check_device
     from lancy_trl.train.sft import trainer_options
 
     device = pick_device(args.device)
@@ -116,7 +118,7 @@ def main_first() -> Iterator[None]:
 
 
 def plant_canaries(args: Any, data: Any) -> None:
-    from lancy_trl import canaries
+    from lancy_trl.privacy import canaries
 
     if args.canaries < 0 or args.canary_repeats < 1:
         raise LancyError(f"--canaries must be 0 or more and --canary-repeats at least 1 (got {args.canaries} and "
@@ -186,7 +188,7 @@ def open_run(args: Any, command: str, run_dir: Path, checkpoint: str | None, sou
         runs.update(run_dir, command=command, held_out=held_out, task=data.kind, dataset=data.name,
                     labels=list(data.labels))
         if data.canaries:
-            from lancy_trl import canaries
+            from lancy_trl.privacy import canaries
 
             canaries.save(run_dir, data.canaries, data.train)
     config = to_dict(args)
@@ -205,7 +207,7 @@ def global_batch(args: Any) -> int:
 
 def processes_note(args: Any) -> str:
     """The run summary's words on a launched run: the global batch, and which speed paths are off."""
-    from lancy_trl import engines
+    from lancy_trl.scale import engines
 
     n, engine = distributed.world_size(), engines.describe(args)
     if n == 1 and not engine:
@@ -221,7 +223,7 @@ def notes(args: Any, info: dict[str, Any], trainer: Any) -> str:
     memory = (f"\n  memory estimate for the longest batch (rows of about {info['memory_estimate_row_tokens']} tokens): "
               f"{info['memory_estimate']} of the {info['device']}'s {info['device_memory_gb']} GB"
               if "memory_estimate" in info else "")
-    from lancy_trl import moe
+    from lancy_trl.scale import moe
 
     return moe.note(info, trainer) + memory + processes_note(args)
 
@@ -321,13 +323,13 @@ def stopped(run_dir: Path, command: str, why: str) -> str:
 
 def train(trainer: Any, run_dir: Path, checkpoint: str | None, interrupt: Any, console: Any, command: str) -> RunResult:
     """trainer.train() under the Ctrl-C handler; the train loss covers the whole run, resumed or not."""
-    from lancy_trl.engines import fsdp_wanted
+    from lancy_trl.scale.engines import fsdp_wanted
     from lancy_trl.train.callbacks import whole_run_loss
 
     if fsdp_wanted(trainer.args) and not getattr(trainer, "is_fsdp_enabled", False):  # check_device's safety net
         raise LancyError("FSDP was asked for but accelerate did not enable it on this device: the run would train "
                          "whole copies; drop --fsdp or run on GPUs")
-    from lancy_trl.moe import router_loss
+    from lancy_trl.scale.moe import router_loss
 
     if router_loss(trainer):
         runs.update(run_dir, router_aux_loss_coef=router_loss(trainer))
@@ -384,7 +386,7 @@ def finish(trainer: Any, result: RunResult, meta: dict[str, Any]) -> None:
     faults.point("finish.rename", final)
     metrics = {"step": result.steps, "train_loss": result.train_loss, **result.final_eval}
     files.write_json(run_dir / "metrics.json", metrics, fault="finish.metrics")
-    from lancy_trl import manifest
+    from lancy_trl.privacy import manifest
 
     manifest.write(run_dir)  # sha256 of the data files, base model and output: `lancy manifest RUN --verify`
     runs.update(run_dir, status="complete", steps=result.steps, train_loss=result.train_loss,

@@ -21,8 +21,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from lancy_trl import distributed, faults, files, runs
+from lancy_trl import faults, files, runs
 from lancy_trl.errors import SaveFailed
+from lancy_trl.scale import distributed
 
 
 class Resumable:

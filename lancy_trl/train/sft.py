@@ -8,9 +8,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from lancy_trl import engines, runs
+from lancy_trl import runs
 from lancy_trl.config import RunnableArgs, SFTArgs
 from lancy_trl.errors import LancyError
+from lancy_trl.scale import engines
 from lancy_trl.train import lifecycle
 from lancy_trl.train.lifecycle import RunResult
 
@@ -70,7 +71,7 @@ def use_shared_prefix(args: RunnableArgs, info: dict[str, Any]) -> bool:
     """Shared-prefix batches (lancy_trl/train/prefix.py) need transformers' SDPA attention, which they extend. On by
     default on CPU, where they were measured (README, performance); on a GPU each batch's packed length is a new shape
     (which `default_pad_multiple` avoids there) and the trade has not been measured, so there it is opt-in."""
-    from lancy_trl.train.prefix import MODEL_TYPES
+    from lancy_trl.train.speed.prefix import MODEL_TYPES
 
     if private(args):
         return False
@@ -167,7 +168,7 @@ def run_sft(args: SFTArgs, console: Any, flags: dict[str, Any] | None = None) ->
         data_report = fit_to_model(data, loaded.tokenizer, args)
     plan = None
     if private(args):
-        from lancy_trl.train.dp import keep_plan, make_plan
+        from lancy_trl.privacy.dp import keep_plan, make_plan
 
         plan = make_plan(args, len(data.train))
         plan = keep_plan(run_dir, plan) if checkpoint else plan
@@ -241,9 +242,9 @@ def _report_data(data: Any, report: dict[str, Any], console: Any, writer: Any) -
 def _train(args, run_dir, checkpoint, data, loaded, console, data_report, plan) -> RunResult:
     from transformers import PrinterCallback
 
-    from lancy_trl import distributed
+    from lancy_trl.scale import distributed
     from lancy_trl.train.callbacks import RunFacts, ScoreEval
-    from lancy_trl.train.prefix import MODEL_TYPES
+    from lancy_trl.train.speed.prefix import MODEL_TYPES
     from lancy_trl.train.trainer import LancySFTTrainer
 
     info, device = loaded.info, loaded.info["device"]
@@ -258,7 +259,7 @@ def _train(args, run_dir, checkpoint, data, loaded, console, data_report, plan) 
     options: dict[str, Any] = trainer_options(args, info)
     trainer_cls: Any = LancySFTTrainer
     if plan is not None:
-        from lancy_trl.train.dp import DPTrainer
+        from lancy_trl.privacy.dp import DPTrainer
 
         trainer_cls, options["dp"] = DPTrainer, plan
     with console.status("Tokenizing..."):

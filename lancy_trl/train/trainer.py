@@ -65,7 +65,7 @@ def memory_paths(trainer: Any, checkpoint_layers: float, lean_activations: bool)
     if checkpoint_layers and not trainer.args.gradient_checkpointing:
         checkpointed = checkpoint_share(trainer.model, checkpoint_layers)
     if lean_activations and not sharded_engine(trainer):  # fp32 only: the lean backward formulas do not follow autocast
-        from lancy_trl.train.lean import lean_activations as make_lean
+        from lancy_trl.train.speed.lean import lean_activations as make_lean
 
         # the in-place vocabulary gradients bypass autograd, and with it DDP's gradient hooks: one process only
         lean = make_lean(trainer.model, vocab=one_plain_process(trainer))
@@ -79,7 +79,7 @@ class LancySFTTrainer(Resumable, SFTTrainer):
         self.shared_prefix = shared_prefix and one_plain_process(self)  # a path of the compact loss only
         self.body_tokens = 0  # training tokens the decoder layers computed, padding aside (a shared prefix once a batch)
         if self.shared_prefix:
-            from lancy_trl.train.prefix import install
+            from lancy_trl.train.speed.prefix import install
 
             model: Any = self.model
             install(model.get_base_model() if hasattr(model, "get_base_model") else model)
@@ -97,7 +97,7 @@ class LancySFTTrainer(Resumable, SFTTrainer):
         """(packed inputs, layout) when this batch's rows share a prefix (lancy_trl/train/prefix.py), else None."""
         if not self.shared_prefix or set(forward) - {"input_ids", "attention_mask"} or "input_ids" not in forward:
             return None
-        from lancy_trl.train.prefix import plan
+        from lancy_trl.train.speed.prefix import plan
 
         return plan(forward["input_ids"], forward.get("attention_mask"), labels)
 
@@ -117,7 +117,7 @@ class LancySFTTrainer(Resumable, SFTTrainer):
             outputs, logits = self._answer_logits(model, forward, rows, cols)
             body = int(forward["attention_mask"].sum()) if "attention_mask" in forward else labels.numel()
         else:
-            from lancy_trl.train.prefix import KEY
+            from lancy_trl.train.speed.prefix import KEY
 
             batch, layout = packed
             positions = layout.packed_position(rows, cols)

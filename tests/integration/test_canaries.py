@@ -5,8 +5,8 @@ import json
 from datasets import Dataset
 from typer.testing import CliRunner
 
-from lancy_trl import canaries
 from lancy_trl.cli import app
+from lancy_trl.privacy import canaries
 
 runner = CliRunner()
 

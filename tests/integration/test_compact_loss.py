@@ -140,7 +140,7 @@ def test_lean_activations_keep_loss_and_gradients_and_save_memory(tmp_path, arch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from lancy_trl.train.lean import lean_activations
+    from lancy_trl.train.speed.lean import lean_activations
     from tests.conftest import build_tiny_model
 
     path = build_tiny_model(tmp_path / arch, arch, tie=tie)

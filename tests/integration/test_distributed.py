@@ -13,7 +13,7 @@ import time
 import pytest
 
 from lancy_trl.config import GRPOArgs, PretrainArgs, SFTArgs, flag
-from lancy_trl.distributed import launch_arguments
+from lancy_trl.scale.distributed import launch_arguments
 
 
 def lancy(*args, env=None, timeout=600):

@@ -7,7 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from lancy_trl.cli import app
-from lancy_trl.engines import DEEPSPEED, SHIPPED, resolve
+from lancy_trl.scale.engines import DEEPSPEED, SHIPPED, resolve
 
 runner = CliRunner()
 deepspeed = pytest.importorskip("deepspeed")  # a dev dependency: CI installs it
@@ -58,7 +58,7 @@ def test_the_shipped_fsdp_file_is_an_accelerate_config_and_the_trainers_fsdp_set
     from accelerate.utils import FullyShardedDataParallelPlugin
     from trl import SFTConfig
 
-    from lancy_trl.engines import fsdp_config
+    from lancy_trl.scale.engines import fsdp_config
     from lancy_trl.train.sft import engine_arguments
 
     launch = load_config_from_file(str(resolve("fsdp", "FSDP")))

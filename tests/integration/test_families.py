@@ -72,7 +72,7 @@ def train_two_steps(path, tmp_path, lancy: bool):
 def test_defaults_train_each_family_as_the_plain_path(family, tmp_path):
     import torch
 
-    from lancy_trl.train.prefix import MODEL_TYPES
+    from lancy_trl.train.speed.prefix import MODEL_TYPES
 
     path = tiny_family(tmp_path / family, family)
     fast_losses, fast, info, options, data = train_two_steps(path, tmp_path, lancy=True)

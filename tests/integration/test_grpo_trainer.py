@@ -56,7 +56,8 @@ def test_realign_keeps_each_rows_real_tokens_in_order():
 @pytest.mark.parametrize("shared_prefix", [False, True])
 @pytest.mark.parametrize("use_lora", [False, True])
 def test_policy_pass_equals_trls(tiny_model, tmp_path, shared_prefix, use_lora, monkeypatch):
-    from lancy_trl.train import grpo_trainer, prefix
+    from lancy_trl.train import grpo_trainer
+    from lancy_trl.train.speed import prefix
 
     plans = []
     monkeypatch.setattr(grpo_trainer, "plan", lambda *a: plans.append(prefix.plan(*a)) or plans[-1])

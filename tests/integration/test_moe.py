@@ -73,7 +73,7 @@ def test_router_loss_on_a_dense_model_is_one_line_before_a_run(tiny_model, tmp_p
 def test_expert_counts_are_read_across_families(family, settings, expected):
     import transformers
 
-    from lancy_trl.moe import experts
+    from lancy_trl.scale.moe import experts
 
     assert experts(getattr(transformers, family)(**settings)) == expected
 
@@ -84,7 +84,7 @@ def test_routers_are_found_and_left_out_of_the_default_lora_targets(family):
     from transformers import AutoModelForCausalLM
 
     from lancy_trl.models import lora_targets
-    from lancy_trl.moe import routers
+    from lancy_trl.scale.moe import routers
 
     config = getattr(transformers, family)(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                                            num_attention_heads=2, num_key_value_heads=1, moe_intermediate_size=16,
@@ -113,7 +113,7 @@ def test_active_parameters_of_mixtral_8x7b_from_its_config():
     import torch
     from transformers import AutoModelForCausalLM, MixtralConfig
 
-    from lancy_trl.moe import describe
+    from lancy_trl.scale.moe import describe
 
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(MixtralConfig())

@@ -21,7 +21,7 @@ ROWS = rows_with_header([
 def test_plan_packs_the_common_prefix_once():
     import torch
 
-    from lancy_trl.train.prefix import plan
+    from lancy_trl.train.speed.prefix import plan
 
     ids = torch.tensor([[5, 6, 7, 8, 9, 0], [5, 6, 7, 3, 0, 0], [5, 6, 4, 4, 4, 4]])
     mask = (ids != 0).long()
@@ -108,7 +108,7 @@ def test_shared_prefix_refuses_other_attention_and_leaves_transformers_sdpa_alon
     from trl import SFTConfig
 
     from lancy_trl.errors import LancyError
-    from lancy_trl.train.prefix import NAME, Layout
+    from lancy_trl.train.speed.prefix import NAME, Layout
     from lancy_trl.train.trainer import LancySFTTrainer
 
     tok = AutoTokenizer.from_pretrained(tiny_model)
@@ -156,7 +156,7 @@ def test_shared_prefix_refuses_a_softcap():
     import torch
 
     from lancy_trl.errors import LancyError
-    from lancy_trl.train.prefix import attention, plan
+    from lancy_trl.train.speed.prefix import attention, plan
 
     ids = torch.tensor([[5, 6, 7, 8], [5, 6, 9, 9]])
     labels = torch.full_like(ids, -100)

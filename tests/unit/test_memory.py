@@ -6,7 +6,7 @@ import dataclasses
 import pytest
 
 from lancy_trl.config import SFTArgs, resolve
-from lancy_trl.memory import GB, Shape, alternatives, estimate
+from lancy_trl.scale.memory import GB, Shape, alternatives, estimate
 
 ONE_B = Shape(params=1_200_000_000, linear=1_000_000_000, lora=2_000_000, layers=16, hidden=2048, intermediate=8192,
               vocab=128_256)  # about Llama-3.2-1B
@@ -45,7 +45,7 @@ def test_zero_stages_divide_what_they_shard_among_the_processes(engine, sharded)
 def test_the_shape_comes_from_a_weightless_model_and_matches_the_real_one(tiny_model):
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from lancy_trl.memory import shape
+    from lancy_trl.scale.memory import shape
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model)
     s = shape(AutoConfig.from_pretrained(tiny_model), args())
@@ -73,8 +73,8 @@ def test_the_options_that_would_fit_are_each_estimated():
 def test_a_run_over_the_device_warns_with_the_fix_and_goes_on(tiny_model, tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
-    from lancy_trl import memory
     from lancy_trl.cli import app
+    from lancy_trl.scale import memory
 
     monkeypatch.setattr(memory, "device_memory", lambda device: 0.1 * GB)
     result = CliRunner().invoke(app, ["sft", "--model", str(tiny_model), "--max-steps", "1",
@@ -87,7 +87,7 @@ def test_a_run_over_the_device_warns_with_the_fix_and_goes_on(tiny_model, tmp_pa
 def test_the_longest_row_is_guessed_from_characters_and_capped():
     from datasets import Dataset
 
-    from lancy_trl.memory import longest_row
+    from lancy_trl.scale.memory import longest_row
 
     rows = Dataset.from_list([{"prompt": [{"role": "user", "content": "x" * 300}],
                                "completion": [{"role": "assistant", "content": "yes"}]},

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from lancy_trl import network
+from lancy_trl.privacy import network
 
 
 @pytest.fixture
@@ -58,7 +58,7 @@ def test_an_offline_run_trains_and_evaluates_with_no_network(tiny_model, tmp_pat
     assert json.loads((run / "run.json").read_text())["offline"] is True
     done = lancy("eval", "--offline", "--model", run, "--limit", 4, "--method", "score", cwd=tmp_path)
     assert done.returncode == 0, done.stderr + done.stdout
-    probe = ("import sys, typer, urllib.request\nfrom lancy_trl import network\nfrom lancy_trl.cli import guarded\n"
+    probe = ("import sys, typer, urllib.request\nfrom lancy_trl.privacy import network\nfrom lancy_trl.cli import guarded\n"
              "network.go_offline()\ntry:\n    guarded(lambda: urllib.request.urlopen('http://93.184.216.34/', timeout=2))()\n"
              "except typer.Exit as e:\n    sys.exit(e.exit_code)\n")  # a library call inside a command, as the CLI runs it
     tried = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
@@ -70,7 +70,7 @@ def test_child_python_processes_of_an_offline_run_are_guarded_too():
     child = ("import socket\n"
              "try:\n    socket.create_connection(('93.184.216.34', 80), timeout=1)\n"
              "except BaseException as e:\n    print(type(e).__name__, e)")
-    parent = ("import subprocess, sys\nfrom lancy_trl import network\nnetwork.go_offline()\n"
+    parent = ("import subprocess, sys\nfrom lancy_trl.privacy import network\nnetwork.go_offline()\n"
               f"print(subprocess.run([sys.executable, '-c', {child!r}], capture_output=True, text=True).stdout)")
     out = subprocess.run([sys.executable, "-c", parent], capture_output=True, text=True, timeout=120)
     assert "OfflineViolation" in out.stdout and "93.184.216.34:80" in out.stdout, out.stdout + out.stderr

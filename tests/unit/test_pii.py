@@ -2,7 +2,7 @@
 
 import pytest
 
-from lancy_trl.pii import redact, scan
+from lancy_trl.privacy.pii import redact, scan
 
 PLANTED = [  # (text, kind, the value)
     ("Contact jane.doe@examplebank.com for the wire.", "email", "jane.doe@examplebank.com"),

@@ -258,7 +258,7 @@ def test_an_unreachable_hub_uses_only_the_local_cache_at_once(monkeypatch):
     import datasets
     import huggingface_hub.constants as hub
 
-    from lancy_trl import network
+    from lancy_trl.privacy import network
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     monkeypatch.delenv("LANCY_OFFLINE", raising=False)

@@ -81,7 +81,7 @@ def estimate(args: Any, s: Shape, device: str, processes: int = 1, answers: int 
     """Bytes per process for this run's method, precision, engine and batch; `answers`: the positions per example
     lancy's compact loss takes logits at (None: the loss is on every token); `length`: the longest row (default
     --max-length)."""
-    from lancy_trl import engines
+    from lancy_trl.scale import engines
 
     bits = 4 if getattr(args, "load_in_4bit", False) else 8 if getattr(args, "load_in_8bit", False) else 32
     weights = (s.params - s.linear) * 4 + s.linear * (bits / 8 + (0.06 if bits == 4 else 0))  # NF4's scales
@@ -165,7 +165,7 @@ def alternatives(args: Any, s: Shape, device: str, processes: int, answers: int 
 def report(args: Any, config: Any, device: str, data: Any, command: str, console: Any) -> dict[str, Any]:
     """A run's estimate for run.json and its summary, before the weights load; a warning line with the options
     that would fit when it is more than the device has."""
-    from lancy_trl import distributed
+    from lancy_trl.scale import distributed
     from lancy_trl.train.trainer import LOSS_CHUNK
 
     try:

@@ -106,7 +106,7 @@ def make_plan(args: Any, rows: int) -> Plan:
         from opacus.accountants.utils import get_noise_multiplier
     except ImportError:
         raise LancyError("--dp-epsilon needs opacus: pip install 'opacus>=1.6'") from None
-    from lancy_trl.distributed import world_size
+    from lancy_trl.scale.distributed import world_size
 
     if world_size() > 1:  # launched by hand (torchrun): --num-processes itself is refused with the flags
         raise LancyError("--dp-epsilon trains in one process: launch it without torchrun")

@@ -1,4 +1,4 @@
-"""Put on PYTHONPATH by `--offline` (lancy_trl/network.py): every child Python process of an offline run guards its
+"""Put on PYTHONPATH by `--offline` (lancy_trl/privacy/network.py): every child Python process of an offline run guards its
 sockets as its parent does, then runs the sitecustomize it would otherwise have run."""
 
 import importlib.machinery
@@ -11,7 +11,7 @@ def _guard() -> None:
     if os.environ.get("LANCY_OFFLINE") != "1":
         return
     try:
-        from lancy_trl import network
+        from lancy_trl.privacy import network
     except ImportError:  # another interpreter, without lancy: the environment's offline switches still apply
         return
     network.install_guard()
