@@ -15,11 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lancy_trl import runs
 from lancy_trl.errors import LancyError, did_you_mean
 from lancy_trl.privacy.network import hub_cached as _hub_cached
 from lancy_trl.privacy.network import hub_reachable
 from lancy_trl.privacy.network import offline as hub_offline
 from lancy_trl.scale import moe
+from lancy_trl.scale.moe import lora_targets  # noqa: F401  (models.lora_targets, as before)
 
 
 @dataclass(frozen=True)
@@ -110,11 +112,24 @@ LOCAL_CHOICES = ("without the hub, pass a local model directory, a finished run 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
 
-def _local_dir(path: Path, *, log) -> ModelSource:
-    from lancy_trl import runs
+def run_source(run_dir: Path) -> ModelSource:
+    """What a finished run produced, for eval and further training: base model + adapter, or the full model."""
+    info = runs.read(run_dir)
+    model_dir = run_dir / "model"
+    if info.get("status") != "complete" or not model_dir.is_dir():
+        raise LancyError(
+            f"{run_dir} has no finished model (status: {info.get('status', 'unknown')}); resume it with "
+            f"`lancy {info.get('command', 'sft')} --resume latest --run-dir {run_dir}`"
+        )
+    name = info.get("model_name", run_dir.name)
+    if (model_dir / "adapter_config.json").is_file():
+        return ModelSource(name, info["base_model_path"], "run", adapter=str(model_dir))
+    return ModelSource(name, str(model_dir), "run")
 
+
+def _local_dir(path: Path, *, log) -> ModelSource:
     if (path / runs.RUN_FILE).is_file():  # a lancy run: its final model or adapter
-        return runs.model_source(path, log=log)
+        return run_source(path)
     if (path / "adapter_config.json").is_file():
         base = json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
         return ModelSource(short_name(base), base, "local", adapter=str(path))
@@ -353,22 +368,6 @@ def setup_tokenizer(tokenizer: Any) -> dict[str, Any]:
     return notes
 
 
-def lora_targets(model: Any) -> list[str]:
-    """Every linear layer's leaf name except the output head and a mixture-of-experts model's routers: LoRA on all of
-    them works best for small models; a router adapted by LoRA would learn to send tokens elsewhere."""
-    import torch
-
-    from lancy_trl.scale.moe import routers
-
-    out_emb, skip = model.get_output_embeddings(), routers(model)
-    names = set()
-    for name, module in model.named_modules():
-        is_linear = isinstance(module, torch.nn.Linear) or type(module).__name__ == "Conv1D"
-        if is_linear and module is not out_emb and name not in skip:
-            names.add(name.rsplit(".", 1)[-1])
-    return sorted(names)
-
-
 def load_model(source: ModelSource, args: Any, *, device: str, for_training: bool = True) -> LoadedModel:
     """Model and tokenizer on `device`, with attention, dtype and (for QLoRA) 4-bit quantization chosen."""
     import torch
@@ -431,6 +430,12 @@ def preflight(source: ModelSource, args: Any) -> Any:
                          "tokenizer next to the weights: tokenizer.save_pretrained(DIR)")
     check_safetensors(source)
     return config
+
+
+def warn_remote_code(args: Any, source: Any, console: Any) -> None:
+    if args.trust_remote_code:
+        console.print(f"[yellow]warning:[/] --trust-remote-code: loading {source.path} runs the Python code it ships, "
+                      "with your permissions; only for a model you trust", highlight=False)
 
 
 def check_safetensors(source: ModelSource) -> None:

@@ -34,7 +34,7 @@ _claimed: dict[str, files.Lock] = {}  # the runs this process trains in, by reso
 
 def run_name(args: Any, model_name: str, data_name: str, mode: str = "sft", now: datetime | None = None) -> str:
     now = now or datetime.now()
-    from lancy_trl.scale.distributed import world_size
+    from lancy_trl.ranks import world_size
 
     params = [f"bs{args.batch_size * world_size() * args.gradient_accumulation_steps}", f"len{args.max_length}"]
     params.append(f"steps{args.max_steps}" if args.max_steps > 0 else f"ep{args.num_train_epochs:g}")
@@ -145,7 +145,7 @@ def save_rows(run_dir: Path, splits: dict[str, Any]) -> dict[str, dict[str, Any]
 
 def update(run_dir: Path, **fields: Any) -> dict[str, Any]:
     """Merge `fields` into run.json, written by global rank 0 alone (the other processes of a run leave it be)."""
-    from lancy_trl.scale.distributed import is_main
+    from lancy_trl.ranks import is_main
 
     path = run_dir / RUN_FILE
     if not is_main():
@@ -245,20 +245,3 @@ def find_resume(resume: str, run_dir: str | None, output_dir: str, command: str 
         if (why := why_not_resumable(run, command)) is not None:
             raise LancyError(why)
     return run, checkpoint or complete_checkpoints(run)[-1]
-
-
-def model_source(run_dir: Path, *, log=print):
-    """What a finished run produced, for eval and further training: base model + adapter, or the full model."""
-    from lancy_trl.models import ModelSource
-
-    info = read(run_dir)
-    model_dir = run_dir / "model"
-    if info.get("status") != "complete" or not model_dir.is_dir():
-        raise LancyError(
-            f"{run_dir} has no finished model (status: {info.get('status', 'unknown')}); resume it with "
-            f"`lancy {info.get('command', 'sft')} --resume latest --run-dir {run_dir}`"
-        )
-    name = info.get("model_name", run_dir.name)
-    if (model_dir / "adapter_config.json").is_file():
-        return ModelSource(name, info["base_model_path"], "run", adapter=str(model_dir))
-    return ModelSource(name, str(model_dir), "run")

@@ -245,13 +245,13 @@ def run_eval(args: EvalArgs, console: Any) -> dict[str, Any]:
     from lancy_trl.models import check_safetensors
 
     check_safetensors(source)  # before the output folder is made: a refused model leaves nothing behind
-    from lancy_trl.train.lifecycle import warn_remote_code
+    from lancy_trl.models import warn_remote_code
 
     warn_remote_code(args, source, console)
     run_dir = Path(args.model) if source.origin == "run" else None
     run_info = runs.read(run_dir) if run_dir else {}
     if args.canaries:
-        from lancy_trl.privacy import canaries
+        from lancy_trl.evaluation import canaries
 
         return canaries.evaluate(args, source, run_dir, run_info, console)
     es = eval_rows(args, run_info, run_dir)

@@ -19,19 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from lancy_trl.errors import LancyError
-
-
-def world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def rank() -> int:
-    return int(os.environ.get("RANK", "0"))
-
-
-def is_main() -> bool:
-    """Global rank 0 (a single process is its own rank 0)."""
-    return rank() == 0
+from lancy_trl.ranks import is_main, rank, world_size  # noqa: F401  (distributed.is_main() reads on)
 
 
 def processes_wanted(args: Any) -> int:

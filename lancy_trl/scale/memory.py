@@ -19,6 +19,8 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+LOSS_CHUNK = 1024  # positions whose logits exist at once in the trainer's chunked loss (lancy_trl/train/trainer.py)
+
 GB = 1024**3
 RUNTIME = {"cpu": 0.6 * GB, "cuda": 0.6 * GB, "mps": 0.6 * GB}  # torch, Python and the libraries; a CUDA context
 
@@ -59,7 +61,7 @@ def shape(config: Any, args: Any) -> Shape:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from lancy_trl.models import lora_targets
+    from lancy_trl.scale.moe import lora_targets
 
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, trust_remote_code=args.trust_remote_code)
@@ -166,7 +168,6 @@ def report(args: Any, config: Any, device: str, data: Any, command: str, console
     """A run's estimate for run.json and its summary, before the weights load; a warning line with the options
     that would fit when it is more than the device has."""
     from lancy_trl.scale import distributed
-    from lancy_trl.train.trainer import LOSS_CHUNK
 
     try:
         s = shape(config, args)

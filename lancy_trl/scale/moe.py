@@ -90,3 +90,17 @@ def note(info: dict[str, Any], trainer: Any) -> str:
     return (f"\n  mixture of experts: {info['experts']} experts, {info['experts_per_token']} per token; "
             f"{info['active_params']:,} of {info['total_params']:,} parameters active per token; {lora}"
             + (f"router load-balancing loss x{coef:g} (logged as aux_loss)" if coef else "no router load-balancing loss"))
+
+
+def lora_targets(model: Any) -> list[str]:
+    """Every linear layer's leaf name except the output head and a mixture-of-experts model's routers: LoRA on all of
+    them works best for small models; a router adapted by LoRA would learn to send tokens elsewhere."""
+    import torch
+
+    out_emb, skip = model.get_output_embeddings(), routers(model)
+    names = set()
+    for name, module in model.named_modules():
+        is_linear = isinstance(module, torch.nn.Linear) or type(module).__name__ == "Conv1D"
+        if is_linear and module is not out_emb and name not in skip:
+            names.add(name.rsplit(".", 1)[-1])
+    return sorted(names)

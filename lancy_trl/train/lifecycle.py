@@ -75,7 +75,7 @@ def setup(args: Any, console: Any, run_dir: Path, checkpoint: str | None, load_d
     """(data, model source, loaded model): the data first (a resumed run's checked against what it started on), then
     the model's memory estimated and the model loaded; impossible speed options and unknown LoRA targets are refused
     before a run directory exists."""
-    from lancy_trl.models import load_model, pick_device, preflight, resolve_model
+    from lancy_trl.models import load_model, pick_device, preflight, resolve_model, warn_remote_code
     from lancy_trl.scale import memory, moe
     from lancy_trl.scale.engines import check_device
     from lancy_trl.train.sft import trainer_options
@@ -126,12 +126,6 @@ def plant_canaries(args: Any, data: Any) -> None:
     data.train, data.canaries = canaries.plant(data.train, args.canaries, args.canary_repeats, args.seed)
     data.notes.append(f"planted {args.canaries} canaries x{args.canary_repeats} among the training rows "
                       f"(canaries.json; measure with `lancy eval --model RUN --canaries`)")
-
-
-def warn_remote_code(args: Any, source: Any, console: Any) -> None:
-    if args.trust_remote_code:
-        console.print(f"[yellow]warning:[/] --trust-remote-code: loading {source.path} runs the Python code it ships, "
-                      "with your permissions; only for a model you trust", highlight=False)
 
 
 def print_notes(data: Any, console: Any) -> None:

@@ -259,7 +259,7 @@ def _train(args, run_dir, checkpoint, data, loaded, console, data_report, plan) 
     options: dict[str, Any] = trainer_options(args, info)
     trainer_cls: Any = LancySFTTrainer
     if plan is not None:
-        from lancy_trl.privacy.dp import DPTrainer
+        from lancy_trl.train.dp_trainer import DPTrainer
 
         trainer_cls, options["dp"] = DPTrainer, plan
     with console.status("Tokenizing..."):

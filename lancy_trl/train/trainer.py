@@ -18,9 +18,8 @@ from typing import Any
 
 from trl import SFTTrainer
 
+from lancy_trl.scale.memory import LOSS_CHUNK
 from lancy_trl.train.resumable import Resumable
-
-LOSS_CHUNK = 1024  # positions whose logits exist at once in the chunked loss
 
 
 def supports_compact_loss(model: Any) -> bool:

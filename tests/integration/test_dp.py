@@ -23,7 +23,8 @@ def _dp_trainer(tiny_model, tmp_path, rows, noise):
     from transformers import AutoModelForCausalLM
     from trl import SFTConfig
 
-    from lancy_trl.privacy.dp import DPTrainer, Plan
+    from lancy_trl.privacy.dp import Plan
+    from lancy_trl.train.dp_trainer import DPTrainer
 
     torch.manual_seed(0)
     config = SFTConfig(output_dir=str(tmp_path), per_device_train_batch_size=4, report_to="none", bf16=False,
@@ -47,7 +48,7 @@ def test_the_private_gradient_is_the_mean_of_each_examples_clipped_gradient(tiny
     import torch
     import torch.nn.functional as F
 
-    from lancy_trl.privacy import dp
+    from lancy_trl.train import dp_trainer as dp
 
     monkeypatch.setattr(dp, "supports_compact_loss", lambda model: compact)
 
