@@ -44,9 +44,9 @@ def run_variant(variant: str, opts: argparse.Namespace) -> dict:
     from peft import LoraConfig
     from transformers import TrainerCallback
 
-    from lancy_trl.config import GRPOArgs, resolve
+    from lancy_trl.config import resolve
     from lancy_trl.models import load_model, lora_targets, pick_device, resolve_model
-    from lancy_trl.train.grpo import grpo_config, prompt_data, reward_functions
+    from lancy_trl.train.methods.grpo import GRPOArgs, grpo_config, prompt_data, reward_functions
 
     device = pick_device(opts.device)
     args = resolve(GRPOArgs, flags={"max_steps": opts.steps + 1, "batch_size": opts.batch_size, "device": device,
@@ -72,8 +72,8 @@ def run_variant(variant: str, opts: argparse.Namespace) -> dict:
         trainer = GRPOTrainer(model=model, reward_funcs=funcs, args=config, train_dataset=train, processing_class=tok,
                               peft_config=peft_config)
     else:
+        from lancy_trl.train.arguments import trainer_options
         from lancy_trl.train.grpo_trainer import LancyGRPOTrainer
-        from lancy_trl.train.sft import trainer_options
 
         config = grpo_config(args, Path(opts.tmp), loaded.info, data.kind, weights, {})
         config.save_strategy, config.output_dir, config.seed, config.generation_kwargs = "no", opts.tmp, 0, fixed

@@ -36,9 +36,10 @@ def run_variant(variant: str, opts: argparse.Namespace) -> dict:
     from peft import LoraConfig
     from transformers import TrainerCallback
 
-    from lancy_trl.config import PretrainArgs, resolve
+    from lancy_trl.config import resolve
+    from lancy_trl.data.text import text_data
     from lancy_trl.models import load_model, lora_targets, pick_device, resolve_model
-    from lancy_trl.train.pretrain import text_data
+    from lancy_trl.train.methods.pretrain import PretrainArgs
 
     device = pick_device(opts.device)
     args = resolve(PretrainArgs, flags={"dataset": ["finsent"], "max_steps": opts.steps + 1, "max_length": opts.block,
@@ -71,8 +72,8 @@ def run_variant(variant: str, opts: argparse.Namespace) -> dict:
         trainer = SFTTrainer(model=model, args=SFTConfig(**common, max_length=opts.block, bf16=bf16_ok),
                              train_dataset=data.train, processing_class=tok, peft_config=peft)
     else:
-        from lancy_trl.train.pretrain import pretrain_config, use_document_rows
-        from lancy_trl.train.sft import trainer_options
+        from lancy_trl.train.arguments import trainer_options
+        from lancy_trl.train.methods.pretrain import pretrain_config, use_document_rows
         from lancy_trl.train.trainer import LancySFTTrainer
 
         config = pretrain_config(args, Path(opts.tmp), loaded.info, has_eval=False)

@@ -36,12 +36,13 @@ def main() -> None:
 
     from peft import LoraConfig
 
-    from lancy_trl.config import EvalArgs, SFTArgs, resolve
+    from lancy_trl.config import EvalArgs, resolve
     from lancy_trl.data.build import build_data
     from lancy_trl.evaluation.classify import classify
     from lancy_trl.evaluation.metrics import classification_report
     from lancy_trl.evaluation.runner import eval_rows
     from lancy_trl.models import load_model, lora_targets, pick_device, resolve_model
+    from lancy_trl.train.methods.sft import SFTArgs
 
     device = pick_device("auto")
     args = resolve(SFTArgs, flags={"model": opts.model, "num_train_epochs": opts.epochs, "batch_size": opts.batch_size,
@@ -77,10 +78,10 @@ def main() -> None:
         if opts.variant == "trl_default":
             config, cls = SFTConfig(**common, bf16=bf16), SFTTrainer
         else:
-            from lancy_trl.train.sft import to_trl_config, trainer_options
+            from lancy_trl.train.arguments import sft_config, trainer_options
             from lancy_trl.train.trainer import LancySFTTrainer
 
-            config, cls = to_trl_config(args, Path(out), loaded.info, has_eval=False), LancySFTTrainer
+            config, cls = sft_config(args, Path(out), loaded.info, has_eval=False), LancySFTTrainer
             config.save_strategy = "no"
             extra = trainer_options(args, loaded.info)
         trainer = cls(model=model, args=config, train_dataset=data.train, processing_class=tok, peft_config=peft_config,

@@ -15,7 +15,7 @@ only for the tokens the objective learns from (all of them for the padded baseli
 Variants:
   padded       transformers.Trainer, prompt+answer text padded to max_length, DataCollatorForLanguageModeling(mlm=False)
   trl_default  trl.SFTTrainer with SFTConfig's defaults on prompt/completion rows (bf16 only where the device has it)
-  lancy        lancy's own SFTConfig (lancy_trl.train.sft.to_trl_config) with its defaults for this device, and its
+  lancy        lancy's own SFTConfig (lancy_trl.train.sft.sft_config) with its defaults for this device, and its
                trainer (lancy_trl.train.trainer: the LM head only where answer tokens are predicted)
 On a CUDA machine the same three run on the GPU, with MFU against the GPU's measured bf16/fp32 peak.
 """
@@ -127,9 +127,10 @@ def run_variant(variant: str, opts: argparse.Namespace) -> dict:
     import torch
     from transformers import TrainerCallback
 
-    from lancy_trl.config import SFTArgs, resolve
+    from lancy_trl.config import resolve
     from lancy_trl.data.build import build_data
     from lancy_trl.models import load_model, lora_targets, pick_device, resolve_model
+    from lancy_trl.train.methods.sft import SFTArgs
 
     device = pick_device(opts.device)
     flags = {"max_steps": opts.steps + 1, "batch_size": opts.batch_size, "max_length": opts.max_length,
@@ -208,9 +209,9 @@ def run_variant(variant: str, opts: argparse.Namespace) -> dict:
         if variant == "trl_default":
             config = SFTConfig(**common, max_length=opts.max_length, bf16=bf16_ok)
         else:
-            from lancy_trl.train.sft import to_trl_config, trainer_options
+            from lancy_trl.train.arguments import sft_config, trainer_options
 
-            config = to_trl_config(args, Path(opts.tmp), loaded.info, has_eval=False)
+            config = sft_config(args, Path(opts.tmp), loaded.info, has_eval=False)
             extra = trainer_options(args, loaded.info)
             config.save_strategy, config.output_dir = "no", opts.tmp
             for key, value in trl_set.items():

@@ -173,58 +173,6 @@ class DPArgs:
                                   group="Privacy")
 
 
-@dataclass
-class SFTArgs(ModelArgs, DataArgs, TrainArgs, RunArgs, CanaryArgs, DPArgs):
-    """`lancy sft`: supervised fine-tuning with completion-only loss."""
-
-
-@dataclass
-class PretrainArgs(ModelArgs, DataArgs, TrainArgs, RunArgs, CanaryArgs):
-    """`lancy pretrain`: causal LM loss on every token of plain text, documents packed into blocks of --max-length."""
-
-    dataset: list[str] = opt(
-        [], "Registry name, hub id or local file (.txt/.jsonl/.json/.csv/.parquet); repeat for a mixture. Default: the "
-        "--data-files.", group="Data",
-    )
-    max_length: int = opt(1024, "Block length: documents are joined with EOS and packed into blocks of this many "
-                          "tokens (a longer document continues in the next block).")
-    streaming: bool | None = opt(
-        None, "Read the corpus as training goes, tokenized and packed on the fly: memory stays flat however large it "
-        "is; needs --max-steps, and holds out the first --eval-max-batches x --batch-size documents. Default: on for "
-        "registry corpora too large to download (openwebtext, common-corpus) unless --max-examples is given.",
-        group="Data",
-    )
-
-
-@dataclass
-class GRPOArgs(ModelArgs, DataArgs, TrainArgs, RunArgs):
-    """`lancy grpo`: reinforcement learning with verifiable rewards (TRL's GRPOTrainer)."""
-
-    reward: list[str] = opt(
-        [], "Reward NAME[:WEIGHT], repeatable: label (the exact label word), numeric (the final number), choice (the "
-        "option letter), format (the answer where the prompt asks for it), length (a penalty past --length-budget), "
-        "or your own FILE.py:NAME / module:NAME. Default: the task's own (label, numeric or choice).", group="GRPO",
-    )
-    num_generations: int = opt(8, "Completions sampled per prompt; --batch-size x --gradient-accumulation-steps "
-                               "completions make a step, so it must divide that.", group="GRPO")
-    max_completion_length: int | None = opt(
-        None, "Longest completion in tokens; default 16 for classification and multiple choice, 256 for math, "
-        "128 otherwise.", group="GRPO",
-    )
-    length_budget: int | None = opt(None, "Completion tokens the length reward allows before its penalty starts; "
-                                    "default half of --max-completion-length.", group="GRPO")
-    temperature: float = opt(1.0, "Sampling temperature of the completions.", group="GRPO")
-    beta: float = opt(0.0, "KL penalty against the starting model (0: none, and no reference model is kept).",
-                      group="GRPO")
-    max_length: int = opt(256, "Longest prompt in tokens; longer prompts are dropped with a count.")
-    batch_size: int = opt(16, "Completions per device per step (prompts x --num-generations).")
-    eval_steps: int = opt(20, "Log every N steps (GRPO runs no in-training evaluation: `lancy eval` on the run scores "
-                          "its held-out rows).", group="Logging")
-
-
-RunnableArgs = SFTArgs | PretrainArgs | GRPOArgs  # the configs one run lifecycle trains with (lancy_trl/train/lifecycle.py)
-
-
 # ---------------------------------------------------------------------------------------------
 # Resolving a config from defaults, a YAML file and flags
 
@@ -349,10 +297,7 @@ def validate(args) -> None:
     if getattr(args, "load_in_4bit", False) and getattr(args, "load_in_8bit", False):
         problems.append("--load-in-4bit and --load-in-8bit exclude each other: keep one")
     problems += check_engine(args)
-    if getattr(args, "dp_epsilon", None) is not None:
-        from lancy_trl.privacy.dp import check_args
-
-        problems += check_args(args)
+    problems += args.problems() if hasattr(args, "problems") else []  # a method's own (sft: --dp-epsilon's)
     if problems:
         raise LancyError("; ".join(problems))
 

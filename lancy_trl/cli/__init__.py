@@ -67,13 +67,15 @@ def training_console(args: Any, command: str, flags: dict[str, Any]) -> Any:
     return Console(soft_wrap=True, quiet=not distributed.is_main())  # paths and commands printed whole, never wrapped
 
 
+COMMANDS = ("train", "eval", "chat", "export", "manifest", "configs", "datasets", "models")
+
+
 def _register() -> None:
     # Importing a command module only defines its Typer signature; heavy libraries load inside the commands.
     from importlib import import_module
 
-    from lancy_trl.cli import configs, datasets, eval, grpo, manifest, models, pretrain, sft  # noqa: F401
-
-    import_module("lancy_trl.cli.chat")  # chat and export: listed after the training commands
+    for name in COMMANDS:  # `lancy --help` lists them in this order: training, then scoring, shipping, the rest
+        import_module(f"lancy_trl.cli.{name}")
 
 
 def main() -> None:

@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -73,54 +72,3 @@ def _interactive(session, console, options, labels: bool) -> None:
             session.answer(text, streamer=streamer, remember=True, **options)
             if labels:
                 console.print("  ".join(f"{k} {v:.3f}" for k, v in session.label_probabilities(text).items()))
-
-
-@app.command("export")
-@guarded
-def export(
-    run: Annotated[Path, typer.Argument(help="A finished run directory.")],
-    format: Annotated[str, typer.Option("--format", help="merged (safetensors for transformers), gguf (llama.cpp, "
-                                        "LM Studio) or ollama (the GGUF and a Modelfile).")] = "merged",
-    quant: Annotated[str, typer.Option("--quant", help="GGUF type: f16, bf16 or q8_0.")] = "q8_0",
-    output_dir: Annotated[Path | None, typer.Option("--output-dir", help="Default: RUN/export/<format>.")] = None,
-) -> None:
-    """Write a run's model for other tools, verified: merged safetensors, or a GGUF file checked against them."""
-    from rich.console import Console
-
-    from lancy_trl import runs
-    from lancy_trl.errors import LancyError
-    from lancy_trl.export import QUANTS, export_gguf, export_merged
-
-    if not (run / runs.RUN_FILE).is_file():
-        raise LancyError(f"{run} is not a lancy run directory (no {runs.RUN_FILE}); pass the folder a run made")
-    if format not in ("merged", "gguf", "ollama"):
-        raise LancyError(f"--format {format}: lancy exports merged, gguf or ollama")
-    if format != "merged" and quant not in QUANTS:
-        raise LancyError(f"--quant {quant}: GGUF export writes {', '.join(QUANTS)} (K-quants need llama.cpp's compiled "
-                         "llama-quantize, run on the f16 file)")
-    console = Console(stderr=True, soft_wrap=True)
-    if format == "merged":
-        typer.echo(str(export_merged(run, output_dir or run / "export" / "merged")))
-        return
-    from lancy_trl import logs
-
-    (run / "export").mkdir(exist_ok=True)
-    with logs.to_file(run / "export" / "export.log"), console.status(
-            f"Converting to GGUF {quant} and checking it against the run's model..."):
-        path, report = export_gguf(run, output_dir or run / "export" / format, quant, log=console.print)
-    console.print(f"{report['bytes'] / 2**20:.0f} MB; next-token logits on {report['prompts']} held-out prompts: "
-                  f"largest difference {report['max_logit_diff']:.3f} (tolerance {report['tolerance']}), most likely "
-                  f"token agreeing {report['argmax_agreement']:.0%}")
-    if "accuracy_gguf" in report:
-        console.print(f"label accuracy on the run's {report['accuracy_rows']} held-out {report['accuracy_split']} rows: "
-                      f"{report['accuracy_gguf']:.3f} exported, {report['accuracy_merged']:.3f} the run's model")
-    if format == "ollama":
-        from transformers import AutoTokenizer
-
-        from lancy_trl.export import modelfile
-
-        template = AutoTokenizer.from_pretrained(run / "export" / "merged").chat_template or ""
-        gguf, path = path, path.parent / "Modelfile"
-        path.write_text(modelfile(run, gguf, template))
-        console.print(f"next: cd {path.parent} && ollama create {run.name.lower()[:40]} -f Modelfile")
-    typer.echo(str(path))

@@ -117,3 +117,36 @@ def label_collisions(tokenizer: Any, labels: list[str], kwargs: dict[str, Any]) 
         if rest:
             groups[rest[0]].append(word)
     return [words for words in groups.values() if len(words) > 1]
+
+
+def fit_to_model(data: Any, tokenizer: Any, args: Any) -> dict[str, Any]:
+    """Tokenizer-dependent data checks, done once before training: the thinking-mode switch, examples whose answer
+    truncation would remove (dropped, counted), tokens per source, and label words sharing a first token."""
+    kwargs = chat_kwargs(tokenizer, args.enable_thinking)
+    if refuses_system(tokenizer, kwargs):
+        for split in ("train", "eval", "test"):
+            ds = getattr(data, split)
+            if ds is not None and "prompt" in ds.column_names:
+                setattr(data, split, ds.map(lambda r: {"prompt": fold_system(r["prompt"])}))
+        data.notes.append("the chat template takes no system message: the system prompt is folded into the first user "
+                          "turn (in training and eval alike)")
+    if kwargs:
+        for split in ("train", "eval"):
+            ds = getattr(data, split)
+            if ds is not None and "prompt" in ds.column_names:
+                setattr(data, split, ds.add_column("chat_template_kwargs", [kwargs] * len(ds)))
+    data.train, report = fit(data.train, tokenizer, args.max_length, kwargs, "training")
+    if data.eval is not None:
+        data.eval, eval_report = fit(data.eval, tokenizer, args.max_length, kwargs, "evaluation")
+        for key in ("dropped_truncated", "dropped_answer_cut"):
+            if eval_report.get(key):
+                report[f"eval_{key}"] = eval_report[key]
+    for source, n in report.get("dropped_truncated", {}).items():
+        data.notes.append(f"{source}: dropped {n} example(s) whose prompt fills --max-length {args.max_length}")
+    for source, n in report.get("dropped_answer_cut", {}).items():
+        data.notes.append(f"{source}: dropped {n} example(s) whose answer --max-length {args.max_length} would cut "
+                          "(raise --max-length to keep them)")
+    for words in label_collisions(tokenizer, list(data.labels), kwargs):
+        data.notes.append(f"label words {', '.join(words)} start with the same token; `lancy eval --method score` "
+                          "still tells them apart, generation must get past it")
+    return {"train_tokens": report, "chat_template_kwargs": kwargs}

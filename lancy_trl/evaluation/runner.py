@@ -91,12 +91,22 @@ def _with_system(messages: list[dict], system: str) -> list[dict]:
 
 
 def _training_rows(run_info: dict[str, Any], run_dir: Path) -> list[dict]:
-    """The rows a run trained on, rebuilt from its saved config; a changed source is said, not hidden."""
-    from lancy_trl.config import SFTArgs, resolve
-    from lancy_trl.data.build import build_data
+    """The rows a run of any method trained on, rebuilt from its saved config by its task's reader (text for a
+    pretraining run, chat rows otherwise); a changed source is said, not hidden."""
+    from types import SimpleNamespace
 
-    args = resolve(SFTArgs, run_info.get("config", {}), source=str(run_dir / "config.yaml"))
-    data = build_data(args)
+    config = SimpleNamespace(**run_info.get("config", {}))  # every field the run resolved, whatever its method
+    if run_info.get("data", {}).get("streamed"):
+        raise LancyError(f"{run_dir} streamed its corpus, which is not kept: score a slice of it with --dataset NAME "
+                         "--split train --limit N")
+    if run_info.get("task") == "pretraining":
+        from lancy_trl.data.text import text_data
+
+        data = text_data(config)
+    else:
+        from lancy_trl.data.build import build_data
+
+        data = build_data(config)
     if data.stats.get("train_fingerprint") != run_info.get("data", {}).get("train_fingerprint"):
         raise LancyError(f"the training data of {run_dir} changed since it ran (fingerprint differs); its training rows "
                          "cannot be rebuilt")

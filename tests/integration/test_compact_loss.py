@@ -108,8 +108,9 @@ def test_micro_batches_give_the_whole_batchs_update(tiny_model, tmp_path):
     from transformers import AutoModelForCausalLM
     from transformers.training_args import OptimizerNames
 
-    from lancy_trl.config import SFTArgs, resolve
-    from lancy_trl.train.sft import to_trl_config
+    from lancy_trl.config import resolve
+    from lancy_trl.train.arguments import sft_config
+    from lancy_trl.train.methods.sft import SFTArgs
     from lancy_trl.train.trainer import LancySFTTrainer
 
     rows = chat_rows("costs rose ", [(1, "negative"), (6, "neutral outlook"), (3, "positive"), (9, "negative")])
@@ -117,7 +118,7 @@ def test_micro_batches_give_the_whole_batchs_update(tiny_model, tmp_path):
     deltas = []
     for micro in (4, 2):
         args = resolve(SFTArgs, flags={"batch_size": 4, "micro_batch_size": micro, "use_lora": False})
-        config = to_trl_config(args, tmp_path / str(micro), {"device": "cpu", "precision": "fp32",
+        config = sft_config(args, tmp_path / str(micro), {"device": "cpu", "precision": "fp32",
                                                              "attn_implementation": "sdpa"}, has_eval=False)
         assert config.gradient_accumulation_steps == 4 // micro
         config.max_steps, config.optim, config.learning_rate, config.max_grad_norm = 1, OptimizerNames.SGD, 1.0, 0.0

@@ -12,8 +12,11 @@ import time
 
 import pytest
 
-from lancy_trl.config import GRPOArgs, PretrainArgs, SFTArgs, flag
+from lancy_trl.config import flag
 from lancy_trl.scale.distributed import launch_arguments
+from lancy_trl.train.methods.grpo import GRPOArgs
+from lancy_trl.train.methods.pretrain import PretrainArgs
+from lancy_trl.train.methods.sft import SFTArgs
 
 
 def lancy(*args, env=None, timeout=600):

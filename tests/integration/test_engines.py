@@ -59,7 +59,7 @@ def test_the_shipped_fsdp_file_is_an_accelerate_config_and_the_trainers_fsdp_set
     from trl import SFTConfig
 
     from lancy_trl.scale.engines import fsdp_config
-    from lancy_trl.train.sft import engine_arguments
+    from lancy_trl.train.arguments import engine_arguments
 
     launch = load_config_from_file(str(resolve("fsdp", "FSDP")))
     assert str(launch.distributed_type).endswith("FSDP") and launch.fsdp_config["fsdp_version"] == 2

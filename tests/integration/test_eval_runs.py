@@ -57,8 +57,9 @@ def test_jsonl_run_is_scored_on_its_held_out_rows_only(tiny_model, tmp_path):
     assert out["rows_from"] == "10% of train held out (seed 42)" and out["task"] == "classification"
     scored = {p["prompt"] for p in predictions(run)}
     assert scored == {r["prompt"][-1]["content"] for r in held}
-    from lancy_trl.config import SFTArgs, resolve
+    from lancy_trl.config import resolve
     from lancy_trl.data.build import build_data
+    from lancy_trl.train.methods.sft import SFTArgs
 
     trained = {r["prompt"][-1]["content"] for r in build_data(resolve(SFTArgs, info["config"])).train}
     assert not scored & trained  # none of the scored rows was trained on

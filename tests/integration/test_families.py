@@ -44,10 +44,12 @@ def train_two_steps(path, tmp_path, lancy: bool):
     import torch
     from trl import SFTTrainer
 
-    from lancy_trl.config import SFTArgs, resolve
+    from lancy_trl.config import resolve
     from lancy_trl.data.build import build_data
+    from lancy_trl.data.tokens import fit_to_model
     from lancy_trl.models import ModelSource, load_model
-    from lancy_trl.train.sft import fit_to_model, to_trl_config, trainer_options
+    from lancy_trl.train.arguments import sft_config, trainer_options
+    from lancy_trl.train.methods.sft import SFTArgs
     from lancy_trl.train.trainer import LancySFTTrainer
 
     args = resolve(SFTArgs, flags={"model": str(path), "use_lora": False, "max_steps": 2, "learning_rate": 1e-3,
@@ -56,7 +58,7 @@ def train_two_steps(path, tmp_path, lancy: bool):
     loaded = load_model(ModelSource("tiny", str(path), "local"), args, device="cpu")
     data = build_data(args)
     fit_to_model(data, loaded.tokenizer, args)
-    config = to_trl_config(args, tmp_path / ("lancy" if lancy else "plain"), loaded.info, has_eval=False)
+    config = sft_config(args, tmp_path / ("lancy" if lancy else "plain"), loaded.info, has_eval=False)
     config.save_strategy = "no"
     options = trainer_options(args, loaded.info) if lancy else {}
     cls = LancySFTTrainer if lancy else SFTTrainer

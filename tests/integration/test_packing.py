@@ -10,10 +10,12 @@ def test_lancy_packed_batch_loss_equals_each_example_alone(tiny_model, tmp_path,
     import torch
     from datasets import Dataset
 
-    from lancy_trl.config import PretrainArgs, SFTArgs, resolve
+    from lancy_trl.config import resolve
+    from lancy_trl.data.text import as_text
     from lancy_trl.models import ModelSource, load_model
-    from lancy_trl.train.pretrain import DocumentRows, as_text, pretrain_config
-    from lancy_trl.train.sft import to_trl_config, trainer_options
+    from lancy_trl.train.arguments import sft_config, trainer_options
+    from lancy_trl.train.methods.pretrain import DocumentRows, PretrainArgs, pretrain_config
+    from lancy_trl.train.methods.sft import SFTArgs
     from lancy_trl.train.trainer import LancySFTTrainer
     from tests.integration.test_compact_loss import chat_rows
 
@@ -25,7 +27,7 @@ def test_lancy_packed_batch_loss_equals_each_example_alone(tiny_model, tmp_path,
         rows = list(as_text(Dataset.from_list(rows)))
         config = pretrain_config(args, tmp_path, loaded.info, has_eval=False)
     else:
-        config = to_trl_config(args, tmp_path, loaded.info, has_eval=False)
+        config = sft_config(args, tmp_path, loaded.info, has_eval=False)
     trainer = LancySFTTrainer(model=loaded.model, args=config, train_dataset=Dataset.from_list(rows),
                               processing_class=loaded.tokenizer, **trainer_options(args, loaded.info))
     if command == "pretrain":  # as lancy pretrain sets it on CPU (sdpa)
@@ -60,9 +62,9 @@ def test_pretrain_blocks_are_rows_whose_documents_never_meet(tiny_model, tmp_pat
     import torch
     from datasets import Dataset
 
-    from lancy_trl.config import PretrainArgs, resolve
+    from lancy_trl.config import resolve
     from lancy_trl.models import ModelSource, load_model
-    from lancy_trl.train.pretrain import DocumentRows, pretrain_config
+    from lancy_trl.train.methods.pretrain import DocumentRows, PretrainArgs, pretrain_config
     from lancy_trl.train.trainer import LancySFTTrainer
 
     args = resolve(PretrainArgs, flags={"model": str(tiny_model), "use_lora": False, "batch_size": 2, "max_length": 24})

@@ -71,8 +71,9 @@ def test_pretrain_needs_text():
 
 
 def test_a_streamed_corpus_holds_out_its_head_and_trains_on_the_rest_only(tmp_path):
-    from lancy_trl.config import PretrainArgs, resolve
+    from lancy_trl.config import resolve
     from lancy_trl.data.stream import streamed_text
+    from lancy_trl.train.methods.pretrain import PretrainArgs
 
     reports = write_reports(tmp_path / "reports", n=30)
     files = [f"train={p}" for p in sorted(reports.glob("*.txt"))]

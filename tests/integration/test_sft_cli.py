@@ -224,7 +224,7 @@ def test_sft_help_shows_each_default():
     import dataclasses
 
     from lancy_trl.cli.options import _shown_default
-    from lancy_trl.config import SFTArgs
+    from lancy_trl.train.methods.sft import SFTArgs
 
     result = runner.invoke(app, ["sft", "--help"], env={"COLUMNS": "200"})
     text = " ".join(result.output.replace("│", " ").split())

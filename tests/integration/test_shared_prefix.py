@@ -133,9 +133,10 @@ def test_shared_prefix_refuses_other_attention_and_leaves_transformers_sdpa_alon
 
 
 def test_shared_prefix_default_follows_attention():
-    from lancy_trl.config import SFTArgs, resolve
+    from lancy_trl.config import resolve
     from lancy_trl.errors import LancyError
-    from lancy_trl.train.sft import use_shared_prefix
+    from lancy_trl.train.arguments import use_shared_prefix
+    from lancy_trl.train.methods.sft import SFTArgs
 
     args, cuda = resolve(SFTArgs), {"device": "cuda"}
     cpu = {"attn_implementation": "sdpa", "device": "cpu", "model_type": "llama"}

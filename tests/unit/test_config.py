@@ -1,8 +1,9 @@
 import pytest
 
 from lancy_trl.cli.options import normalize_argv
-from lancy_trl.config import SFTArgs, resolve
+from lancy_trl.config import resolve
 from lancy_trl.errors import LancyError
+from lancy_trl.train.methods.sft import SFTArgs
 
 
 def test_flags_override_yaml_which_overrides_defaults():
@@ -40,7 +41,8 @@ def test_underscore_and_legacy_spellings_are_rewritten():
 def test_shipped_recipes_resolve():
     from pathlib import Path
 
-    from lancy_trl.config import SFTArgs, load_yaml, resolve
+    from lancy_trl.config import load_yaml, resolve
+    from lancy_trl.train.methods.sft import SFTArgs
 
     recipes = sorted((Path(__file__).parents[2] / "recipes").glob("*.yaml"))
     assert recipes

@@ -2,10 +2,11 @@ import json
 
 import pytest
 
-from lancy_trl.config import SFTArgs, resolve
+from lancy_trl.config import resolve
 from lancy_trl.data.adapters import detect_format, from_local
 from lancy_trl.data.build import build_data
 from lancy_trl.errors import LancyError
+from lancy_trl.train.methods.sft import SFTArgs
 
 
 def write_jsonl(path, rows):

