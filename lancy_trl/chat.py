@@ -54,11 +54,10 @@ class Session:
         """The model's reply, greedy unless a temperature is given, stopped at the template's end of turn."""
         import torch
 
-        from lancy_trl.evaluation.classify import stop_ids
+        from lancy_trl.data.template import render, stop_ids
 
         messages = self.messages(text)
-        prompt = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
-                                                    **self.chat_kwargs)
+        prompt = render(self.tokenizer, messages, self.chat_kwargs)
         ids = self.tokenizer(prompt, add_special_tokens=False, return_tensors="pt").to(self.model.device)
         sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {
             "do_sample": False}
@@ -75,7 +74,8 @@ class Session:
         """Each label word's probability among the labels, scored as `lancy eval --method score` scores."""
         import torch
 
-        from lancy_trl.evaluation.classify import encode_prompts, label_token_ids, score_batch
+        from lancy_trl.data.template import encode_prompts, label_token_ids
+        from lancy_trl.evaluation.classify import score_batch
 
         if not self.labels:
             raise LancyError("--labels needs a classification run (its label words are in run.json)")

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from lancy_trl import runs
+from lancy_trl.data.template import GENERIC_CHAT_TEMPLATE
 from lancy_trl.errors import LancyError, did_you_mean
 from lancy_trl.privacy.network import hub_cached as _hub_cached
 from lancy_trl.privacy.network import hub_reachable
@@ -297,14 +298,6 @@ class LoadedModel:
     info: dict[str, Any]
 
 
-GENERIC_CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if message['role'] == 'system' %}{{ message['content'] }}\n\n"
-    "{% elif message['role'] == 'user' %}### User:\n{{ message['content'] }}\n\n"
-    "{% else %}### Assistant:\n{% generation %}{{ message['content'] }}{{ eos_token }}{% endgeneration %}\n\n{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}### Assistant:\n{% endif %}"
-)
 
 # Tokens that some vocabularies reserve for padding; used before adding a new one.
 PAD_CANDIDATES = ("<|pad|>", "<pad>", "<|finetune_right_pad_id|>", "<|fim_pad|>", "[PAD]", "<|endoftext|>")

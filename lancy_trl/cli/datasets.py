@@ -183,7 +183,7 @@ def preview(
 ) -> None:
     """The first examples exactly as the trainer sees them: chat fields, and the label/target under `target`."""
     from lancy_trl.data import adapters
-    from lancy_trl.data.build import load_source
+    from lancy_trl.data.sources import load_source
     from lancy_trl.errors import LancyError
 
     source = load_source(name, dataset_config, data_files or [], max_examples or n)
@@ -238,7 +238,7 @@ def scan(
     """Personal and secret data in a dataset's text: e-mails, phones, IBANs, cards, SSNs, IPs, API keys, crypto."""
     from collections import Counter, defaultdict
 
-    from lancy_trl.data.build import files_as_dataset, load_source
+    from lancy_trl.data.sources import files_as_dataset, load_source
     from lancy_trl.errors import LancyError
     from lancy_trl.privacy import pii
 

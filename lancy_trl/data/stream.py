@@ -25,8 +25,8 @@ def open_text(name: str, config: str | None, data_files: list[str]) -> tuple[Any
     repository, or from --data-files in its schema), or a hub id with a `text` column."""
     from datasets import load_dataset
 
-    from lancy_trl.data.build import LOCAL_BUILDERS, parse_data_files
     from lancy_trl.data.registry import lookup
+    from lancy_trl.data.sources import LOCAL_BUILDERS, parse_data_files
 
     local = Path(name).suffix.lower() in LOCAL_BUILDERS and lookup(name) is None
     spec = None if local else lookup(name, config)

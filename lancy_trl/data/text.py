@@ -37,7 +37,8 @@ def streams(args: Any) -> bool:
 
 def text_data(args: Any) -> Any:
     """The run's data as text rows (train, held-out slice, test), mixtures included; streamed where asked."""
-    from lancy_trl.data.build import build_data, files_as_dataset
+    from lancy_trl.data.build import build_data
+    from lancy_trl.data.sources import files_as_dataset
 
     if not args.dataset:
         if not args.data_files:

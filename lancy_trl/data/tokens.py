@@ -1,5 +1,5 @@
 """What needs the tokenizer: examples that lose their answer to truncation, tokens per source, label words that
-share a first token, and the chat-template switch for thinking modes.
+share a first token (the template itself: lancy_trl/data/template.py).
 
     kwargs = chat_kwargs(tokenizer, enable_thinking=False)     # {"enable_thinking": False} for Qwen3, else {}
     train, report = fit(train, tokenizer, max_length=256, kwargs=kwargs, where="train")
@@ -10,47 +10,8 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from typing import Any
 
+from lancy_trl.data.template import chat_kwargs, encode_conversations, fold_system, refuses_system
 from lancy_trl.errors import LancyError
-
-
-def chat_kwargs(tokenizer: Any, enable_thinking: bool) -> dict[str, Any]:
-    """Templates with a thinking mode (Qwen3) render with it off unless asked, so training, eval and chat agree."""
-    template = tokenizer.chat_template if isinstance(getattr(tokenizer, "chat_template", None), str) else ""
-    return {"enable_thinking": enable_thinking} if "enable_thinking" in template else {}
-
-
-def refuses_system(tokenizer: Any, kwargs: dict[str, Any] | None = None) -> bool:
-    """Whether the chat template rejects a system message (Gemma's raises "System role not supported")."""
-    messages = [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}]
-    try:
-        tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **(kwargs or {}))
-    except Exception:
-        try:
-            tokenizer.apply_chat_template(messages[1:], tokenize=False, add_generation_prompt=True, **(kwargs or {}))
-        except Exception:
-            return False  # it refuses more than the system message: leave the error to the template
-        return True
-    return False
-
-
-def fold_system(messages: list[dict[str, str]]) -> list[dict[str, str]]:
-    """The system message folded into the first user turn (as Gemma's own docs suggest), for templates without one;
-    the same in training, eval and chat."""
-    if not messages or messages[0]["role"] != "system":
-        return messages
-    system, rest = messages[0]["content"], list(messages[1:])
-    at = next((i for i, m in enumerate(rest) if m["role"] == "user"), None)
-    if at is None:
-        return [{"role": "user", "content": system}, *rest]
-    rest[at] = {**rest[at], "content": f"{system}\n\n{rest[at]['content']}"}
-    return rest
-
-
-def _encode(tokenizer: Any, conversations: list[list[dict]], kwargs: dict[str, Any], generation: bool) -> list[list[int]]:
-    out = tokenizer.apply_chat_template(
-        conversations, add_generation_prompt=generation, tokenize=True, return_dict=False, **kwargs
-    )
-    return [list(ids) for ids in out]
 
 
 def fit(ds: Any, tokenizer: Any, max_length: int, kwargs: dict[str, Any], where: str,
@@ -74,9 +35,9 @@ def fit(ds: Any, tokenizer: Any, max_length: int, kwargs: dict[str, Any], where:
             lengths = [len(ids) for ids in tokenizer(rows["text"], add_special_tokens=True)["input_ids"]]
             prompt_lengths = [0] * n
         else:
-            prompt_lengths = [len(ids) for ids in _encode(tokenizer, rows["prompt"], kwargs, True)]
+            prompt_lengths = [len(ids) for ids in encode_conversations(tokenizer, rows["prompt"], kwargs, True)]
             full = [p + c for p, c in zip(rows["prompt"], rows["completion"])]
-            lengths = [len(ids) for ids in _encode(tokenizer, full, kwargs, False)]
+            lengths = [len(ids) for ids in encode_conversations(tokenizer, full, kwargs, False)]
         for i in range(n):
             source = sources[start + i] if sources else "all"
             if prompt_lengths[i] >= max_length:
@@ -109,8 +70,8 @@ def label_collisions(tokenizer: Any, labels: list[str], kwargs: dict[str, Any]) 
     if len(labels) < 2:
         return []
     prompt = [{"role": "user", "content": "x"}]
-    prefix = _encode(tokenizer, [prompt], kwargs, True)[0]
-    fulls = _encode(tokenizer, [prompt + [{"role": "assistant", "content": w}] for w in labels], kwargs, False)
+    prefix = encode_conversations(tokenizer, [prompt], kwargs, True)[0]
+    fulls = encode_conversations(tokenizer, [prompt + [{"role": "assistant", "content": w}] for w in labels], kwargs, False)
     groups: dict[int, list[str]] = defaultdict(list)
     for word, ids in zip(labels, fulls):
         rest = ids[len(prefix):] if ids[: len(prefix)] == prefix else tokenizer(word, add_special_tokens=False)["input_ids"]

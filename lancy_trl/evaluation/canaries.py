@@ -22,10 +22,9 @@ from lancy_trl.privacy.canaries import FILE, secret
 def context_ids(tokenizer: Any, record: dict[str, Any], chat_kwargs: dict[str, Any]) -> list[int]:
     """The tokens before a secret: the chat prompt and the start of the answer, or the prefix as a document."""
     if record.get("prompt"):
-        from lancy_trl.data.tokens import fold_system, refuses_system
+        from lancy_trl.data.template import render
 
-        messages = fold_system(record["prompt"]) if refuses_system(tokenizer, chat_kwargs) else record["prompt"]
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **chat_kwargs)
+        text = render(tokenizer, record["prompt"], chat_kwargs)
         return tokenizer(text + record["prefix"], add_special_tokens=False)["input_ids"]
     return tokenizer(record["prefix"])["input_ids"]
 

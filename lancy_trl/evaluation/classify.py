@@ -10,53 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-
-def stop_ids(tokenizer: Any, chat_kwargs: dict | None = None) -> list[int]:
-    """EOS and the chat template's end-of-turn token: the first special or added token the template writes after an
-    assistant message (`<|im_end|>`, `<|eot_id|>`, `<end_of_turn>`), which base models of Qwen3 and Llama-3.2 do not
-    use as EOS."""
-    ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    kw = chat_kwargs or {}
-    prompt = [{"role": "user", "content": "x"}]
-    try:
-        prefix = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=False, **kw)
-        full = tokenizer.apply_chat_template(prompt + [{"role": "assistant", "content": "y"}], tokenize=True,
-                                             return_dict=False, **kw)
-    except Exception:  # a template that refuses this minimal conversation: EOS only
-        return ids
-    special = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}))
-    tail = list(full[len(prefix):]) if list(full[: len(prefix)]) == list(prefix) else []
-    end = next((t for t in tail if t in special), None)
-    return ids + ([end] if end is not None and end not in ids else [])
-
-
-def label_token_ids(tokenizer: Any, prompt: list[dict], labels: list[str], chat_kwargs: dict | None = None) -> list[list[int]]:
-    """Each label's tokens as the chat template renders the assistant turn, through its end-of-turn token."""
-    kw = chat_kwargs or {}
-    stops = set(stop_ids(tokenizer, chat_kwargs))
-    prefix = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=False, **kw)
-    out = []
-    for label in labels:
-        full = tokenizer.apply_chat_template(
-            prompt + [{"role": "assistant", "content": label}], tokenize=True, return_dict=False, **kw
-        )
-        if full[: len(prefix)] != prefix:  # templates that rewrite earlier turns: fall back to plain tokens
-            ids = tokenizer(label, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-        else:
-            ids = list(full[len(prefix):])
-            end = next((i for i, t in enumerate(ids) if t in stops), None)
-            if end is not None:
-                ids = ids[: end + 1]
-        out.append(ids)
-    return out
-
-
-def encode_prompts(tokenizer: Any, prompts: list[list[dict]], chat_kwargs: dict | None = None) -> list[list[int]]:
-    kw = chat_kwargs or {}
-    return [
-        list(tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=True, return_dict=False, **kw))
-        for p in prompts
-    ]
+from lancy_trl.data.template import encode_prompts, label_token_ids, stop_ids
 
 
 def cache_keyword(model: Any) -> str:

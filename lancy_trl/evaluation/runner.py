@@ -114,7 +114,8 @@ def _training_rows(run_info: dict[str, Any], run_dir: Path) -> list[dict]:
 
 
 def _dataset_rows(args: EvalArgs, run_info: dict[str, Any], run_dir: Path | None) -> EvalSet:
-    from lancy_trl.data.build import convert, label_words, load_source, task_kind
+    from lancy_trl.data.build import convert, label_words, task_kind
+    from lancy_trl.data.sources import load_source
 
     config = run_info.get("config", {})
     if args.dataset:
@@ -168,8 +169,8 @@ def evaluate_model(source: Any, args: EvalArgs, sets: list[EvalSet], console: An
     """{set name: {method: report}}: the model is loaded once and scores each set (a mixture's sources) in turn."""
     from rich.progress import Progress
 
-    from lancy_trl.data.tokens import chat_kwargs as template_kwargs
-    from lancy_trl.data.tokens import fold_system, refuses_system
+    from lancy_trl.data.template import chat_kwargs as template_kwargs
+    from lancy_trl.data.template import fold_system, refuses_system
     from lancy_trl.models import load_model, pick_device
 
     loaded = load_model(source, args, device=pick_device(args.device), for_training=False)

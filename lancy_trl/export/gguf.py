@@ -120,7 +120,9 @@ def verify(run_dir: Path, merged: Path, gguf: Path, quant: str, prompts: int = 3
     hf_logging.disable_progress_bar()
     tokenizer = AutoTokenizer.from_pretrained(merged)
     rows = held_out_prompts(run_dir, prompts)
-    texts = [tokenizer.apply_chat_template(r, tokenize=False, add_generation_prompt=True) for r in rows]
+    from lancy_trl.data.template import render
+
+    texts = [render(tokenizer, r) for r in rows]
     reference = AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32).eval()
     with contextlib.redirect_stderr(io.StringIO()):  # transformers' own progress bar while it reads the GGUF back
         reread = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32).eval()

@@ -19,7 +19,7 @@ def export_merged(run_dir: Path, out: Path) -> Path:
     that stops at the end of turn, and a model card; loads with transformers alone."""
     from lancy_trl import runs
     from lancy_trl.chat import Session
-    from lancy_trl.evaluation.classify import stop_ids
+    from lancy_trl.data.template import stop_ids
 
     info = runs.read(run_dir)
     session = Session.load(str(run_dir), raw=True)

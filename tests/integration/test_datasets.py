@@ -122,7 +122,7 @@ QWEN3_LIKE = (
 
 
 def test_thinking_templates_answer_labels_with_thinking_off():
-    from lancy_trl.data.tokens import chat_kwargs
+    from lancy_trl.data.template import chat_kwargs
     from tests.conftest import build_tokenizer
 
     tok = build_tokenizer(pad=True)

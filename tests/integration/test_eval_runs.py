@@ -147,7 +147,7 @@ def test_data_files_test_split_for_a_train_only_registry_entry(tiny_model, tmp_p
 @pytest.mark.parametrize("eos", ["<|im_end|>", "<|endoftext|>"])
 def test_generation_stops_at_the_end_of_turn_token(eos):
     """Base models of Qwen3 and Llama-3.2 end a turn with a token that is not EOS; generation stops at both."""
-    from lancy_trl.evaluation.classify import stop_ids
+    from lancy_trl.data.template import stop_ids
     from tests.conftest import build_tokenizer
 
     tok = build_tokenizer()

@@ -7,8 +7,9 @@ import pytest
 
 from lancy_trl.config import resolve
 from lancy_trl.data import adapters
-from lancy_trl.data.build import build_data, check_rates, load_source, mixture_counts, parse_data_files
+from lancy_trl.data.build import build_data, check_rates, mixture_counts
 from lancy_trl.data.registry import entries, lookup, require, sample_rows
+from lancy_trl.data.sources import load_source, parse_data_files
 from lancy_trl.errors import LancyError
 from lancy_trl.train.methods.sft import SFTArgs
 from tests.conftest import write_sample

@@ -94,7 +94,8 @@ def reward_functions(args: Any, data: Any) -> tuple[list[Any], list[float]]:
 
 def prompt_data(args: Any) -> Any:
     """The run's rows as prompts with their reference answers."""
-    from lancy_trl.data.build import build_data, quiet
+    from lancy_trl.data.build import build_data
+    from lancy_trl.data.sources import quiet
 
     data = build_data(args)
     if "text" in data.train.column_names:
@@ -142,7 +143,7 @@ def grpo_config(args: Any, run_dir: Path, info: dict[str, Any], task: str, weigh
 
 
 def build(r: Any) -> Any:
-    from lancy_trl.evaluation.classify import stop_ids
+    from lancy_trl.data.template import stop_ids
     from lancy_trl.train.grpo_trainer import LancyGRPOTrainer
 
     args, info, chat_kwargs = r.args, r.info, r.report["chat_template_kwargs"]
