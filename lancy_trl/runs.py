@@ -23,7 +23,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from lancy_trl import files
+from lancy_trl import files, record
 from lancy_trl.errors import LancyError
 
 RUN_FILE = "run.json"
@@ -63,6 +63,11 @@ def read(run_dir: Path) -> dict[str, Any]:
     if info.get("status") == "running" and not alive(run_dir, info.get("owner")):
         info["status"] = "interrupted"
     return info
+
+
+def load(run_dir: Path) -> record.RunRecord:
+    """run.json typed (lancy_trl/record.py), the status a dead owner leaves read as `interrupted`."""
+    return record.from_dict(read(run_dir))
 
 
 def claim(run_dir: Path) -> None:
@@ -147,6 +152,7 @@ def update(run_dir: Path, **fields: Any) -> dict[str, Any]:
     """Merge `fields` into run.json, written by global rank 0 alone (the other processes of a run leave it be)."""
     from lancy_trl.ranks import is_main
 
+    record.check(fields)
     path = run_dir / RUN_FILE
     if not is_main():
         return {}

@@ -73,3 +73,17 @@ def test_resume_latest_takes_the_newest_run_of_its_own_command(tmp_path):
     os.utime(older / runs.RUN_FILE, (1, 1))  # the sft run is the older one
     assert runs.find_resume("latest", None, str(tmp_path), "sft")[0] == older
     assert runs.find_resume("latest", None, str(tmp_path), "pretrain")[0] == newer
+
+
+def test_run_json_has_one_typed_shape(tmp_path):
+    """runs.update takes RunRecord's fields only; runs.load reads them back typed, a newer lancy's extras kept."""
+    import json
+
+    run = runs.create(tmp_path, "r")
+    runs.update(run, status="complete", steps=4, final_eval={"eval_loss": 1.5}, config={"learning_rate": 1e-4})
+    with pytest.raises(ValueError, match="run.json has no field stpes"):
+        runs.update(run, stpes=5)
+    (run / runs.RUN_FILE).write_text(json.dumps({**json.loads((run / runs.RUN_FILE).read_text()), "later": 1}))
+    record = runs.load(run)
+    assert record.steps == 4 and record.final_eval["eval_loss"] == 1.5 and record.labels == []
+    assert record.config["learning_rate"] == 1e-4 and record.extra == {"later": 1}
