@@ -89,6 +89,25 @@ def pc_file(tmp_path) -> Path:
     return path
 
 
+def lancy(*args, env=None):
+    """`lancy ARGS` in this process (typer's CliRunner): its exit code and output, no subprocess."""
+    from typer.testing import CliRunner
+
+    from lancy_trl.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args], env=env)
+
+
+def sft(*args, env=None):
+    return lancy("sft", *args, env=env)
+
+
+def only_run(folder: Path) -> Path:
+    """The one run directory under `folder`."""
+    (run,) = [p for p in folder.iterdir() if (p / "run.json").is_file()]
+    return run
+
+
 def write_sample(name: str, folder: Path, fmt: str = "jsonl") -> list[str]:
     """The registry's sample rows for `name` written as local files in the hub schema: `SPLIT=PATH` values."""
     from lancy_trl.data.registry import sample_rows
@@ -106,3 +125,42 @@ def write_sample(name: str, folder: Path, fmt: str = "jsonl") -> list[str]:
             path.write_text("".join(json.dumps(r) + "\n" for r in rows))
         out.append(f"{split}={path}")
     return out
+
+
+def kill_after_first_checkpoint(run):
+    """What `kill -9` after the step-2 checkpoint leaves: no later checkpoint, no model, run.json saying running
+    for a process that is gone."""
+    import shutil
+    import subprocess
+
+    from lancy_trl import runs
+
+    shutil.rmtree(run / "checkpoints" / "checkpoint-4")
+    shutil.rmtree(run / "model")
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    runs.update(run, status="running", owner={**runs.owner(), "pid": dead.pid})
+
+
+def tensorboard_tags(folder):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(folder))
+    acc.Reload()
+    return set(acc.Tags()["scalars"])
+
+
+def chat_rows(text: str, examples: list[tuple[int, str]]) -> list[dict]:
+    """Prompt/completion rows: `text` repeated n times, answered with the word."""
+    return [
+        {"prompt": [{"role": "user", "content": text * n}], "completion": [{"role": "assistant", "content": w}]}
+        for n, w in examples
+    ]
+
+
+def padded_tokenizer(path):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path)
+    tok.pad_token = "<|endoftext|>"
+    return tok

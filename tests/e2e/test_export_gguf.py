@@ -5,15 +5,11 @@ with SmolLM2's tokenizer, which the converter knows (the shipped GGUF, converted
 import json
 
 import pytest
-from typer.testing import CliRunner
 
-from lancy_trl.cli import app
+from tests.conftest import lancy
 
 pytestmark = pytest.mark.e2e
 
-
-def invoke(*args):
-    return CliRunner().invoke(app, [*map(str, args)])
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -51,10 +47,10 @@ def smol_tiny(tmp_path_factory):
 
 @pytest.mark.parametrize("quant", ["f16", "q8_0"])
 def test_gguf_export_reads_back_within_tolerance(smol_tiny, tmp_path, quant):
-    trained = invoke("sft", "--model", smol_tiny, "--max-steps", 2, "--max-examples", 40, "--learning-rate", "1e-2",
+    trained = lancy("sft", "--model", smol_tiny, "--max-steps", 2, "--max-examples", 40, "--learning-rate", "1e-2",
                      "--run-name", "r", "--output-dir", tmp_path)
     assert trained.exit_code == 0, trained.output
-    exported = invoke("export", tmp_path / "r", "--format", "gguf", "--quant", quant)
+    exported = lancy("export", tmp_path / "r", "--format", "gguf", "--quant", quant)
     assert exported.exit_code == 0, exported.output
     path = exported.stdout.strip().splitlines()[-1]
     assert path.endswith(f"r-{quant}.gguf")
@@ -69,10 +65,10 @@ def test_gguf_export_reads_back_within_tolerance(smol_tiny, tmp_path, quant):
 
 
 def test_ollama_export_writes_a_modelfile_with_the_runs_prompt(smol_tiny, tmp_path):
-    trained = invoke("sft", "--model", smol_tiny, "--max-steps", 1, "--max-examples", 40, "--run-name", "r",
+    trained = lancy("sft", "--model", smol_tiny, "--max-steps", 1, "--max-examples", 40, "--run-name", "r",
                      "--output-dir", tmp_path)
     assert trained.exit_code == 0, trained.output
-    exported = invoke("export", tmp_path / "r", "--format", "ollama")
+    exported = lancy("export", tmp_path / "r", "--format", "ollama")
     assert exported.exit_code == 0, exported.output
     path = exported.stdout.strip().splitlines()[-1]
     assert path.endswith("export/ollama/Modelfile") and "ollama create" in exported.output

@@ -8,10 +8,9 @@ import signal
 import subprocess
 
 import pytest
-from typer.testing import CliRunner
 
-from lancy_trl.cli import app
 from tests import procs
+from tests.conftest import sft
 from tests.faults.harness import CASES, Trial, reference, runs_in, weights
 
 
@@ -77,9 +76,6 @@ def test_a_kill_during_export_never_leaves_a_complete_looking_export(tiny_model,
     assert code == 0 and (run / "export" / "merged" / "model.safetensors").is_file(), text
     assert not (run / "export" / "merged.part").exists()
 
-
-def sft(*args, env=None):
-    return CliRunner().invoke(app, ["sft", *map(str, args)], env=env)
 
 
 @pytest.mark.parametrize("fault", ["checkpoint.weights@2:enospc", "checkpoint.state@2:eacces", "finish.model:erofs"])

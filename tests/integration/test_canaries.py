@@ -3,16 +3,9 @@
 import json
 
 from datasets import Dataset
-from typer.testing import CliRunner
 
-from lancy_trl.cli import app
 from lancy_trl.privacy import canaries
-
-runner = CliRunner()
-
-
-def invoke(*args):
-    return runner.invoke(app, [*map(str, args)])
+from tests.conftest import lancy
 
 
 def test_plant_inserts_each_canary_as_often_as_asked_in_the_rows_shape():
@@ -35,7 +28,7 @@ def test_exposure_rises_with_repetition(tiny_model, tmp_path):
     exposures = {}
     for repeats in (1, 10, 40):
         name = f"x{repeats}"
-        trained = invoke("sft", "--model", tiny_model, "--learning-rate", "2e-3", "--max-examples", 40, "--canaries", 2,
+        trained = lancy("sft", "--model", tiny_model, "--learning-rate", "2e-3", "--max-examples", 40, "--canaries", 2,
                          "--canary-repeats", repeats, "--eval-steps", 1000, "--run-name", name,
                          "--output-dir", tmp_path / "runs")
         assert trained.exit_code == 0, trained.output
@@ -43,17 +36,17 @@ def test_exposure_rises_with_repetition(tiny_model, tmp_path):
         run = tmp_path / "runs" / name
         record = json.loads((run / "canaries.json").read_text())
         assert len(record["canaries"]) == 2 and record["prompt"][-1]["content"] == canaries.REQUEST
-        scored = invoke("eval", "--model", run, "--canaries", "--canary-candidates", 200, "--json")
+        scored = lancy("eval", "--model", run, "--canaries", "--canary-candidates", 200, "--json")
         assert scored.exit_code == 0, scored.output
         report = json.loads(scored.stdout.strip().splitlines()[-1])
         assert [c["secret"] for c in report["canaries"]] == [c["secret"].strip() for c in record["canaries"]]
         exposures[repeats] = report["mean_exposure"]
     # measured 1.56 / 4.07 / 5.75 bits of at most log2(201) = 7.65
     assert exposures[1] < 3 and exposures[1] + 1 < exposures[10] < exposures[40], exposures
-    shown = invoke("eval", "--model", tmp_path / "runs" / "x40", "--canaries", "--canary-candidates", 50)
+    shown = lancy("eval", "--model", tmp_path / "runs" / "x40", "--canaries", "--canary-candidates", 50)
     assert "mean exposure" in shown.output and "recited" in shown.output
 
 
 def test_eval_canaries_needs_a_run_that_planted_them(tiny_model):
-    result = invoke("eval", "--model", tiny_model, "--canaries")
+    result = lancy("eval", "--model", tiny_model, "--canaries")
     assert result.exit_code == 1 and "planted no canaries" in result.output

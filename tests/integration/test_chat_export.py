@@ -6,21 +6,14 @@ import subprocess
 import sys
 
 import pytest
-from typer.testing import CliRunner
 
-from lancy_trl.cli import app
-
-runner = CliRunner()
-
-
-def invoke(*args):
-    return runner.invoke(app, [*map(str, args)])
+from tests.conftest import lancy
 
 
 @pytest.fixture(scope="module")
 def run(tiny_model, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
-    result = invoke("sft", "--model", tiny_model, "--max-steps", 3, "--learning-rate", "1e-2", "--max-examples", 40,
+    result = lancy("sft", "--model", tiny_model, "--max-steps", 3, "--learning-rate", "1e-2", "--max-examples", 40,
                     "--run-name", "r", "--output-dir", out)
     assert result.exit_code == 0, result.output
     return out / "r"
@@ -41,7 +34,7 @@ print(json.dumps({"reply": tok.decode(out[0, ids["input_ids"].shape[1]:], skip_s
 
 
 def test_export_loads_without_lancy_and_chat_answers_the_same(run):
-    exported = invoke("export", run)
+    exported = lancy("export", run)
     assert exported.exit_code == 0, exported.output
     folder = exported.output.strip().splitlines()[-1]  # the last line is the path written
     assert folder.endswith("export/merged")
@@ -54,7 +47,7 @@ def test_export_loads_without_lancy_and_chat_answers_the_same(run):
     assert plain.returncode == 0, plain.stderr
     expected = json.loads(plain.stdout.strip().splitlines()[-1])
     assert expected["eos"]  # the end-of-turn stop travels with the export
-    said = invoke("chat", run, "--prompt", text, "--raw", "--max-new-tokens", 12)
+    said = lancy("chat", run, "--prompt", text, "--raw", "--max-new-tokens", 12)
     assert said.exit_code == 0, said.output
     assert said.stdout.strip() == expected["reply"]
 
@@ -66,7 +59,7 @@ def test_chat_uses_the_runs_prompt_and_scores_labels(run):
     assert session.system and "financial analyst" in session.system
     message = session.messages("Sales fell 12%.")[-1]["content"]
     assert "What is the sentiment" in message and "Sentence: Sales fell 12%." in message
-    said = invoke("chat", run, "--prompt", "Sales fell 12%.", "--labels", "--max-new-tokens", 4)
+    said = lancy("chat", run, "--prompt", "Sales fell 12%.", "--labels", "--max-new-tokens", 4)
     assert said.exit_code == 0, said.output
     probabilities = dict(line.split("\t") for line in said.stdout.strip().splitlines()[-3:])
     assert set(probabilities) == {"negative", "neutral", "positive"}

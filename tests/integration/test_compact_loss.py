@@ -2,21 +2,7 @@
 
 import pytest
 
-
-def chat_rows(text: str, examples: list[tuple[int, str]]) -> list[dict]:
-    """Prompt/completion rows: `text` repeated n times, answered with the word."""
-    return [
-        {"prompt": [{"role": "user", "content": text * n}], "completion": [{"role": "assistant", "content": w}]}
-        for n, w in examples
-    ]
-
-
-def padded_tokenizer(path):
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(path)
-    tok.pad_token = "<|endoftext|>"
-    return tok
+from tests.conftest import chat_rows, padded_tokenizer
 
 
 @pytest.mark.parametrize("use_lora", [True, False])

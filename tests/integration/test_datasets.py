@@ -8,14 +8,11 @@ from typer.testing import CliRunner
 
 from lancy_trl.cli import app
 from lancy_trl.data.registry import entries, sample_rows
-from tests.conftest import write_sample
+from tests.conftest import lancy, tensorboard_tags, write_sample
 
 runner = CliRunner()
 NAMES = [n for n in entries() if n != "finsent"]
 
-
-def lancy(*args):
-    return runner.invoke(app, [str(a) for a in args])
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -71,16 +68,9 @@ def test_mixture_from_the_cli_with_the_older_spelling(tmp_path, tiny_model):
     assert set(mixture) == {"imdb", "glue-sst2"} and mixture["imdb"]["rate"] == 0.7
     assert all(m["tokens"] > 0 for m in mixture.values())
     assert data["train_tokens"]["examples"] == {k: m["examples"] for k, m in mixture.items()}
-    tags = _tensorboard_tags(run / "tensorboard")
+    tags = tensorboard_tags(run / "tensorboard")
     assert {"data/examples/imdb", "data/tokens/glue-sst2"} <= tags
 
-
-def _tensorboard_tags(folder):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(str(folder))
-    acc.Reload()
-    return set(acc.Tags()["scalars"])
 
 
 def test_list_show_and_unknown_names():
@@ -148,7 +138,6 @@ def test_label_words_sharing_a_first_token_are_reported(tmp_path, tiny_model):
 def test_lists_read_at_80_columns_and_never_break_a_name():
     from typer.testing import CliRunner
 
-    from lancy_trl.cli import app
     from lancy_trl.data.registry import entries
     from lancy_trl.models import CATALOG
 

@@ -49,7 +49,7 @@ def test_two_processes_under_zero2_make_one_run_that_matches_one_process_and_res
     """DeepSpeed ZeRO-2 on gloo, 2 processes x 4 examples, against 1 plain process x 8 (plain DDP: the pretrain and
     grpo tests below)."""
     pytest.importorskip("deepspeed")  # CI installs it (`pip install --no-build-isolation deepspeed`)
-    from tests.integration.test_sft_cli import _kill_after_first_checkpoint
+    from tests.conftest import kill_after_first_checkpoint
 
     one = lancy("sft", *common, "--batch-size", 8, "--run-name", "one")
     assert one.returncode == 0, one.stderr
@@ -74,7 +74,7 @@ def test_two_processes_under_zero2_make_one_run_that_matches_one_process_and_res
     # the same global batch of the same rows (in another order): the same loss within a few percent
     assert info["train_loss"] == pytest.approx(alone["train_loss"], rel=0.05), (info["train_loss"], alone["train_loss"])
 
-    _kill_after_first_checkpoint(run)
+    kill_after_first_checkpoint(run)
     resumed = lancy("sft", "--resume", "latest", "--run-dir", run)  # the run's saved config: 2 processes, zero2
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert f"Resuming {run} from checkpoint-2" in resumed.stdout

@@ -7,13 +7,10 @@ import pytest
 from typer.testing import CliRunner
 
 from lancy_trl.cli import app
-from tests.integration.test_compact_loss import chat_rows, padded_tokenizer
+from tests.conftest import chat_rows, padded_tokenizer, sft
 
 runner = CliRunner()
 
-
-def sft(*args):
-    return runner.invoke(app, ["sft", *map(str, args)])
 
 
 def _dp_trainer(tiny_model, tmp_path, rows, noise):
@@ -105,7 +102,7 @@ def test_dp_run_reports_epsilon_learns_and_resumes_to_the_same_result(tiny_model
     from peft import AutoPeftModelForCausalLM
 
     from lancy_trl import runs
-    from tests.integration.test_sft_cli import _kill_after_first_checkpoint
+    from tests.conftest import kill_after_first_checkpoint
 
     flags = ["--model", tiny_model, "--output-dir", tmp_path / "runs", "--eval-steps", 2, "--save-steps", 2,
              "--max-examples", 64, "--max-steps", 4, "--dp-epsilon", 8, "--learning-rate", 1e-2]
@@ -128,7 +125,7 @@ def test_dp_run_reports_epsilon_learns_and_resumes_to_the_same_result(tiny_model
 
     assert sft(*flags, "--run-name", "killed").exit_code == 0
     killed = tmp_path / "runs" / "killed"
-    _kill_after_first_checkpoint(killed)
+    kill_after_first_checkpoint(killed)
     changed = sft("--resume", "latest", "--run-dir", killed, "--max-steps", 6)
     assert changed.exit_code == 1 and "set its noise for epsilon 8 over 4 steps" in changed.output
     resumed = sft("--resume", "latest", "--run-dir", killed)

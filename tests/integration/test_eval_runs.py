@@ -6,15 +6,8 @@ import json
 import random
 
 import pytest
-from typer.testing import CliRunner
 
-from lancy_trl.cli import app
-
-runner = CliRunner()
-
-
-def invoke(*args):
-    return runner.invoke(app, [*map(str, args)])
+from tests.conftest import lancy
 
 
 def sorted_rows(n=48):
@@ -26,7 +19,7 @@ def sorted_rows(n=48):
 
 
 def train(tiny_model, tmp_path, dataset, *extra):
-    result = invoke("sft", "--model", tiny_model, "--dataset", dataset, "--max-steps", 2, "--output-dir",
+    result = lancy("sft", "--model", tiny_model, "--dataset", dataset, "--max-steps", 2, "--output-dir",
                     tmp_path / "runs", "--eval-steps", 2, *extra)
     assert result.exit_code == 0, result.output
     (run,) = (tmp_path / "runs").iterdir()
@@ -34,7 +27,7 @@ def train(tiny_model, tmp_path, dataset, *extra):
 
 
 def evaluate(run, *extra):
-    result = invoke("eval", "--model", run, "--json", "--method", "score", *extra)
+    result = lancy("eval", "--model", run, "--json", "--method", "score", *extra)
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout.strip().splitlines()[-1]), result
 
@@ -73,7 +66,7 @@ def test_training_rows_only_when_asked_and_said(tiny_model, tmp_path, pc_file):
     assert (out["split"], out["held_out"], out["rows"]) == ("train", False, 6)
     assert "not a held-out score" in result.output
     assert json.loads((run / "eval" / "metrics.json").read_text())["held_out"] is False
-    result = invoke("eval", "--model", run, "--split", "test")
+    result = lancy("eval", "--model", run, "--split", "test")
     assert result.exit_code == 1 and "held out no 'test' rows (it has: validation)" in result.output
 
 
@@ -101,7 +94,7 @@ def test_free_text_answers_are_scored_by_exact_match_and_f1(tiny_model, tmp_path
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     run, _ = train(tiny_model, tmp_path, path)
     assert json.loads((run / "run.json").read_text())["task"] == "qa"
-    result = invoke("eval", "--model", run, "--json", "--max-new-tokens", 4)
+    result = lancy("eval", "--model", run, "--json", "--max-new-tokens", 4)
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout.strip().splitlines()[-1])
     report = out["model"]["generate"]
@@ -137,7 +130,7 @@ def test_data_files_test_split_for_a_train_only_registry_entry(tiny_model, tmp_p
 
     (train_file,) = write_sample("fingpt-sentiment", tmp_path)
     test_file = train_file.replace("train=", "test=")
-    result = invoke("eval", "--model", tiny_model, "--dataset", "fingpt-sentiment", "--data-files", test_file,
+    result = lancy("eval", "--model", tiny_model, "--dataset", "fingpt-sentiment", "--data-files", test_file,
                     "--json", "--method", "score", "--output-dir", tmp_path / "out")
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout.strip().splitlines()[-1])
@@ -177,11 +170,11 @@ def test_a_mixture_run_is_scored_per_source_and_overall(tiny_model, tmp_path):
     a.write_text("".join(json.dumps(r) + "\n" for r in sorted_rows(40)))
     b.write_text("".join(json.dumps({"prompt": f"fee {i}", "completion": f"the fee is {i} percent"}) + "\n"
                          for i in range(40)))
-    result = invoke("sft", "--model", tiny_model, "--dataset", a, "--dataset", b, "--mixture-rates", 0.5, 0.5,
+    result = lancy("sft", "--model", tiny_model, "--dataset", a, "--dataset", b, "--mixture-rates", 0.5, 0.5,
                     "--max-steps", 2, "--output-dir", tmp_path / "runs", "--eval-steps", 2)
     assert result.exit_code == 0, result.output
     (run,) = (tmp_path / "runs").iterdir()
-    result = invoke("eval", "--model", run, "--json", "--max-new-tokens", 4)
+    result = lancy("eval", "--model", run, "--json", "--max-new-tokens", 4)
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout.strip().splitlines()[-1])
     labels, answers = out["sources"]["labels"], out["sources"]["answers"]
@@ -192,7 +185,7 @@ def test_a_mixture_run_is_scored_per_source_and_overall(tiny_model, tmp_path):
     assert gen["n"] == out["rows"] and gen["accuracy"] == pytest.approx(want / out["rows"])
     sources = {json.loads(line)["source"] for line in (run / "eval" / "predictions.jsonl").read_text().splitlines()}
     assert sources == {"labels", "answers"}
-    table = invoke("eval", "--model", run, "--max-new-tokens", 4)
+    table = lancy("eval", "--model", run, "--max-new-tokens", 4)
     assert table.exit_code == 0 and "labels (classification" in table.output and "answers (qa" in table.output
 
 
@@ -203,10 +196,10 @@ def test_a_finished_run_has_a_manifest_that_detects_a_changed_file(tiny_model, t
     manifest = json.loads((run / "manifest.json").read_text())
     assert str(path.resolve()) in manifest["data"] and "adapter_model.safetensors" in manifest["output"]["files"]
     assert "model.safetensors" in manifest["base_model"]["files"] and "validation.jsonl" in manifest["held_out"]
-    ok = invoke("manifest", run, "--verify")
+    ok = lancy("manifest", run, "--verify")
     assert ok.exit_code == 0 and "verified:" in ok.output
     path.write_text(path.read_text().replace("rose", "grew", 1))  # one edited training row
-    bad = invoke("manifest", run, "--verify")
+    bad = lancy("manifest", run, "--verify")
     assert bad.exit_code == 1 and f"data: {path.resolve()} changed" in bad.output
     (run / "model" / "adapter_model.safetensors").unlink()
-    assert "output: " in invoke("manifest", run, "--verify").output and "is missing" in invoke("manifest", run, "--verify").output
+    assert "output: " in lancy("manifest", run, "--verify").output and "is missing" in lancy("manifest", run, "--verify").output

@@ -3,15 +3,7 @@
 
 import json
 
-from typer.testing import CliRunner
-
-from lancy_trl.cli import app
-
-runner = CliRunner()
-
-
-def invoke(*args):
-    return runner.invoke(app, [*map(str, args)])
+from tests.conftest import lancy
 
 
 def logged(run):
@@ -22,7 +14,7 @@ def logged(run):
 def test_grpo_logs_rewards_resumes_and_is_scored(tiny_model, tmp_path):
     args = ["grpo", "--model", tiny_model, "--max-steps", 4, "--save-steps", 2, "--max-examples", 40, "--batch-size", 8,
             "--reward", "label", "--reward", "format:0.5", "--reward", "length:0.1", "--output-dir", tmp_path / "runs"]
-    result = invoke(*args)
+    result = lancy(*args)
     assert result.exit_code == 0, result.output
     (run,) = (tmp_path / "runs").iterdir()
     assert "_finsent-sentiment_grpo_" in run.name
@@ -42,16 +34,16 @@ def test_grpo_logs_rewards_resumes_and_is_scored(tiny_model, tmp_path):
         ("grpo", "complete", ["label", "format", "length"], [1.0, 0.5, 0.1])
     assert info["model_info"]["lean_logps"] and info["model_info"]["shared_prefix"]
     assert "reward_last_tenth" in json.loads((run / "metrics.json").read_text())
-    scored = invoke("eval", "--model", run, "--method", "score", "--json")
+    scored = lancy("eval", "--model", run, "--method", "score", "--json")
     assert scored.exit_code == 0, scored.output
     out = json.loads(scored.stdout.strip().splitlines()[-1])
     assert (out["task"], out["split"], out["held_out"]) == ("classification", "test", True)
 
-    from tests.integration.test_sft_cli import _kill_after_first_checkpoint
+    from tests.conftest import kill_after_first_checkpoint
 
-    _kill_after_first_checkpoint(run)
-    assert "is a `lancy grpo` run" in invoke("sft", "--resume", "latest", "--run-dir", run).output
-    resumed = invoke("grpo", "--resume", "latest", "--run-dir", run)
+    kill_after_first_checkpoint(run)
+    assert "is a `lancy grpo` run" in lancy("sft", "--resume", "latest", "--run-dir", run).output
+    resumed = lancy("grpo", "--resume", "latest", "--run-dir", run)
     assert resumed.exit_code == 0, resumed.output
     info = json.loads((run / "run.json").read_text())
     assert info["status"] == "complete" and info["steps"] == 4
@@ -61,10 +53,10 @@ def test_grpo_logs_rewards_resumes_and_is_scored(tiny_model, tmp_path):
 def test_grpo_continues_an_sft_runs_adapter(tiny_model, tmp_path):
     from safetensors.torch import load_file
 
-    sft = invoke("sft", "--model", tiny_model, "--max-steps", 2, "--learning-rate", "1e-2", "--max-examples", 40,
+    sft = lancy("sft", "--model", tiny_model, "--max-steps", 2, "--learning-rate", "1e-2", "--max-examples", 40,
                  "--run-name", "sft", "--output-dir", tmp_path / "runs")
     assert sft.exit_code == 0, sft.output
-    grpo = invoke("grpo", "--model", tmp_path / "runs" / "sft", "--max-steps", 1, "--learning-rate", "1e-9", "--batch-size", 8,
+    grpo = lancy("grpo", "--model", tmp_path / "runs" / "sft", "--max-steps", 1, "--learning-rate", "1e-9", "--batch-size", 8,
                   "--max-examples", 40, "--run-name", "grpo", "--output-dir", tmp_path / "runs")
     assert grpo.exit_code == 0, grpo.output
     before = load_file(tmp_path / "runs" / "sft" / "model" / "adapter_model.safetensors")
@@ -85,7 +77,7 @@ def test_grpo_with_a_users_reward_on_local_rows(tiny_model, tmp_path):
         "def short(completions, answer, **kwargs):\n"
         "    assert len(answer) == len(completions) and answer[0].startswith('it is')\n"
         "    return [1.0 if len(c[0]['content']) < 20 else 0.0 for c in completions]\n")
-    result = invoke("grpo", "--model", tiny_model, "--dataset", rows, "--reward", f"{tmp_path}/mine.py:short",
+    result = lancy("grpo", "--model", tiny_model, "--dataset", rows, "--reward", f"{tmp_path}/mine.py:short",
                     "--max-steps", 2, "--batch-size", 4, "--num-generations", 2, "--output-dir", tmp_path / "runs")
     assert result.exit_code == 0, result.output
     (run,) = (tmp_path / "runs").iterdir()

@@ -17,7 +17,7 @@ def test_lancy_packed_batch_loss_equals_each_example_alone(tiny_model, tmp_path,
     from lancy_trl.train.methods.pretrain import DocumentRows, PretrainArgs, pretrain_config
     from lancy_trl.train.methods.sft import SFTArgs
     from lancy_trl.train.trainer import LancySFTTrainer
-    from tests.integration.test_compact_loss import chat_rows
+    from tests.conftest import chat_rows
 
     flags = {"model": str(tiny_model), "packing": True, "use_lora": False, "batch_size": 1, "max_length": 128}
     args = resolve(SFTArgs if command == "sft" else PretrainArgs, flags=flags)

@@ -3,15 +3,7 @@ registry datasets contributing their text to a mixture."""
 
 import json
 
-from typer.testing import CliRunner
-
-from lancy_trl.cli import app
-
-runner = CliRunner()
-
-
-def invoke(*args):
-    return runner.invoke(app, [*map(str, args)])
+from tests.conftest import lancy
 
 
 def write_reports(folder, n=12):
@@ -25,7 +17,7 @@ def test_pretrain_on_globbed_text_files_then_eval_and_resume(tiny_model, tmp_pat
     reports = write_reports(tmp_path / "reports")
     args = ["pretrain", "--model", tiny_model, "--data-files", f"{reports}/*.txt", "--max-length", 64, "--batch-size", 2,
             "--max-steps", 4, "--eval-steps", 2, "--save-steps", 2, "--output-dir", tmp_path / "runs"]
-    result = invoke(*args)
+    result = lancy(*args)
     assert result.exit_code == 0, result.output
     (run,) = (tmp_path / "runs").iterdir()
     assert "_reports_pretrain_" in run.name and "no attention across documents" in " ".join(result.output.split())
@@ -35,18 +27,18 @@ def test_pretrain_on_globbed_text_files_then_eval_and_resume(tiny_model, tmp_pat
     final = json.loads((run / "metrics.json").read_text())
     assert final["eval_perplexity"] > 1 and abs(final["eval_perplexity"] - 2.718281828 ** final["eval_loss"]) < 1e-6
     # lancy eval scores the held-out documents' perplexity
-    scored = invoke("eval", "--model", run, "--json")
+    scored = lancy("eval", "--model", run, "--json")
     assert scored.exit_code == 0, scored.output
     out = json.loads(scored.stdout.strip().splitlines()[-1])
     assert (out["task"], out["split"], out["held_out"], out["rows"]) == ("pretraining", "validation", True, 2)
     assert out["model"]["perplexity"]["perplexity"] > 1
     # a complete pretrain run is refused like an sft run; sft does not resume it
-    assert "is complete" in invoke("pretrain", "--resume", "latest", "--run-dir", run).output
-    from tests.integration.test_sft_cli import _kill_after_first_checkpoint
+    assert "is complete" in lancy("pretrain", "--resume", "latest", "--run-dir", run).output
+    from tests.conftest import kill_after_first_checkpoint
 
-    _kill_after_first_checkpoint(run)
-    assert "is a `lancy pretrain` run" in invoke("sft", "--resume", "latest", "--run-dir", run).output
-    resumed = invoke("pretrain", "--resume", "latest", "--run-dir", run)
+    kill_after_first_checkpoint(run)
+    assert "is a `lancy pretrain` run" in lancy("sft", "--resume", "latest", "--run-dir", run).output
+    resumed = lancy("pretrain", "--resume", "latest", "--run-dir", run)
     assert resumed.exit_code == 0, resumed.output
     info = json.loads((run / "run.json").read_text())
     assert info["status"] == "complete" and info["steps"] == 4
@@ -55,7 +47,7 @@ def test_pretrain_on_globbed_text_files_then_eval_and_resume(tiny_model, tmp_pat
 def test_classification_data_contributes_its_text_to_a_pretraining_mixture(tiny_model, tmp_path):
     notes = tmp_path / "notes.jsonl"
     notes.write_text("".join(json.dumps({"text": f"note {i}: margins were stable"}) + "\n" for i in range(20)))
-    result = invoke("pretrain", "--model", tiny_model, "--dataset", "finsent", "--dataset", notes, "--mixture-rates",
+    result = lancy("pretrain", "--model", tiny_model, "--dataset", "finsent", "--dataset", notes, "--mixture-rates",
                     0.5, 0.5, "--max-length", 64, "--max-steps", 2, "--output-dir", tmp_path / "runs")
     assert result.exit_code == 0, result.output
     (run,) = (tmp_path / "runs").iterdir()
@@ -66,7 +58,7 @@ def test_classification_data_contributes_its_text_to_a_pretraining_mixture(tiny_
 
 
 def test_pretrain_needs_text():
-    result = invoke("pretrain")
+    result = lancy("pretrain")
     assert result.exit_code == 1 and "no text to train on" in result.output
 
 
@@ -90,7 +82,7 @@ def test_a_streamed_corpus_holds_out_its_head_and_trains_on_the_rest_only(tmp_pa
 
 def test_streamed_pretraining_runs_is_scored_and_resumes(tiny_model, tmp_path):
     reports = write_reports(tmp_path / "reports", n=40)
-    result = invoke("pretrain", "--model", tiny_model, "--data-files", f"{reports}/*.txt", "--streaming",
+    result = lancy("pretrain", "--model", tiny_model, "--data-files", f"{reports}/*.txt", "--streaming",
                     "--max-length", 64, "--batch-size", 2, "--eval-max-batches", 2, "--max-steps", 4, "--eval-steps", 2,
                     "--save-steps", 2, "--output-dir", tmp_path / "runs")
     assert result.exit_code == 0, result.output
@@ -99,9 +91,9 @@ def test_streamed_pretraining_runs_is_scored_and_resumes(tiny_model, tmp_path):
     info = json.loads((run / "run.json").read_text())
     assert info["data"]["streamed"] and info["held_out"]["validation"]["rows"] == 4
     assert json.loads((run / "metrics.json").read_text())["eval_perplexity"] > 1
-    from tests.integration.test_sft_cli import _kill_after_first_checkpoint
+    from tests.conftest import kill_after_first_checkpoint
 
-    _kill_after_first_checkpoint(run)
-    resumed = invoke("pretrain", "--resume", "latest", "--run-dir", run)
+    kill_after_first_checkpoint(run)
+    resumed = lancy("pretrain", "--resume", "latest", "--run-dir", run)
     assert resumed.exit_code == 0, resumed.output
     assert json.loads((run / "run.json").read_text())["steps"] == 4

@@ -4,17 +4,17 @@ with `weights_only` (tensors and plain containers, no code)."""
 
 import torch
 
-from tests.integration.test_sft_cli import _kill_after_first_checkpoint, only_run, sft
+from tests.conftest import kill_after_first_checkpoint, only_run, sft
 
 
 def test_runs_save_safetensors_and_resume_reads_checkpoints_weights_only(tiny_model, tmp_path, monkeypatch):
     assert sft("--model", tiny_model, "--output-dir", tmp_path / "runs", "--save-steps", 2, "--max-steps", 4,
                "--eval-steps", 2).exit_code == 0
-    run = only_run(tmp_path)
+    run = only_run(tmp_path / "runs")
     assert (run / "model" / "adapter_model.safetensors").is_file()
     # weights are safetensors everywhere; the Trainer's training_args.bin is written for reference and never read
     assert {p.name for p in run.rglob("*.bin")} <= {"training_args.bin"}
-    _kill_after_first_checkpoint(run)
+    kill_after_first_checkpoint(run)
     real, calls = torch.load, []
 
     def strict(*args, **kwargs):

@@ -6,22 +6,16 @@ import pytest
 from typer.testing import CliRunner
 
 from lancy_trl.cli import app
+from tests.conftest import kill_after_first_checkpoint, only_run, sft
 
 runner = CliRunner()
 
-
-def sft(*args):
-    return runner.invoke(app, ["sft", *map(str, args)])
 
 
 @pytest.fixture
 def quick(tiny_model, tmp_path):
     return ["--model", tiny_model, "--output-dir", tmp_path / "runs", "--eval-steps", 2, "--save-steps", 2]
 
-
-def only_run(tmp_path):
-    (run,) = (tmp_path / "runs").iterdir()
-    return run
 
 
 def test_lora_run_trains_saves_and_records(quick, tmp_path):
@@ -30,7 +24,7 @@ def test_lora_run_trains_saves_and_records(quick, tmp_path):
 
     result = sft(*quick, "--max-steps", 4)
     assert result.exit_code == 0, result.output
-    run = only_run(tmp_path)
+    run = only_run(tmp_path / "runs")
     lines = [line.strip() for line in result.output.splitlines()]  # paths printed whole, whatever the width
     assert f"model: {run / 'model'}" in lines and f"logs: tensorboard --logdir {run / 'tensorboard'}" in lines
     assert run.name.endswith("_tiny-llama0_finsent-sentiment_sft_bs8_len256_steps4_lora-r16")
@@ -48,9 +42,9 @@ def test_lora_run_trains_saves_and_records(quick, tmp_path):
     assert report["rows"] == info["held_out"]["validation"]["rows"]
     assert final["eval_score_accuracy"] == pytest.approx(report["model"]["score"]["accuracy"])
     assert json.loads((run / "metrics.json").read_text())["eval_score_accuracy"] == final["eval_score_accuracy"]
-    from tests.integration.test_datasets import _tensorboard_tags
+    from tests.conftest import tensorboard_tags
 
-    assert {"eval/score_accuracy", "eval/score_macro_f1", "eval/loss"} <= _tensorboard_tags(run / "tensorboard")
+    assert {"eval/score_accuracy", "eval/score_macro_f1", "eval/loss"} <= tensorboard_tags(run / "tensorboard")
     assert "score accuracy" in (run / "logs" / "training.log").read_text()
     model = AutoPeftModelForCausalLM.from_pretrained(run / "model")
     lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
@@ -64,24 +58,10 @@ def test_full_fine_tuning_changes_the_weights(quick, tmp_path, tiny_model):
     result = sft(*quick, "--max-steps", 3, "--no-use-lora", "--learning-rate", "1e-3")
     assert result.exit_code == 0, result.output
     before = AutoModelForCausalLM.from_pretrained(tiny_model).state_dict()
-    after = AutoModelForCausalLM.from_pretrained(only_run(tmp_path) / "model").state_dict()
+    after = AutoModelForCausalLM.from_pretrained(only_run(tmp_path / "runs") / "model").state_dict()
     changed = [k for k in before if not torch.equal(before[k], after[k])]
     assert "model.layers.0.self_attn.q_proj.weight" in changed
 
-
-def _kill_after_first_checkpoint(run):
-    """What `kill -9` after the step-2 checkpoint leaves: no later checkpoint, no model, run.json saying running
-    for a process that is gone."""
-    import shutil
-    import subprocess
-
-    from lancy_trl import runs
-
-    shutil.rmtree(run / "checkpoints" / "checkpoint-4")
-    shutil.rmtree(run / "model")
-    dead = subprocess.Popen(["true"])
-    dead.wait()
-    runs.update(run, status="running", owner={**runs.owner(), "pid": dead.pid})
 
 
 def test_a_killed_run_resumes_to_the_uninterrupted_result(quick, tmp_path):
@@ -91,7 +71,7 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(quick, tmp_path):
     assert sft(*quick, *fast, "--run-name", "straight").exit_code == 0
     assert sft(*quick, *fast, "--run-name", "killed").exit_code == 0
     straight, killed = tmp_path / "runs" / "straight", tmp_path / "runs" / "killed"
-    _kill_after_first_checkpoint(killed)
+    kill_after_first_checkpoint(killed)
     assert runs.read(killed)["status"] == "interrupted"  # a dead owner is seen, not `running` forever
     result = sft("--resume", "latest", "--output-dir", tmp_path / "runs")  # the newest resumable run, named
     assert result.exit_code == 0, result.output
@@ -105,7 +85,7 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(quick, tmp_path):
 
 def test_a_complete_run_is_not_resumed(quick, tmp_path):
     assert sft(*quick, "--max-steps", 2).exit_code == 0
-    run = only_run(tmp_path)
+    run = only_run(tmp_path / "runs")
     result = sft("--resume", "latest", "--run-dir", run, "--max-steps", 4)
     assert result.exit_code == 1 and "is complete (2 steps)" in result.output and "--max-steps N" in result.output
     result = sft("--resume", "latest", "--output-dir", tmp_path / "runs")
@@ -114,8 +94,8 @@ def test_a_complete_run_is_not_resumed(quick, tmp_path):
 
 def test_resume_refuses_changed_data(quick, tmp_path, pc_file):
     assert sft(*quick, "--dataset", pc_file, "--max-steps", 4).exit_code == 0
-    run = only_run(tmp_path)
-    _kill_after_first_checkpoint(run)
+    run = only_run(tmp_path / "runs")
+    kill_after_first_checkpoint(run)
     pc_file.write_text(pc_file.read_text().replace("rose", "grew"))
     result = sft("--resume", "latest", "--run-dir", run)
     assert result.exit_code == 1 and "training data changed" in result.output and "--allow-data-change" in result.output
@@ -128,7 +108,7 @@ def test_yaml_config_with_flag_override(quick, tmp_path):
     cfg.write_text("max_steps: 50\nlearning_rate: 1e-4\nlora_r: 4\n")
     result = sft(*quick, "--config", cfg, "--max_steps", 2)
     assert result.exit_code == 0, result.output
-    config = json.loads((only_run(tmp_path) / "config.json").read_text())
+    config = json.loads((only_run(tmp_path / "runs") / "config.json").read_text())
     assert (config["max_steps"], config["learning_rate"], config["lora_r"]) == (2, 1e-4, 4)
 
 
@@ -173,7 +153,7 @@ def test_empty_dataset_and_encoder_only_model(quick, tmp_path):
 def test_local_prompt_completion_file(tiny_qwen, pc_file, tmp_path):
     result = sft("--model", tiny_qwen, "--dataset", pc_file, "--max-steps", 2, "--output-dir", tmp_path / "runs")
     assert result.exit_code == 0, result.output
-    assert "_pc_sft_" in only_run(tmp_path).name
+    assert "_pc_sft_" in only_run(tmp_path / "runs").name
 
 
 def test_help_lists_every_command():
@@ -245,4 +225,4 @@ def test_a_second_ctrl_c_before_any_checkpoint_says_there_is_nothing_to_resume(q
     output = " ".join(result.output.split())
     assert result.exit_code == 1 and "aborted; stopped before the first checkpoint: nothing to resume" in output
     assert "--resume" not in output
-    assert json.loads((only_run(tmp_path) / "run.json").read_text())["status"] == "interrupted"
+    assert json.loads((only_run(tmp_path / "runs") / "run.json").read_text())["status"] == "interrupted"
