@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 
 
 def load(name: str):
@@ -29,7 +29,7 @@ def load(name: str):
     from lancy_trl.models import load_model, pick_device, resolve_model
 
     if name == "tiny":
-        from bench.sft_throughput import model_path
+        from harness import model_path
 
         name = model_path("tiny")
     source = resolve_model(name, log=lambda *a: None)

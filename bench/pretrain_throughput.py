@@ -109,7 +109,7 @@ def run_variant(variant: str, opts: argparse.Namespace) -> dict:
 
 
 def main() -> None:
-    from sft_throughput import interleaved, matmul_peak, model_path
+    from harness import interleaved, matmul_peak, model_path
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="smollm2-135m-instruct", help="catalog name, path, or 'tiny'")

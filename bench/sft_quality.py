@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 
 
 def main() -> None:
@@ -34,6 +34,7 @@ def main() -> None:
                    "tool's own: TRL's 2e-5, lancy's 2e-4 with LoRA / 2e-5 full)")
     opts = p.parse_args()
 
+    from harness import sft_trainer
     from peft import LoraConfig
 
     from lancy_trl.config import EvalArgs, resolve
@@ -58,34 +59,8 @@ def main() -> None:
                   **({"learning_rate": opts.learning_rate} if opts.learning_rate else {}))
     bf16 = device == "cuda"
     start = time.perf_counter()
-    if opts.variant == "padded":
-        from peft import get_peft_model
-        from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
-
-        def render(row):
-            text = tok.apply_chat_template(row["prompt"] + row["completion"], tokenize=False)
-            return tok(text, truncation=True, max_length=args.max_length, padding="max_length")
-
-        train = data.train.map(render, remove_columns=data.train.column_names)
-        if peft_config is not None:
-            model = get_peft_model(model, peft_config)
-        trainer = Trainer(model=model, args=TrainingArguments(**common, bf16=bf16),
-                          train_dataset=train, data_collator=DataCollatorForLanguageModeling(tok, mlm=False))
-    else:
-        from trl import SFTConfig, SFTTrainer
-
-        extra = {}
-        if opts.variant == "trl_default":
-            config, cls = SFTConfig(**common, bf16=bf16), SFTTrainer
-        else:
-            from lancy_trl.train.arguments import sft_config, trainer_options
-            from lancy_trl.train.trainer import LancySFTTrainer
-
-            config, cls = sft_config(args, Path(out), loaded.info, has_eval=False), LancySFTTrainer
-            config.save_strategy = "no"
-            extra = trainer_options(args, loaded.info)
-        trainer = cls(model=model, args=config, train_dataset=data.train, processing_class=tok, peft_config=peft_config,
-                      **extra)
+    trainer = sft_trainer(opts.variant, model, tok, data.train, common, peft_config, bf16, args.max_length,
+                          lancy=(args, loaded.info, Path(out)))
     result = trainer.train()
     seconds = time.perf_counter() - start
     es = eval_rows(resolve(EvalArgs, flags={"dataset": "finsent"}), {}, None)

@@ -24,102 +24,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-VARIANTS = ("padded", "trl_default", "lancy")
-
-
-def matmul_peak(device: str, dtype_name: str) -> float:
-    """GFLOP/s of a 2048^2 (CPU) or 8192^2 (GPU) matmul, measured here: the best of three timings."""
-    import torch
-
-    dtype = getattr(torch, dtype_name)
-    n = 8192 if device == "cuda" else 2048
-    a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
-    for _ in range(2):
-        a @ b
-    reps = 20 if device == "cuda" else 5
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    best = 0.0
-    for _ in range(3):
-        sync()
-        start = time.perf_counter()
-        for _ in range(reps):
-            a @ b
-        sync()
-        best = max(best, 2 * n**3 * reps / (time.perf_counter() - start) / 1e9)
-    return best
-
-
-class HeapWatch:
-    """The most memory glibc's malloc had handed out (in use, not freed) while training, sampled every 20 ms.
-
-    Peak RSS also counts freed heap memory that the allocator keeps resident (fragmentation); the difference between
-    the two says how much of a variant's peak is its tensors and how much the allocator's layout. Linux + glibc only.
-    """
-
-    def __init__(self) -> None:
-        import ctypes
-        import threading
-
-        class Info(ctypes.Structure):
-            _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
-                                                        "fsmblks", "uordblks", "fordblks", "keepcost")]
-
-        self.libc = ctypes.CDLL("libc.so.6")
-        self.libc.mallinfo2.restype = Info
-        self.peak = 0
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self.run, daemon=True)
-
-    def run(self) -> None:
-        while not self.stop.wait(0.02):
-            info = self.libc.mallinfo2()
-            self.peak = max(self.peak, info.uordblks + info.hblkhd)
-
-    def __enter__(self) -> HeapWatch:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join()
-
-
-def model_path(name: str) -> str:
-    if name == "tiny":
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-        from tests.conftest import build_tiny_model
-
-        out = Path(os.environ.get("TMPDIR", "/tmp")) / "lancy-bench-tiny"
-        if not (out / "config.json").exists():
-            build_tiny_model(out)
-        return str(out)
-    from lancy_trl.models import resolve_model
-
-    return resolve_model(name, log=lambda m: print(m, file=sys.stderr)).path
-
-
-def interleaved(script: str, variants: list[str], path: str, repeats: int, shown: str) -> dict[str, list[dict]]:
-    """Each variant of a bench script in its own process (clean peak memory), A/B interleaved, the order reversed
-    every other round; each child prints one `RESULT {json}` line, and `shown` of it goes to stderr as it comes."""
-    results: dict[str, list[dict]] = {v: [] for v in variants}
-    for r in range(repeats):
-        for variant in variants if r % 2 == 0 else variants[::-1]:
-            cmd = [sys.executable, script, "--variant", variant, "--model-path", path, *sys.argv[1:]]
-            out = subprocess.run(cmd, capture_output=True, text=True)
-            line = next((ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")), None)
-            if line is None:
-                sys.exit(f"{variant} failed:\n{out.stderr[-3000:]}")
-            results[variant].append(json.loads(line[7:]))
-            print(f"  {variant:12s} run {r + 1}: {shown} {results[variant][-1][shown]:.2f}", file=sys.stderr)
-    return results
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import SFT_VARIANTS, HeapWatch, interleaved, matmul_peak, model_path, sft_trainer  # noqa: E402
 
 
 def run_variant(variant: str, opts: argparse.Namespace) -> dict:
@@ -186,41 +98,8 @@ def run_variant(variant: str, opts: argparse.Namespace) -> dict:
     common = dict(output_dir=opts.tmp, max_steps=opts.steps + 1, per_device_train_batch_size=opts.batch_size,
                   report_to="none", save_strategy="no", disable_tqdm=True, use_cpu=device == "cpu", seed=0)
     bf16_ok = device == "cuda" and torch.cuda.is_bf16_supported()
-    if variant == "padded":
-        from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
-
-        def render(row):
-            text = tok.apply_chat_template(row["prompt"] + row["completion"], tokenize=False)
-            return tok(text, truncation=True, max_length=opts.max_length, padding="max_length")
-
-        train = data.train.map(render, remove_columns=data.train.column_names)
-        if peft_config is not None:
-            from peft import get_peft_model
-
-            model = get_peft_model(model, peft_config)
-        trainer = Trainer(model=model, args=TrainingArguments(**common, bf16=bf16_ok), train_dataset=train,
-                          data_collator=DataCollatorForLanguageModeling(tok, mlm=False))
-    else:
-        from trl import SFTConfig, SFTTrainer
-
-        from lancy_trl.train.trainer import LancySFTTrainer
-
-        trainer_cls, extra = SFTTrainer, {}
-        if variant == "trl_default":
-            config = SFTConfig(**common, max_length=opts.max_length, bf16=bf16_ok)
-        else:
-            from lancy_trl.train.arguments import sft_config, trainer_options
-
-            config = sft_config(args, Path(opts.tmp), loaded.info, has_eval=False)
-            extra = trainer_options(args, loaded.info)
-            config.save_strategy, config.output_dir = "no", opts.tmp
-            for key, value in trl_set.items():
-                if not hasattr(config, key):
-                    sys.exit(f"--lancy-set {key}: neither a lancy option nor an SFTConfig field")
-                setattr(config, key, value)
-            trainer_cls = LancySFTTrainer
-        trainer = trainer_cls(model=model, args=config, train_dataset=data.train, processing_class=tok,
-                             peft_config=peft_config, **extra)
+    trainer = sft_trainer(variant, model, tok, data.train, common, peft_config, bf16_ok, opts.max_length,
+                          lancy=(args, loaded.info, Path(opts.tmp)), trl_set=trl_set)
     trainer.data_collator = counting(trainer.data_collator)
     trainer.add_callback(Timer())
     if device == "cuda":
@@ -264,9 +143,9 @@ def main() -> None:
     p.add_argument("--heap", action="store_true",
                    help="CPU: also report the most memory malloc had in use while training (sampled; peak RSS "
                         "minus this is memory the allocator kept after it was freed)")
-    p.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS),
+    p.add_argument("--variants", nargs="+", choices=SFT_VARIANTS, default=list(SFT_VARIANTS),
                    help="run only these (ratios need padded / trl_default in the same run)")
-    p.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)
+    p.add_argument("--variant", choices=SFT_VARIANTS, help=argparse.SUPPRESS)
     p.add_argument("--model-path", help=argparse.SUPPRESS)
     p.add_argument("--tmp", default="/tmp/lancy-bench", help=argparse.SUPPRESS)
     opts = p.parse_args()
@@ -274,7 +153,7 @@ def main() -> None:
         print("RESULT " + json.dumps(run_variant(opts.variant, opts)))
         return
     path = model_path(opts.model)
-    chosen = [v for v in VARIANTS if v in opts.variants]
+    chosen = [v for v in SFT_VARIANTS if v in opts.variants]
     results = interleaved(__file__, chosen, path, opts.repeats, "tokens_per_s")
     import torch
 
