@@ -47,23 +47,20 @@ def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def training_console(args: Any, command: str, flags: dict[str, Any]) -> Any:
-    """A training command's console, once a launch (--num-processes, --deepspeed, --fsdp, or a resumed run that had them) has
-    been handed to torch's launcher (this process then exits with the workers' code); ranks other than 0 print
-    nothing."""
+def training_console(args: Any, command: str) -> Any:
+    """A training command's console, once a launch (--num-processes, --deepspeed, --fsdp, or a resumed run that had
+    them) has been handed to torch's launcher (this process then exits with the workers' code); ranks other than 0
+    print nothing."""
     from rich.console import Console
 
-    from lancy_trl.privacy import network
     from lancy_trl.scale import distributed, engines
 
-    launched = distributed.launch_settings(args, flags, command)
-    if engines.fsdp_wanted(launched):  # refused on CPU before any process is launched
+    if engines.fsdp_wanted(args):  # refused on CPU before any process is launched
         from lancy_trl.models import pick_device
 
-        engines.check_device(launched, pick_device(launched.device))
-    if distributed.needs_launch(launched):
-        network.apply(args)  # the workers inherit the offline switches and guard
-        raise typer.Exit(distributed.launch(launched, command))
+        engines.check_device(args, pick_device(args.device))
+    if distributed.needs_launch(args):
+        raise typer.Exit(distributed.launch(args, command))  # the offline switches are set: the workers inherit them
     return Console(soft_wrap=True, quiet=not distributed.is_main())  # paths and commands printed whole, never wrapped
 
 

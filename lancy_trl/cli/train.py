@@ -38,8 +38,9 @@ def command(name: str) -> None:
         from lancy_trl.train import driver
 
         args = resolve(method.args, load_yaml(config) if config else {}, flags, source=str(config) if config else "config")
-        console = training_console(args, name, flags)
-        result = driver.run(method, args, console, flags)
+        plan = driver.prepare(method, args, flags)  # a resume's run and checkpoint, resolved once
+        console = training_console(plan.args, name)
+        result = driver.run(method, plan, console)
         if result.status != "complete":
             raise typer.Exit(130)
         console.print(method.done(result))

@@ -42,20 +42,6 @@ def needs_launch(args: Any) -> bool:
     return wanted and "LOCAL_RANK" not in os.environ
 
 
-def launch_settings(args: Any, flags: dict[str, Any], command: str) -> Any:
-    """A resumed run launches as it was launched: its saved process count and engine, unless given again."""
-    if not args.resume:
-        return args
-    import dataclasses
-
-    from lancy_trl import runs
-
-    run_dir, _ = runs.find_resume(args.resume, args.run_dir, args.output_dir, command)
-    saved = runs.read(run_dir).get("config", {})
-    keep = {k: saved[k] for k in ("num_processes", "multi_gpu", "deepspeed", "fsdp") if k in saved and flags.get(k) is None}
-    return dataclasses.replace(args, **keep)
-
-
 def launch_arguments(n: int, argv: list[str]) -> list[str]:
     """torchrun's arguments for the same lancy command line, N processes on this machine (`--standalone`: a free
     local port). The workers get --num-processes too: they see the launcher's environment and do not launch again.

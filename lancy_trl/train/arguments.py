@@ -49,13 +49,13 @@ def micro_batches(args: Any) -> tuple[int, int]:
 
 
 def private(args: Any) -> bool:
-    """Whether the run trains with differential privacy (lancy_trl/train/dp.py): the speed paths that mix examples
+    """Whether the run trains with differential privacy (lancy_trl/privacy/dp.py): the speed paths that mix examples
     or bypass per-example gradients are off (check_args refuses them by flag)."""
     return getattr(args, "dp_epsilon", None) is not None
 
 
 def use_lean_activations(args: Any, info: dict[str, Any]) -> bool:
-    """Lean activations (lancy_trl/train/lean.py) where training runs in fp32: their backward does not follow autocast."""
+    """Lean activations (lancy_trl/train/speed/lean.py) where training runs in fp32: their backward does not follow autocast."""
     if private(args):
         return False
     if args.lean_activations and info["precision"] != "fp32":
@@ -65,7 +65,7 @@ def use_lean_activations(args: Any, info: dict[str, Any]) -> bool:
 
 
 def use_shared_prefix(args: Any, info: dict[str, Any]) -> bool:
-    """Shared-prefix batches (lancy_trl/train/prefix.py) need transformers' SDPA attention, which they extend. On by
+    """Shared-prefix batches (lancy_trl/train/speed/prefix.py) need transformers' SDPA attention, which they extend. On by
     default on CPU, where they were measured (README, performance); on a GPU each batch's packed length is a new shape
     (which `default_pad_multiple` avoids there) and the trade has not been measured, so there it is opt-in."""
     from lancy_trl.train.speed.prefix import MODEL_TYPES

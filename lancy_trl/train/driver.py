@@ -1,7 +1,7 @@
 """One driver for every training method: open or resume the run, load the data and the model, build the method's
 trainer, train under the stop handler, finish and record. A method (lancy_trl/train/methods/) says only what differs.
 
-    result = run(methods.get("sft"), args, console, flags)
+    result = run(methods.get("sft"), prepare(methods.get("sft"), args, flags), console)
 
 The run directory, run.json and its status, the saved config, held-out rows, the lock, the log file, resume,
 interrupts, the whole-run loss and the final save are here and in lancy_trl/train/ending.py, once for all methods.
@@ -48,11 +48,23 @@ class Run:
         return self.loaded.info
 
 
-def run(method: Any, args: Any, console: Any, flags: dict[str, Any] | None = None) -> RunResult:
+@dataclass
+class Plan:
+    """A run to make: its resolved config, and for a resume, its directory and the checkpoint it goes on from."""
+
+    args: Any
+    run_dir: Path
+    checkpoint: str | None
+
+
+def run(method: Any, plan: Plan, console: Any) -> RunResult:
     """A whole run of `method`: new, or resumed from its last whole checkpoint."""
-    args, run_dir, checkpoint = prepare(method, args, flags or {}, console)
+    args, checkpoint = plan.args, plan.checkpoint
+    if checkpoint is not None:
+        console.print(f"Resuming {plan.run_dir} from {Path(checkpoint).name}", highlight=False, soft_wrap=True)
+        drop_partial_checkpoints(plan.run_dir, console)
     method.check(args)
-    r = Run(method, args, console, run_dir, checkpoint)
+    r = Run(method, args, console, plan.run_dir, checkpoint)
     r.data, r.source, r.loaded = setup(r)
     record = method.prepare(r)
     r.run_dir = open_run(r, record)
@@ -70,21 +82,20 @@ def run(method: Any, args: Any, console: Any, flags: dict[str, Any] | None = Non
         return result
 
 
-def prepare(method: Any, args: Any, flags: dict[str, Any], console: Any) -> tuple[Any, Path, str | None]:
-    """(args, run dir, checkpoint): a new run (its folder checked writable), or the saved config of the run being
-    resumed with the new flags on top. --offline (or HF_HUB_OFFLINE=1) takes effect here, before anything loads."""
+def prepare(method: Any, args: Any, flags: dict[str, Any]) -> Plan:
+    """The run to make, resolved once: a new run (its folder checked writable), or the run `--resume` names with its
+    saved config and the new flags on top (its processes and engine too, so a resumed run launches as it was
+    launched). --offline (or HF_HUB_OFFLINE=1) takes effect here, before anything loads."""
     network.apply(args)
     if args.resume:
         from lancy_trl.config import resolve
 
         run_dir, checkpoint = runs.find_resume(args.resume, args.run_dir, args.output_dir, method.name)
-        console.print(f"Resuming {run_dir} from {checkpoint.name}", highlight=False, soft_wrap=True)
-        drop_partial_checkpoints(run_dir, console)
         saved = runs.read(run_dir).get("config", {})
         args = resolve(method.args, saved, {**flags, "resume": args.resume}, source=str(run_dir / "config.yaml"))
-        return args, run_dir, str(checkpoint)
+        return Plan(args, run_dir, str(checkpoint))
     check_writable(Path(args.run_dir).parent if args.run_dir else Path(args.output_dir))
-    return args, Path(args.run_dir) if args.run_dir else Path(), None
+    return Plan(args, Path(args.run_dir) if args.run_dir else Path(), None)
 
 
 def drop_partial_checkpoints(run_dir: Path, console: Any) -> None:

@@ -7,7 +7,7 @@ prompt and right-padded completion and, on CPUs (no Triton), projects every posi
 batch, so the same prompt tokens, and the chat header and instruction every prompt starts with, are computed G times
 and more. Here each row is rewritten as its real tokens, right-padded (positions then start at 0 for every row; RoPE
 attention depends on position differences only, so the left-padded layout computes the same values), the rows'
-common prefix runs once (lancy_trl/train/prefix.py), and the LM head runs at the positions that predict a completion
+common prefix runs once (lancy_trl/train/speed/prefix.py), and the LM head runs at the positions that predict a completion
 token only. Log-probs, entropies and so the loss and gradients are TRL's; tests compare them.
 
 Only for the model families shared-prefix batches cover (no logit softcap or scale), a single process, text-only rows

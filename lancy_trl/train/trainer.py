@@ -5,7 +5,7 @@ turn). TRL's fused LM head still projects every position onto the vocabulary (49
 over all of them on devices without Triton; here the logits are computed at the positions that carry a label only
 (`logits_to_keep` with those indices), so the LM head's forward and backward shrink by the same factor. The loss is
 the same sum over answer tokens divided by the same token count as TRL's, and TRL's entropy and token-accuracy
-metrics are kept, computed on those positions. With shared-prefix batches (lancy_trl/train/prefix.py) the batch
+metrics are kept, computed on those positions. With shared-prefix batches (lancy_trl/train/speed/prefix.py) the batch
 runs as one packed row and the same positions are read from it. Anything unusual (several processes, DeepSpeed,
 FSDP, MoE auxiliary loss, custom loss functions, label smoothing, DFT loss, a model without `logits_to_keep`) goes
 through TRL's path. The loss on most tokens (pretraining) runs in checkpointed chunks (`_chunked_loss`).
@@ -93,7 +93,7 @@ class LancySFTTrainer(Resumable, SFTTrainer):
         )
 
     def _plan_shared_prefix(self, forward: dict[str, Any], labels: Any) -> Any:
-        """(packed inputs, layout) when this batch's rows share a prefix (lancy_trl/train/prefix.py), else None."""
+        """(packed inputs, layout) when this batch's rows share a prefix (lancy_trl/train/speed/prefix.py), else None."""
         if not self.shared_prefix or set(forward) - {"input_ids", "attention_mask"} or "input_ids" not in forward:
             return None
         from lancy_trl.train.speed.prefix import plan

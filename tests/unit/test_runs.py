@@ -46,7 +46,6 @@ def test_resume_without_checkpoint_says_so(tmp_path):
 
 
 def test_a_run_resumes_only_with_the_command_that_made_it(tmp_path):
-    from rich.console import Console
 
     from lancy_trl.train import driver, methods
 
@@ -56,9 +55,10 @@ def test_a_run_resumes_only_with_the_command_that_made_it(tmp_path):
     (run / "checkpoints" / "checkpoint-5" / "trainer_state.json").write_text('{"global_step": 5}')
     args = resolve(SFTArgs, flags={"resume": "latest", "run_dir": str(run)})
     with pytest.raises(LancyError, match="is a `lancy pretrain` run; resume it with `lancy pretrain --resume`"):
-        driver.prepare(methods.get("sft"), args, {}, Console(quiet=True))
+        driver.prepare(methods.get("sft"), args, {})
     runs.update(run, command="sft")
-    _, run_dir, checkpoint = driver.prepare(methods.get("sft"), args, {}, Console(quiet=True))
+    plan = driver.prepare(methods.get("sft"), args, {})
+    run_dir, checkpoint = plan.run_dir, plan.checkpoint
     assert run_dir == run and checkpoint.endswith("checkpoint-5")
 
 
