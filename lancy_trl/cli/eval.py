@@ -46,7 +46,8 @@ def eval_(flags: dict[str, Any], json_out: bool = False) -> None:
     console.print(f"metrics.json, predictions.jsonl and any confusion.png in {result['output_dir']}")
 
 
-COLUMNS = [("accuracy", "accuracy", "{:.3f}"), ("macro_f1", "macro-F1", "{:.3f}"), ("mcc", "MCC", "{:.3f}"),
+COLUMNS = [("accuracy", "accuracy", "{:.3f}"), ("margin", "margin", "{:+.2f}"), ("macro_f1", "macro-F1", "{:.3f}"),
+           ("mcc", "MCC", "{:.3f}"),
            ("ece", "ECE", "{:.3f}"), ("exact_match", "EM", "{:.3f}"), ("f1", "F1", "{:.3f}"),
            ("perplexity", "perplexity", "{:.2f}"), ("invalid_rate", "invalid", "{:.1%}"),
            ("examples_per_second", "ex/s", "{:.1f}")]

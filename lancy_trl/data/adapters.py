@@ -21,13 +21,15 @@ FORMATS = {
 
 
 def detect_format(columns: list[str], where: str) -> str:
-    for fmt, needed in FORMATS.items():
+    from lancy_trl.data.preferences import FORMATS as PAIRS
+
+    for fmt, needed in {**PAIRS, **FORMATS}.items():  # pairs first: a preference file may have a `prompt` column too
         if all(c in columns for c in needed):
             return fmt
     raise LancyError(
         f"{where} has columns {', '.join(columns) or '(none)'}; lancy reads `messages`, `prompt`+`completion`, "
-        "`instruction`+`input`+`output` or `text`. Rename the columns, or name a registry dataset with "
-        "--dataset NAME --data-files FILE (`lancy datasets list`)"
+        "`instruction`+`input`+`output` or `text` (and for `lancy dpo`, `prompt`+`chosen`+`rejected`). Rename the "
+        "columns, or name a registry dataset with --dataset NAME --data-files FILE (`lancy datasets list`)"
     )
 
 
@@ -211,6 +213,16 @@ def from_spec(row: dict[str, Any], spec: DatasetSpec, index: int | str, system_p
         values = {name: _text(r.get(column)) for name, column in spec.fields.items()}
         extra: dict[str, Any] = {}
         target: str
+        if spec.kind == "preference":  # a prompt and two answers (the label words, when the pairs come from them)
+            values["label_choices"] = ", ".join(spec.labels)
+            template = load_template(spec.template or "")
+            prompt = [_message("system", system_prompt or template["system"]),
+                      _message("user", render(template["user"], values))]
+            chosen, rejected = (_answer(r.get(spec.pair[k])) for k in ("chosen", "rejected"))
+            pair: dict[str, Any] = {"prompt": prompt, "chosen": [_message("assistant", chosen)],
+                                    "rejected": [_message("assistant", rejected)], "target": chosen}
+            out.append(pair)
+            continue
         if spec.kind == "classification":
             target, words = label_word(spec, r, index)
             values["label_choices"] = ", ".join(words)

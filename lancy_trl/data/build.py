@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lancy_trl.data import adapters
+from lancy_trl.data import adapters, preferences
 from lancy_trl.data.registry import DatasetSpec, lookup
 from lancy_trl.data.sources import CANONICAL, LOCAL_BUILDERS, Source, load_source, quiet
 from lancy_trl.errors import LancyError
@@ -32,7 +32,7 @@ class DataBundle:
     notes: list[str] = field(default_factory=list)  # things the user should know, printed when the run starts
     label_words: tuple[str, ...] = ()
     kind: str = "mixture"  # the task: a registry kind, one inferred from a local file, or "mixture"
-    canaries: list[dict[str, Any]] = field(default_factory=list)  # secrets planted in train (lancy_trl/canaries.py)
+    canaries: list[dict[str, Any]] = field(default_factory=list)  # secrets planted in train (lancy_trl/privacy/canaries.py)
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -62,9 +62,11 @@ def convert(rows: Any, spec: DatasetSpec | None, system_prompt: str | None, wher
         try:
             if spec is not None:
                 out.extend(adapters.from_spec(row, spec, locate(i), system_prompt))
+            elif fmt in preferences.FORMATS:
+                out.append(preferences.pair(row, fmt, system_prompt, locate(i)))
             else:
                 out.append(adapters.from_local(row, fmt or "", system_prompt, locate(i)))
-        except adapters.Skip as why:
+        except (adapters.Skip, preferences.Skip) as why:
             skipped[str(why)] += 1
     if not out:
         if required:
@@ -217,9 +219,10 @@ def _configs(args: Any) -> list[str | None]:
     return [None if c in ("None", "none", "") else c for c in configs]
 
 
-def build_data(args: Any, transform: Any = None) -> DataBundle:
+def build_data(args: Any, transform: Any = None, pairs: bool = False) -> DataBundle:
     """Train / eval / test chat datasets for a run: one dataset, or a mixture sampled by --mixture-rates.
-    `transform` rewrites each source's splits before they are mixed (pretraining: every row as plain text)."""
+    `transform` rewrites each source's splits before they are mixed (pretraining: every row as plain text);
+    preference pairs are refused unless `pairs` (`lancy dpo`)."""
     if not args.dataset:
         raise LancyError("no --dataset given; name a registry dataset (`lancy datasets list`) or a local file")
     configs = _configs(args)
@@ -232,7 +235,7 @@ def build_data(args: Any, transform: Any = None) -> DataBundle:
     if getattr(args, "redact_pii", False):  # before any other rewrite, so no value reaches the run directory
         transform = _redacting(transform, redacted)
     with quiet():
-        bundle = _assemble(sources, args, rates, transform)
+        bundle = _assemble(sources, args, rates, transform, pairs)
     if getattr(args, "redact_pii", False):
         bundle.stats["redacted"] = dict(redacted)
         what = ", ".join(f"{n} {kind}" for kind, n in redacted.most_common())
@@ -242,7 +245,7 @@ def build_data(args: Any, transform: Any = None) -> DataBundle:
 
 
 def _redacting(then: Any, counts: Counter) -> Any:
-    """A split rewrite that replaces personal and secret data first (lancy_trl/pii.py), then applies `then`."""
+    """A split rewrite that replaces personal and secret data first (lancy_trl/privacy/pii.py), then applies `then`."""
     from lancy_trl.privacy.pii import redact_rows
 
     def transform(ds: Any) -> Any:
@@ -252,7 +255,8 @@ def _redacting(then: Any, counts: Counter) -> Any:
     return transform
 
 
-def _assemble(sources: list[Source], args: Any, rates: list[float] | None, transform: Any = None) -> DataBundle:
+def _assemble(sources: list[Source], args: Any, rates: list[float] | None, transform: Any = None,
+              pairs: bool = False) -> DataBundle:
     names = [s.name for s in sources]
     if len(set(names)) != len(names):
         raise LancyError(f"a dataset is named twice in the mixture ({', '.join(names)}); give each one once")
@@ -260,6 +264,9 @@ def _assemble(sources: list[Source], args: Any, rates: list[float] | None, trans
     for source in sources:
         train, eval_, test, stats, source_notes = source_splits(source, args)
         stats = {**stats, "kind": task_kind(source.spec, train), "labels": list(label_words(source.spec, train))}
+        if stats["kind"] == "preference" and not pairs:
+            raise LancyError(f"{source.name} holds preference pairs: train on them with `lancy dpo --dataset "
+                             f"{source.given}` (this command learns from one answer a row)")
         if transform is not None:
             train, eval_, test = transform(train), transform(eval_), transform(test)
         trains.append(train)
@@ -306,15 +313,23 @@ def _concat(parts: list[Any]) -> Any:
 MAX_LABELS = 20  # a local file whose answers take at most this many short values is a classification task
 
 
-def infer_kind(rows: Any) -> str:
-    """The task of a generic local file: `pretraining` for text; `classification` when its answers form a small set
-    of short words (each used twice on average at least); else `qa`, scored by exact match and token F1."""
-    if "text" in rows.column_names:
-        return "pretraining"
-    targets = [str(t).strip() for t in rows["target"]]
+def few_words(targets: Any) -> tuple[str, ...]:
+    """The label words when a file's answers form a small set of short words (each used twice on average at least),
+    sorted; else ()."""
+    targets = [str(t).strip() for t in targets]
     distinct = set(targets)
     short = all(len(t.split()) <= 4 and len(t) <= 40 for t in distinct)
-    return "classification" if 2 <= len(distinct) <= MAX_LABELS and len(distinct) * 2 <= len(targets) and short else "qa"
+    return tuple(sorted(distinct)) if 2 <= len(distinct) <= MAX_LABELS and len(distinct) * 2 <= len(targets) and short else ()
+
+
+def infer_kind(rows: Any) -> str:
+    """The task of a generic local file: `pretraining` for text, `preference` for chosen/rejected pairs;
+    `classification` when its answers are a few short words; else `qa`, scored by exact match and token F1."""
+    if "text" in rows.column_names:
+        return "pretraining"
+    if "chosen" in rows.column_names:
+        return "preference"
+    return "classification" if few_words(rows["target"]) else "qa"
 
 
 def task_kind(spec: DatasetSpec | None, rows: Any) -> str:
@@ -322,13 +337,14 @@ def task_kind(spec: DatasetSpec | None, rows: Any) -> str:
 
 
 def label_words(spec: DatasetSpec | None, train: Any) -> tuple[str, ...]:
-    """The label set of a classification run: the entry's words, the options its rows carry (AdaptLLM), or the
-    answers a local file's rows take (sorted)."""
-    if task_kind(spec, train) != "classification":
+    """The label set of a classification run (or of preference pairs whose answers are label words): the entry's
+    words, the options its rows carry (AdaptLLM), or the answers a local file's rows take (sorted)."""
+    kind = task_kind(spec, train)
+    if kind not in ("classification", "preference"):
         return ()
     if spec is None:
-        return tuple(sorted({str(t).strip() for t in train["target"]}))
-    if spec.labels:
+        return few_words(train["target"]) if kind == "preference" else tuple(sorted({str(t).strip() for t in train["target"]}))
+    if spec.labels or kind == "preference":
         return spec.labels
     return tuple(dict.fromkeys(w for ws in train["choices"] for w in ws))
 

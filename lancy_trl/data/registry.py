@@ -15,7 +15,7 @@ from typing import Any
 
 from lancy_trl.errors import LancyError, did_you_mean
 
-KINDS = ("classification", "multiple_choice", "qa", "math", "code", "pretraining")
+KINDS = ("classification", "multiple_choice", "qa", "math", "code", "pretraining", "preference")
 LOADERS = ("hub", "script", "stream")
 CLEANERS = ("bytes_literal", "drop_empty_text", "qa_pairs_json", "drop_image")
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -32,6 +32,7 @@ class DatasetSpec:
     choices: dict[str, str] = field(default_factory=dict)  # options, answer, answer_is (index|letter)
     answer: str | None = None  # format string over source columns (qa / math / code)
     text: str | None = None  # pretraining: the text column
+    pair: dict[str, str] = field(default_factory=dict)  # preference: the chosen and rejected answers' columns
     hub_id: str | None = None
     hub_aliases: tuple[str, ...] = ()
     aliases: tuple[str, ...] = ()
@@ -59,7 +60,7 @@ class DatasetSpec:
     def columns(self) -> tuple[str, ...]:
         """Every source column the entry reads."""
         cols = list(self.fields.values())
-        cols += [c for c in (self.label.get("column"), self.label.get("options"), self.text) if c]
+        cols += [c for c in (self.label.get("column"), self.label.get("options"), self.text, *self.pair.values()) if c]
         cols += [self.choices[k] for k in ("options", "answer") if k in self.choices]
         if self.answer:
             import string

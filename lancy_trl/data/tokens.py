@@ -22,6 +22,7 @@ def fit(ds: Any, tokenizer: Any, max_length: int, kwargs: dict[str, Any], where:
     if ds is None:
         return None, {}
     text = "text" in ds.column_names
+    answers = [c for c in ("completion", "chosen", "rejected") if c in ds.column_names]
     keep: list[int] = []
     tokens: Counter = Counter()
     examples: Counter = Counter()
@@ -36,8 +37,10 @@ def fit(ds: Any, tokenizer: Any, max_length: int, kwargs: dict[str, Any], where:
             prompt_lengths = [0] * n
         else:
             prompt_lengths = [len(ids) for ids in encode_conversations(tokenizer, rows["prompt"], kwargs, True)]
-            full = [p + c for p, c in zip(rows["prompt"], rows["completion"])]
-            lengths = [len(ids) for ids in encode_conversations(tokenizer, full, kwargs, False)]
+            lengths = [0] * n
+            for column in answers:  # a preference pair: its longer answer must fit
+                full = [p + c for p, c in zip(rows["prompt"], rows[column])]
+                lengths = [max(a, len(b)) for a, b in zip(lengths, encode_conversations(tokenizer, full, kwargs, False))]
         for i in range(n):
             source = sources[start + i] if sources else "all"
             if prompt_lengths[i] >= max_length:

@@ -106,7 +106,11 @@ def _training_rows(run_info: dict[str, Any], run_dir: Path) -> list[dict]:
     else:
         from lancy_trl.data.build import build_data
 
-        data = build_data(config)
+        data = build_data(config, pairs=run_info.get("task") == "preference")
+        if run_info.get("task") == "preference" and "chosen" not in data.train.column_names:
+            from lancy_trl.data.preferences import from_labels  # pairs a dpo run made from a classification task
+
+            data.train = from_labels(data.train, tuple(run_info.get("labels", ())), config.seed)
     if data.stats.get("train_fingerprint") != run_info.get("data", {}).get("train_fingerprint"):
         raise LancyError(f"the training data of {run_dir} changed since it ran (fingerprint differs); its training rows "
                          "cannot be rebuilt")
@@ -154,7 +158,11 @@ def _dataset_rows(args: EvalArgs, run_info: dict[str, Any], run_dir: Path | None
                    f"{split} split of {name}", held, notes)
 
 
-def methods_for(kind: str, method: str) -> list[str]:
+def methods_for(kind: str, method: str, labels: Any = ()) -> list[str]:
+    """What a task is scored by: preference pairs by which answer is likelier (and, when their answers are label
+    words, as classification too); labels by score and generation; text by perplexity; free text by generation."""
+    if kind == "preference":
+        return ["preference"] + (methods_for("classification", method) if labels else [])
     if kind in ("classification", "multiple_choice"):
         return ["score", "generate"] if method == "both" else [method]
     if kind == "pretraining":
@@ -180,7 +188,7 @@ def evaluate_model(source: Any, args: EvalArgs, sets: list[EvalSet], console: An
     for es in sets:
         rows = [{**r, "prompt": fold_system(r["prompt"])} if fold and "prompt" in r else r for r in es.rows]
         out[es.name] = {}
-        for method in methods_for(es.kind, args.method):
+        for method in methods_for(es.kind, args.method, es.labels):
             with Progress(console=console, transient=True) as progress:
                 task = progress.add_task(f"{method} {es.name} {source.name}", total=len(rows))
                 advance = lambda n, t=task: progress.advance(t, n)  # noqa: E731
@@ -200,6 +208,12 @@ def _evaluate(loaded: Any, args: EvalArgs, kind: str, rows: list[dict], labels: 
     from lancy_trl.evaluation.metrics import classification_report
 
     model, tok = loaded.model, loaded.tokenizer
+    if method == "preference":
+        from lancy_trl.evaluation.preference import preference_report
+
+        return preference_report(model, tok, rows, args.batch_size, chat_kwargs, progress)
+    if kind == "preference":  # the pairs' prompts and right answers, scored as the classification they came from
+        kind = "classification"
     if kind == "pretraining":
         report = tasks.perplexity(model, tok, [r["text"] for r in rows], batch_size=args.batch_size)
         progress(len(rows))
@@ -268,7 +282,7 @@ def run_eval(args: EvalArgs, console: Any) -> dict[str, Any]:
     es = eval_rows(args, run_info, run_dir)
     sets = es.parts or [es]
     for part in sets:
-        methods_for(part.kind, args.method)  # a method the task cannot take stops here, before any model loads
+        methods_for(part.kind, args.method, part.labels)  # a method the task cannot take stops here, before any model loads
     if args.compare_base and run_info.get("base_model_path", source.path) == source.path and source.adapter is None:
         raise LancyError("--compare-base needs a fine-tuned model: pass a run directory or an adapter to --model")
     for note in es.notes:

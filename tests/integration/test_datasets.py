@@ -29,7 +29,8 @@ def test_preview_from_local_files_in_the_hub_schema(name, tmp_path):
             assert set(example) == {"text"} and example["text"]
             continue
         assert [m["role"] for m in example["prompt"]] == ["system", "user"]
-        assert example["completion"] == [{"role": "assistant", "content": example["target"]}]
+        answer = example["chosen"] if spec.kind == "preference" else example["completion"]
+        assert answer == [{"role": "assistant", "content": example["target"]}]
         if spec.kind == "classification":
             allowed = example.get("choices") or list(spec.labels)
             assert example["target"] in allowed
@@ -43,8 +44,10 @@ def test_preview_from_local_files_in_the_hub_schema(name, tmp_path):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_sft_trains_a_few_steps_on_every_entry(name, tmp_path, tiny_model):
+    """Every entry trains with its method: preference pairs with `lancy dpo`, the others with `lancy sft`."""
     files = write_sample(name, tmp_path)
-    result = lancy("sft", "--dataset", name, "--data-files", *files, "--model", tiny_model, "--max-steps", 2,
+    command = "dpo" if entries()[name].kind == "preference" else "sft"
+    result = lancy(command, "--dataset", name, "--data-files", *files, "--model", tiny_model, "--max-steps", 2,
                    "--batch-size", 2, "--eval-steps", 2, "--save-steps", 10, "--output-dir", tmp_path / "runs",
                    "--max-length", 512)
     assert result.exit_code == 0, result.output

@@ -3,7 +3,7 @@ its summary and what it records); the driver (lancy_trl/train/driver.py) runs ev
 CLI, `--resume` and the memory estimate read them here.
 
     method = get("sft")
-    result = driver.run(method, resolve(method.args, flags={"max_steps": 20}), console)
+    result = driver.run(method, driver.prepare(method, resolve(method.args, flags={"max_steps": 20}), {}), console)
 
 A new method is a module of this package that defines METHOD, and its line in REGISTRY.
 """
@@ -21,6 +21,7 @@ REGISTRY = {  # command -> the module that defines its METHOD, in the order `lan
     "sft": "lancy_trl.train.methods.sft",
     "pretrain": "lancy_trl.train.methods.pretrain",
     "grpo": "lancy_trl.train.methods.grpo",
+    "dpo": "lancy_trl.train.methods.dpo",
 }
 
 
