@@ -4,11 +4,14 @@
 
 Each kind has a candidate pattern and, where one exists, a well-kept validator that must accept it: IBANs by their
 checksum (python-stdnum), payment cards by Luhn and issuer prefix, US SSNs by stdnum's rules, phone numbers by
-phonenumbers' matcher at VALID leniency, IP addresses by the standard library. API keys and tokens are matched by the
-issuers' documented prefixes (AWS, GitHub, Slack, OpenAI, Google, Stripe, private keys), not by entropy, which flags
-ordinary words. Financial figures are left alone: amounts, dates, percentages, tickers, CUSIPs and ISINs, trade ids
-(no checksum, prefix or format of the kinds above fits them). Person names need a language model: not detected, and
-`lancy datasets scan` says so.
+phonenumbers' matcher at STRICT_GROUPING leniency (valid, and grouped as the country writes its numbers), IP
+addresses by the standard library. API keys and tokens are matched by the issuers' documented prefixes (AWS, GitHub,
+Slack, OpenAI, Google, Stripe, private keys), not by entropy, which flags ordinary words. Financial figures are left
+alone: amounts, dates, percentages, basis points, strikes, tickers, CUSIPs and ISINs pass no validator above, and a
+phone-shaped trade or order id is kept out by context (digits inside a longer token such as "TR-2025-118342", or
+just after an identifier's name: order, trade, ticket, invoice...). tests/data/ holds the finance-identifier corpus
+(nothing flagged) and the PII corpus (each kind found) this is measured on. Person names need a language model: not
+detected, and `lancy datasets scan` says so.
 """
 
 from __future__ import annotations
@@ -27,13 +30,17 @@ IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b"
 CARD = re.compile(r"(?<![\d-])(?:\d[ -]?){12,18}\d(?![\d-])")
 SSN = re.compile(r"(?<![\d-])\d{3}-\d{2}-\d{4}(?![\d-])")
 IPV4 = re.compile(r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?![\d.])")
-IPV6 = re.compile(r"(?<![\w:])(?:[0-9a-fA-F]{1,4}:){2,7}[0-9a-fA-F]{1,4}(?![\w:])")
+IPV6 = re.compile(r"(?<![\w:])[0-9a-fA-F]{0,4}(?::[0-9a-fA-F]{0,4}){2,7}(?![\w:])")  # "::" too; ipaddress decides
 API_KEY = re.compile(
     r"\b(?:AKIA[0-9A-Z]{16}|gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{40,}|xox[abposr]-[A-Za-z0-9-]{10,}"
     r"|sk-(?:proj-)?[A-Za-z0-9_-]{20,}|AIza[0-9A-Za-z_-]{35}|(?:sk|rk)_live_[0-9A-Za-z]{20,})\b"
     r"|-----BEGIN (?:RSA |EC |OPENSSH |DSA )?PRIVATE KEY-----"
 )
-VERSION = re.compile(r"(?:version|release|build|ver\.?|v)\s*$", re.IGNORECASE)
+VERSION = re.compile(r"\b(?:version|release|build|ver\.?|v)\s*$", re.IGNORECASE)
+ID_BEFORE = re.compile(  # a phone-shaped number named as a finance identifier
+    r"\b(?:order|trade|ticket|invoice|ref|reference|id|contract|deal|transaction|txn|batch|po|confirmation|cusip|"
+    r"isin|sedol|figi|lei|portfolio|loan|swap|block|series|quote|position|clearing member)\s*(?:id|no\.?|#)?\s*[:#]?\s*$",
+    re.IGNORECASE)
 CRYPTO = re.compile(r"\b(?:0x[0-9a-fA-F]{40}|bc1[02-9ac-hj-np-z]{25,87}|[13][1-9A-HJ-NP-Za-km-z]{25,34})\b")
 
 
@@ -91,9 +98,18 @@ def _candidates(text: str, region: str) -> list[Finding]:
     found += [Finding("api_key", m.start(), m.end(), m.group()) for m in API_KEY.finditer(text)]
     found += [Finding("crypto", m.start(), m.end(), m.group()) for m in CRYPTO.finditer(text)
               if m.group()[0] not in "13" or _base58check(m.group())]
-    for match in phonenumbers.PhoneNumberMatcher(text, region, leniency=phonenumbers.Leniency.VALID):
-        found.append(Finding("phone", match.start, match.end, match.raw_string))
+    for match in phonenumbers.PhoneNumberMatcher(text, region, leniency=phonenumbers.Leniency.STRICT_GROUPING):
+        if not _identifier(text, match.start, match.end):
+            found.append(Finding("phone", match.start, match.end, match.raw_string))
     return found
+
+
+def _identifier(text: str, start: int, end: int) -> bool:
+    """Digits a phone matcher accepts that are part of a finance identifier: glued into a longer token
+    ("TR-2025-118342", "2025-11-14-118342") or named as an order, trade, ticket... id just before."""
+    glued = (start > 0 and (text[start - 1].isalnum() or text[start - 1] in "-/_")) or \
+        (end < len(text) and (text[end].isalnum() or text[end] in "-/_"))
+    return glued or bool(ID_BEFORE.search(text[max(0, start - 40): start]))
 
 
 def scan(text: str, region: str = "US") -> list[Finding]:

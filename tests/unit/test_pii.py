@@ -1,8 +1,12 @@
 """The scanner finds planted personal and secret data and leaves financial figures alone."""
 
+from pathlib import Path
+
 import pytest
 
-from lancy_trl.privacy.pii import redact, scan
+from lancy_trl.privacy.pii import KINDS, redact, scan
+
+CORPORA = Path(__file__).parent.parent / "data"
 
 PLANTED = [  # (text, kind, the value)
     ("Contact jane.doe@examplebank.com for the wire.", "email", "jane.doe@examplebank.com"),
@@ -43,6 +47,27 @@ def test_planted_values_are_found_with_their_kind(text, kind, value):
 
 def test_financial_figures_are_not_findings():
     assert {text: scan(text) for text in FINANCE} == {text: [] for text in FINANCE}
+
+
+def test_the_finance_identifier_corpus_flags_nothing():
+    """Trade, order and invoice ids (phone-shaped ones too), ISINs, CUSIPs, SEDOLs, LEIs, amounts with separators,
+    dates, basis points and option strikes: no finding in any row."""
+    rows = (CORPORA / "finance_identifiers.txt").read_text().splitlines()
+    flagged = {row: [(f.kind, f.text) for f in scan(row)] for row in rows if scan(row)}
+    assert len(rows) >= 50 and flagged == {}
+
+
+def test_the_pii_corpus_finds_each_kind_in_each_row():
+    rows = [line.split("\t") for line in (CORPORA / "pii_corpus.tsv").read_text().splitlines()]
+    missed = {text: [f.kind for f in scan(text)] for kind, text in rows if [f.kind for f in scan(text)] != [kind]}
+    assert len(rows) >= 50 and {kind for kind, _ in rows} == set(KINDS) and missed == {}
+
+
+def test_phone_shaped_ids_are_kept_out_by_context_not_by_dropping_phones():
+    assert [f.kind for f in scan("Trade TR-2025-118342 for 1,250,000.00 USD settled T+2 on 2025-11-14.")] == []
+    assert [f.kind for f in scan("Trade id 2125550123 amended.")] == []
+    assert [f.text for f in scan("Her number is 212-555-0123, trade 4471 booked.")] == ["212-555-0123"]
+    assert [f.text for f in scan("Tel:2125550123")] == ["2125550123"]
 
 
 def test_checksums_and_validators_reject_look_alikes():
