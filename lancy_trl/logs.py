@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-LOGGERS = ("transformers", "trl", "peft", "lancy", "py.warnings")
+LOGGERS = ("transformers", "trl", "peft", "opacus", "lancy", "py.warnings")
 
 
 @contextmanager
@@ -31,8 +31,10 @@ def to_file(path: Path | None) -> Iterator[None]:
         handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     loggers = [logging.getLogger(name) for name in LOGGERS]
-    for logger in loggers:
+    propagating = [logger.propagate for logger in loggers]
+    for logger in loggers:  # not up to the root logger either, where a library may have put a terminal handler
         logger.addHandler(handler)
+        logger.propagate = False
     py_warnings = logging.getLogger("py.warnings")
     propagate, py_warnings.propagate = py_warnings.propagate, False
     logging.captureWarnings(True)
@@ -46,6 +48,7 @@ def to_file(path: Path | None) -> Iterator[None]:
         logging.captureWarnings(False)
         transformers.logging.enable_default_handler()
         py_warnings.propagate = propagate
-        for logger in loggers:
+        for logger, propagate in zip(loggers, propagating):
             logger.removeHandler(handler)
+            logger.propagate = propagate
         handler.close()
