@@ -255,7 +255,9 @@ def resolve(cls, yaml_values: dict[str, Any] | None = None, flags: dict[str, Any
     values.update({k: v for k, v in (flags or {}).items() if v is not None})
     if problems:
         raise LancyError("; ".join(problems))
-    args = cls(**values)
+    implied = cls.implied(values) if hasattr(cls, "implied") else {}  # defaults that follow from other settings
+    args = cls(**{**implied, **values})
+    args.implied = implied  # what lancy chose, for the run's summary
     validate(args)
     return args
 

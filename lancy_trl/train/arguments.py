@@ -167,12 +167,35 @@ def lora_config(args: Any, model: Any, info: dict[str, Any]) -> Any:
         return None
     from peft import LoraConfig
 
-    from lancy_trl.scale.moe import lora_targets
-
-    targets = args.lora_target_modules or lora_targets(model)
+    targets = target_modules(args, model)
     info["lora_target_modules"] = ",".join(targets)
     return LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
                       target_modules=targets, task_type="CAUSAL_LM")
+
+
+def target_modules(args: Any, model: Any) -> list[str]:
+    """--lora-target-modules, else every linear layer but the LM head; under --dp-epsilon the attention's query and
+    value projections where the model has them (few trained weights: less noise in all; privacy/dp.py RECIPE)."""
+    from lancy_trl.scale.moe import lora_targets
+
+    if args.lora_target_modules:
+        return list(args.lora_target_modules)
+    every = lora_targets(model)
+    if private(args):
+        from lancy_trl.privacy.dp import TARGETS
+
+        return [t for t in TARGETS if t in every] or every
+    return every
+
+
+def lora_size(args: Any, model: Any) -> int:
+    """The weights LoRA will train on `model`: r x (inputs + outputs) of each adapted linear layer (a LoRA run
+    continued: its adapter's own size)."""
+    if hasattr(model, "peft_config"):
+        return sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
+    targets = set(target_modules(args, model))
+    return sum(args.lora_r * (m.in_features + m.out_features) for name, m in model.named_modules()
+               if name.rsplit(".", 1)[-1] in targets and hasattr(m, "in_features"))
 
 
 def check_targets(targets: list[str], model: Any) -> None:

@@ -105,7 +105,7 @@ def test_dp_run_reports_epsilon_learns_and_resumes_to_the_same_result(tiny_model
     from tests.conftest import kill_after_first_checkpoint
 
     flags = ["--model", tiny_model, "--output-dir", tmp_path / "runs", "--eval-steps", 2, "--save-steps", 2,
-             "--max-examples", 64, "--max-steps", 4, "--dp-epsilon", 8, "--learning-rate", 1e-2]
+             "--max-examples", 64, "--max-steps", 4, "--dp-epsilon", 8, "--learning-rate", 1e-2, "--batch-size", 8]
     straight = sft(*flags, "--run-name", "straight")
     assert straight.exit_code == 0, straight.output
     assert "differentially private: epsilon 8" in straight.output and "privacy spent: epsilon" in straight.output

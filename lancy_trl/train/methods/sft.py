@@ -20,6 +20,16 @@ from lancy_trl.train.methods import Method
 class SFTArgs(ModelArgs, DataArgs, TrainArgs, RunArgs, CanaryArgs, DPArgs):
     """`lancy sft`: supervised fine-tuning with completion-only loss."""
 
+    @staticmethod
+    def implied(values: dict[str, Any]) -> dict[str, Any]:
+        """DP-SGD's own defaults under --dp-epsilon (lancy_trl/privacy/dp.py RECIPE), where no flag or YAML key set
+        them."""
+        if values.get("dp_epsilon") is None:
+            return {}
+        from lancy_trl.privacy.dp import RECIPE
+
+        return {k: v for k, v in RECIPE.items() if k not in values}
+
     def problems(self) -> list[str]:
         if self.dp_epsilon is None:
             return []
@@ -49,6 +59,11 @@ def prepare(r: Any) -> dict[str, Any]:
         plan = make_plan(args, len(data.train))
         r.state["dp"] = keep_plan(r.run_dir, plan) if r.checkpoint else plan
         record["dp"] = r.state["dp"].record()
+        from lancy_trl.privacy.dp import too_noisy
+
+        warning = too_noisy(r.state["dp"], arguments.lora_size(args, r.loaded.model), args.batch_size)
+        if warning:
+            r.console.print(f"[yellow]warning:[/] {warning}", highlight=False)
     return record
 
 
@@ -99,6 +114,11 @@ def describe(r: Any, trainer: Any) -> str:
                if config.per_device_train_batch_size < args.batch_size else ""))
     plan = r.state.get("dp")
     if plan is not None:
+        chosen = getattr(args, "implied", {})
+        if chosen:
+            text += ("\n  DP-SGD's defaults (any flag overrides): " + ", ".join(f"--{k.replace('_', '-')} {v:g}"
+                                                                             for k, v in chosen.items())
+                     + (f", LoRA on {info['lora_target_modules']}" if not args.lora_target_modules else ""))
         text += (f"\n  differentially private: epsilon {plan.epsilon:g} at delta {plan.delta:.2g} over {plan.steps} "
                  f"steps; Poisson batches of {args.batch_size} on average (q = {plan.sample_rate:.4g}), each "
                  f"example's gradient clipped to {plan.max_grad_norm:g}, noise x{plan.noise_multiplier:.3f}; "
