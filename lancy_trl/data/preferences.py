@@ -89,7 +89,7 @@ def pair(row: dict[str, Any], fmt: str, system: str | None, at: str) -> dict[str
     if prompt is None:  # the prompt is the conversations' shared start
         from trl.data_utils import extract_prompt
 
-        whole = {"chosen": _turns(chosen, at), "rejected": _turns(rejected, at)}
+        whole: dict[str, Any] = {"chosen": _turns(chosen, at), "rejected": _turns(rejected, at)}
         if not whole["chosen"] or not whole["rejected"]:
             raise Skip("empty or missing answer")
         if whole["chosen"] == whole["rejected"]:

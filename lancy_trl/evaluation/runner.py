@@ -62,7 +62,7 @@ def _run_rows(args: EvalArgs, run_info: dict[str, Any], run_dir: Path) -> EvalSe
         raise LancyError(f"{run_dir} trained on a mixture: score its training rows source by source with --dataset "
                          "NAME --data-files FILE --split train")
     if split == "train":
-        rows = _training_rows(run_info, run_dir)
+        rows = training_rows(run_info, run_dir)
         note = f"--split train: scoring rows {run_dir.name} trained on, not a held-out score"
         return EvalSet(name, kind, labels, _sample(rows, args.limit, args.seed), "train", "the run's training rows",
                        False, [note])
@@ -90,7 +90,7 @@ def _with_system(messages: list[dict], system: str) -> list[dict]:
     return [{"role": "system", "content": system}, *rest]
 
 
-def _training_rows(run_info: dict[str, Any], run_dir: Path) -> list[dict]:
+def training_rows(run_info: dict[str, Any], run_dir: Path) -> list[dict]:
     """The rows a run of any method trained on, rebuilt from its saved config by its task's reader (text for a
     pretraining run, chat rows otherwise); a changed source is said, not hidden."""
     from types import SimpleNamespace
