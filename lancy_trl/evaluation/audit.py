@@ -88,15 +88,20 @@ def run_audit(run: Path, opts: AuditOptions, console: Any) -> dict[str, Any]:
     from lancy_trl.evaluation.membership import roc
 
     attacks = {name: roc(s[:len(members)], s[len(members):], opts.bootstrap, opts.seed) for name, s in scores.items()}
+    strongest = max(attacks, key=lambda a: abs(attacks[a]["auc"] - 0.5))
     report = {"run": str(run), "model": "base" if opts.base else "run", "members": len(members),
               "non_members": len(others), "non_members_from": origin,
               "tokens": "text" if "text" in members[0] else "answer", "k": opts.k, "attacks": attacks,
-              "best": max(attacks, key=lambda a: abs(attacks[a]["auc"] - 0.5)), "verbatim": extraction,
+              "best": strongest, "verbatim": extraction,
               "canaries": canaries, "notes": notes, "options": asdict(opts)}
     path = run / ("audit-base.json" if opts.base else "audit.json")
     from lancy_trl.files import write_json
 
     write_json(path, report)
+    best = attacks[strongest]
+    summary = {"best": strongest, "auc": best["auc"], "auc_low": best["auc_low"], "auc_high": best["auc_high"],
+               "members": len(members), "file": path.name}
+    runs.update(run, audit={**(info.get("audit") or {}), report["model"]: summary})  # "run", and "base" for the control
     return {**report, "saved": str(path)}
 
 

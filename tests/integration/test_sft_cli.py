@@ -158,7 +158,7 @@ def test_local_prompt_completion_file(tiny_qwen, pc_file, tmp_path):
 
 def test_help_lists_every_command():
     result = runner.invoke(app, ["--help"])
-    for command in ("sft", "pretrain", "grpo", "eval", "datasets", "models"):
+    for command in ("sft", "pretrain", "grpo", "dpo", "eval", "audit", "runs", "chat", "export", "manifest", "datasets", "models"):
         assert command in result.output
 
 
