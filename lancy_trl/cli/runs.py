@@ -105,15 +105,20 @@ def show_run(run: Annotated[Path, typer.Argument(help="A run directory.")], json
 def compare(runs_: Annotated[list[Path], typer.Argument(help="Two or more run directories.")],
             json_out: JSON = False) -> None:
     """The runs' figures side by side, the best of each marked, and only the settings that differ."""
-    from rich.console import Console
-    from rich.table import Table
-
-    from lancy_trl.comparison import best_of, config_diff, figures_of
     from lancy_trl.errors import LancyError
 
     if len(runs_) < 2:
         raise LancyError("compare needs two or more run directories")
-    picked = [_run_dir(r) for r in runs_]
+    show_comparison([_run_dir(r) for r in runs_], json_out)
+
+
+def show_comparison(picked: list[Path], json_out: bool = False) -> None:
+    """The compare table of `picked` (also what a sweep ends with)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from lancy_trl.comparison import best_of, config_diff, figures_of
+
     figures = {r: figures_of(r) for r in picked}
     best, diff = best_of(figures), config_diff(picked)
     if json_out:

@@ -1,0 +1,62 @@
+"""`lancy sweep`: a 2x2 grid on the tiny model, killed -9 inside its second run, continued with `--resume`: the
+finished run is skipped, the killed one resumes from its checkpoint, the rest start, and the compare table ends it."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from tests.conftest import lancy
+
+GRID = ["--grid", "learning_rate=1e-3,1e-2", "max_steps=6,120"]  # the second run is long enough to be killed in
+
+
+def test_a_killed_sweep_continues_with_the_run_it_was_in(tiny_model, tmp_path):
+    out = tmp_path / "runs"
+    argv = ["sweep", "sft", *GRID, "--model", str(tiny_model), "--max-examples", "32", "--save-steps", "20",
+            "--eval-steps", "1000", "--output-dir", str(out), "--name", "grid"]
+    sweep = subprocess.Popen([sys.executable, "-m", "lancy_trl", *argv], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    second = out / "grid" / "learning_rate=1e-3+max_steps=120"
+    deadline = time.time() + 240
+    while not (second / "checkpoints" / "checkpoint-20" / "trainer_state.json").is_file():
+        assert sweep.poll() is None and time.time() < deadline, "the sweep ended before its second run checkpointed"
+        time.sleep(0.05)
+    os.kill(sweep.pid, signal.SIGKILL)
+    sweep.wait()
+    time.sleep(1)  # the run's process dies with the sweep (PR_SET_PDEATHSIG)
+    state = json.loads((second / "run.json").read_text())
+    assert state["status"] in ("running", "interrupted") and "model" not in os.listdir(second)
+
+    resumed = lancy("sweep", "--resume", out / "grid")
+    text = " ".join(resumed.output.split())
+    assert resumed.exit_code == 0, resumed.output
+    assert "[1/4] learning_rate=1e-3+max_steps=6: complete, skipped" in text
+    assert "[2/4] learning_rate=1e-3+max_steps=120: resuming" in text
+    assert "[3/4] learning_rate=1e-2+max_steps=6: starting" in text
+    assert "settings that differ" in text
+    for run in (out / "grid").iterdir():
+        if run.is_dir():
+            info = json.loads((run / "run.json").read_text())
+            assert info["status"] == "complete" and info["steps"] == info["config"]["max_steps"], run.name
+    again = lancy("sweep", "sft", *GRID, "--model", tiny_model, "--output-dir", out, "--name", "grid")
+    assert again.exit_code == 1 and "holds another sweep" in again.output  # its shared flags differ
+
+
+def test_sweep_mistakes_are_one_line_before_any_run(tiny_model, tmp_path):
+    cases = [
+        (["sft", "--grid", "learning_rat=1e-3"], "has no such setting; did you mean 'learning_rate'"),
+        (["sft", "--grid", "learning_rate"], "write KEY=VALUE1,VALUE2"),
+        (["sft", "--grid", "lora_r=four"], "lora_r"),
+        (["sft", "--grid", "learning_rate=-1"], "--learning-rate must be positive"),
+        (["sft", "--grid", "lora_r=4", "--no-such-flag"], "No such option"),
+        (["sft"], "a sweep needs a grid"),
+        (["--resume", tmp_path], "is not a sweep"),
+    ]
+    for args, words in cases:
+        result = lancy("sweep", *args, "--output-dir", tmp_path / "runs")
+        output = " ".join(result.output.split())
+        assert result.exit_code == 1 and output.startswith("error:") and words in output, (args, output)
+    assert not (tmp_path / "runs").exists()
