@@ -171,6 +171,9 @@ class DPArgs:
                                  group="Privacy")
     dp_max_grad_norm: float = opt(1.0, "Each example's gradient is clipped to this L2 norm before noise is added.",
                                   group="Privacy")
+    dp_train_lora_a: bool = opt(False, "Under --dp-epsilon, train LoRA's A matrices too (by default only the "
+                                "zero-initialised B matrices train, A keeping its random start: half the weights "
+                                "the noise lands on, FFA-LoRA).", group="Privacy")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -81,6 +81,7 @@ class Plan:
     steps: int
     noise_multiplier: float
     accountant: str = ACCOUNTANT
+    train_lora_a: bool = False  # False: LoRA's A matrices frozen at their random start (FFA-LoRA), B trained
 
     def spent(self, steps: int) -> float:
         """The epsilon `steps` steps of this plan spend, by opacus' accountant."""
@@ -128,7 +129,8 @@ def make_plan(args: Any, rows: int) -> Plan:
     except ValueError:  # opacus: "The privacy budget is too low."
         raise LancyError(f"--dp-epsilon {args.dp_epsilon} cannot be met over {steps} steps at delta {delta:.2g}: raise "
                          "--dp-epsilon or train fewer steps") from None
-    return Plan(args.dp_epsilon, delta, args.dp_max_grad_norm, rate, steps, float(sigma))
+    return Plan(args.dp_epsilon, delta, args.dp_max_grad_norm, rate, steps, float(sigma),
+                train_lora_a=args.dp_train_lora_a)
 
 
 def noise_to_signal(plan: Plan, weights: int, batch: int) -> float:

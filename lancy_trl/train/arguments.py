@@ -189,12 +189,13 @@ def target_modules(args: Any, model: Any) -> list[str]:
 
 
 def lora_size(args: Any, model: Any) -> int:
-    """The weights LoRA will train on `model`: r x (inputs + outputs) of each adapted linear layer (a LoRA run
-    continued: its adapter's own size)."""
+    """The weights LoRA will train on `model`: r x (inputs + outputs) of each adapted linear layer, r x outputs when
+    a private run trains B alone (a LoRA run continued: its adapter's own size)."""
     if hasattr(model, "peft_config"):
         return sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
     targets = set(target_modules(args, model))
-    return sum(args.lora_r * (m.in_features + m.out_features) for name, m in model.named_modules()
+    a_too = not private(args) or args.dp_train_lora_a  # a private run trains B alone unless asked
+    return sum(args.lora_r * (m.in_features * a_too + m.out_features) for name, m in model.named_modules()
                if name.rsplit(".", 1)[-1] in targets and hasattr(m, "in_features"))
 
 

@@ -24,6 +24,11 @@ class DPTrainer(LancySFTTrainer):
             raise LancyError("--dp-epsilon runs in one process without DeepSpeed or FSDP: drop --num-processes")
         self.dp = dp
         self.dp_hooks: Any = None
+        if not dp.train_lora_a:  # FFA-LoRA (Sun et al. 2024): A stays at its random start, so noise cannot move it
+            model: Any = self.model
+            for name, p in model.named_parameters():
+                if "lora_A" in name:
+                    p.requires_grad_(False)
 
     def get_train_dataloader(self) -> Any:
         """Each batch a Poisson sample of the rows (opacus' sampler, seeded); an empty draw is an empty batch, which

@@ -32,8 +32,9 @@ def test_a_private_run_adapts_the_query_and_value_projections_where_the_model_ha
     q = model.model.layers[0].self_attn.q_proj
     layers = len(model.model.layers)
     v = model.model.layers[0].self_attn.v_proj
-    expected = 4 * layers * (q.in_features + q.out_features + v.in_features + v.out_features)
-    assert lora_size(resolve(SFTArgs, flags={"dp_epsilon": 8}), model) == expected
+    both = 4 * layers * (q.in_features + q.out_features + v.in_features + v.out_features)
+    assert lora_size(resolve(SFTArgs, flags={"dp_epsilon": 8, "dp_train_lora_a": True}), model) == both
+    assert lora_size(resolve(SFTArgs, flags={"dp_epsilon": 8}), model) == 4 * layers * (q.out_features + v.out_features)
 
 
 @pytest.mark.parametrize("sigma, weights, batch, warned", [

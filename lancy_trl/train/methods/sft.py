@@ -122,6 +122,7 @@ def describe(r: Any, trainer: Any) -> str:
         text += (f"\n  differentially private: epsilon {plan.epsilon:g} at delta {plan.delta:.2g} over {plan.steps} "
                  f"steps; Poisson batches of {args.batch_size} on average (q = {plan.sample_rate:.4g}), each "
                  f"example's gradient clipped to {plan.max_grad_norm:g}, noise x{plan.noise_multiplier:.3f}; "
+                 + ("" if plan.train_lora_a else "LoRA's B matrices trained, A frozen at its random start; ") +
                  "packing, shared prefixes and lean activations off")
     return text
 
