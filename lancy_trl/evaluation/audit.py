@@ -32,6 +32,7 @@ def audit_rows(run: Path, info: dict[str, Any], opts: AuditOptions) -> tuple[lis
     from lancy_trl.evaluation.membership import balanced
     from lancy_trl.evaluation.runner import training_rows
 
+    notes: list[str] = []
     if opts.data_files:
         others, origin = _file_rows(run, info, opts.data_files), opts.data_files
     else:
@@ -39,18 +40,40 @@ def audit_rows(run: Path, info: dict[str, Any], opts: AuditOptions) -> tuple[lis
         if not held:
             raise LancyError(f"{run} held out no rows to compare its training rows with: pass --data-files FILE with "
                              "rows it never saw (the same format as its training data)")
-        others = [json.loads(line) for split in held.values()
-                  for line in (run / split["file"]).read_text().splitlines() if line.strip()]
-        origin = "the run's held-out rows (" + ", ".join(held) + ")"
+        others, origin, note = _held_out(run, held)
+        notes += [note] if note else []
     members = training_rows(info, run)
     seen = {_key(r) for r in members}
     fresh = [r for r in others if _key(r) not in seen]
-    notes = [f"{len(others) - len(fresh)} non-member rows dropped: the same as a training row"] if len(fresh) < len(others) else []
+    if len(fresh) < len(others):
+        notes.append(f"{len(others) - len(fresh)} non-member rows dropped: the same as a training row")
     if len(fresh) < 2 or len(members) < 2:
         raise LancyError(f"an audit needs at least 2 training rows and 2 unseen rows ({len(members)} and {len(fresh)} "
                          "here): pass --data-files with more unseen rows")
     members, fresh = balanced(members, fresh, opts.limit, opts.seed)
     return members, fresh, origin, notes
+
+
+SAME_SOURCE = 20  # held-out rows drawn from the training split that are enough to audit on alone
+
+
+def _held_out(run: Path, held: dict[str, Any]) -> tuple[list[dict], str, str | None]:
+    """The run's held-out rows: those drawn from its training split alone when there are enough (rows of another
+    split can differ from the training rows, and a shift reads as an AUC away from 0.5 without any leak), else all
+    of them, said."""
+    def rows(split: str) -> list[dict]:
+        return [json.loads(line) for line in (run / held[split]["file"]).read_text().splitlines() if line.strip()]
+
+    same = [s for s, v in held.items() if "held out" in str(v.get("from", ""))]
+    if same and sum(held[s]["rows"] for s in same) >= SAME_SOURCE:
+        other = [s for s in held if s not in same]
+        note = (f"non-members from the rows held out of the training split only ({', '.join(same)}); the "
+                f"{', '.join(other)} split is left out (another split can differ from the training rows)") if other else None
+        return [r for s in same for r in rows(s)], f"the run's held-out rows ({', '.join(same)})", note
+    note = None if same == list(held) else ("non-members include rows of another split than the training rows: a "
+                                            "difference between splits reads as an AUC away from 0.5; pass "
+                                            "--data-files with rows drawn like the training rows to rule it out")
+    return [r for s in held for r in rows(s)], "the run's held-out rows (" + ", ".join(held) + ")", note
 
 
 def _key(row: dict[str, Any]) -> str:
@@ -88,7 +111,7 @@ def run_audit(run: Path, opts: AuditOptions, console: Any) -> dict[str, Any]:
     from lancy_trl.evaluation.membership import roc
 
     attacks = {name: roc(s[:len(members)], s[len(members):], opts.bootstrap, opts.seed) for name, s in scores.items()}
-    strongest = max(attacks, key=lambda a: abs(attacks[a]["auc"] - 0.5))
+    strongest = max(attacks, key=lambda a: attacks[a]["auc"])  # each scores members higher: the best reads highest
     report = {"run": str(run), "model": "base" if opts.base else "run", "members": len(members),
               "non_members": len(others), "non_members_from": origin,
               "tokens": "text" if "text" in members[0] else "answer", "k": opts.k, "attacks": attacks,
