@@ -1,6 +1,6 @@
 """Every training method of the registry makes runs that the same commands continue, score, hand over and check:
 killed -9 mid-run then `--resume latest`, `lancy eval` on its held-out rows and on the rows it trained on, `lancy
-export`, and `lancy manifest --verify`."""
+audit`, `lancy export`, and `lancy manifest --verify`."""
 
 import json
 import signal
@@ -32,6 +32,11 @@ def test_every_methods_runs_resume_score_export_and_verify_alike(name, tiny_mode
     assert report["rows"] > 0 and report["model"], report
     trained = lancy("eval", "--model", run, "--split", "train", "--limit", 8, "--json")
     assert trained.exit_code == 0 and "not a held-out score" in trained.output, trained.output
+    audited = lancy("audit", run, "--limit", 4, "--bootstrap", 20, "--json")
+    assert audited.exit_code == 0, audited.output
+    audit = json.loads(audited.stdout.strip().splitlines()[-1])
+    assert audit["members"] == audit["non_members"] == 4 and len(audit["attacks"]) == 5
+    assert audit["tokens"] == ("text" if name == "pretrain" else "answer")
     exported = lancy("export", run)
     assert exported.exit_code == 0 and (run / "export" / "merged" / "model.safetensors").is_file(), exported.output
     verified = lancy("manifest", run, "--verify")
