@@ -34,6 +34,7 @@ ACCOUNTANT = "prv"  # opacus' default: the tightest of its accountants
 # on finsent in the README (privacy section). A batch of 32 is one step's Poisson sample, computed whole.
 RECIPE: dict[str, Any] = {"batch_size": 32, "learning_rate": 3e-3, "lora_r": 4, "num_train_epochs": 4.0}
 TARGETS = ("q_proj", "v_proj")
+CEILING = 100.0  # a noise multiplier past any run that learns: a budget this noise cannot meet is refused at once
 NOISY = 12.0  # noise-to-signal above which finsent runs learned nothing: 18 (epsilon 1) and 122 did; 5.8-9.2 learned
 
 
@@ -121,14 +122,18 @@ def make_plan(args: Any, rows: int) -> Plan:
                          f"{args.batch_size}): lower --batch-size or add data")
     rate, steps = args.batch_size / rows, planned_steps(args, rows)
     delta = args.dp_delta if args.dp_delta is not None else 1 / rows
+    unreachable = LancyError(f"--dp-epsilon {args.dp_epsilon} cannot be met over {steps} steps at delta {delta:.2g}: "
+                             "raise --dp-epsilon or train fewer steps")
+    ceiling = Plan(args.dp_epsilon, delta, args.dp_max_grad_norm, rate, steps, CEILING)
+    if ceiling.spent(steps) > args.dp_epsilon:  # one accountant call, not opacus' search up to noise x1e6
+        raise unreachable
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             sigma = get_noise_multiplier(target_epsilon=args.dp_epsilon, target_delta=delta, sample_rate=rate,
                                          steps=steps, accountant=ACCOUNTANT)
     except ValueError:  # opacus: "The privacy budget is too low."
-        raise LancyError(f"--dp-epsilon {args.dp_epsilon} cannot be met over {steps} steps at delta {delta:.2g}: raise "
-                         "--dp-epsilon or train fewer steps") from None
+        raise unreachable from None
     return Plan(args.dp_epsilon, delta, args.dp_max_grad_norm, rate, steps, float(sigma),
                 train_lora_a=args.dp_train_lora_a)
 
