@@ -57,6 +57,13 @@ def create(parent: str | Path, name: str) -> Path:
     raise LancyError(f"too many runs named {name} in {parent}; pass --run-name")
 
 
+def require(run: Path, hint: str = "pass the folder a run made") -> Path:
+    """`run` when it is a run directory (it has run.json); else one line naming it and `hint`."""
+    if not (run / RUN_FILE).is_file():
+        raise LancyError(f"{run} is not a lancy run directory (no {RUN_FILE}); {hint}")
+    return run
+
+
 def read(run_dir: Path) -> dict[str, Any]:
     """run.json, with the status a dead owner leaves (`running` from a killed process) shown as `interrupted`."""
     info = json.loads((run_dir / RUN_FILE).read_text())
@@ -245,9 +252,7 @@ def find_resume(resume: str, run_dir: str | None, output_dir: str, command: str 
             raise LancyError(f"no resumable run in {output_dir}/{newest}; start one with `lancy {command}` or pass "
                              "--run-dir")
     else:
-        run = Path(run_dir)
-        if not (run / RUN_FILE).is_file():
-            raise LancyError(f"{run} is not a lancy run directory (no {RUN_FILE}); pass the folder `lancy sft` made")
+        run = require(Path(run_dir), f"pass the folder `lancy {command}` made")
         if (why := why_not_resumable(run, command)) is not None:
             raise LancyError(why)
     return run, checkpoint or complete_checkpoints(run)[-1]

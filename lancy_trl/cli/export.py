@@ -32,8 +32,7 @@ def export(
     from lancy_trl.export import get
     from lancy_trl.export.gguf import QUANTS
 
-    if not (run / runs.RUN_FILE).is_file():
-        raise LancyError(f"{run} is not a lancy run directory (no {runs.RUN_FILE}); pass the folder a run made")
+    runs.require(run)
     exporter = get(format)
     if exporter.quantized and quant not in QUANTS:
         raise LancyError(f"--quant {quant}: GGUF export writes {', '.join(QUANTS)} (K-quants need llama.cpp's compiled "

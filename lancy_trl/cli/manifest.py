@@ -26,8 +26,7 @@ def manifest_(
     from lancy_trl.errors import LancyError
     from lancy_trl.privacy import manifest
 
-    if not (run / runs.RUN_FILE).is_file():
-        raise LancyError(f"{run} is not a lancy run directory (no {runs.RUN_FILE}); pass the folder a run made")
+    runs.require(run)
     if not verify:
         path = run / manifest.MANIFEST
         if not path.is_file():

@@ -25,11 +25,8 @@ JSON = Annotated[bool, typer.Option("--json", help="JSON on stdout.")]
 
 def _run_dir(run: Path) -> Path:
     from lancy_trl import runs
-    from lancy_trl.errors import LancyError
 
-    if not (run / runs.RUN_FILE).is_file():
-        raise LancyError(f"{run} is not a lancy run directory (no {runs.RUN_FILE}); `lancy runs list` shows the runs")
-    return run
+    return runs.require(run, "`lancy runs list` shows the runs")
 
 
 @runs_app.command("list")

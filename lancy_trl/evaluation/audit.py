@@ -96,9 +96,7 @@ def _file_rows(run: Path, info: dict[str, Any], path: str) -> list[dict]:
 def run_audit(run: Path, opts: AuditOptions, console: Any) -> dict[str, Any]:
     from lancy_trl import logs
 
-    if not (run / runs.RUN_FILE).is_file():
-        raise LancyError(f"{run} is not a lancy run directory (no {runs.RUN_FILE}); pass the folder a run made")
-    info = runs.read(run)
+    info = runs.read(runs.require(run))
     if info.get("status") != "complete":
         raise LancyError(f"{run} is {info.get('status', 'unfinished')}: audit a complete run (resume it with "
                          f"`lancy {info.get('command', 'sft')} --resume {run}`)")
