@@ -16,7 +16,8 @@ from typing import Any
 from lancy_trl import runs
 
 HIGHER = ("accuracy", "macro_f1", "mcc", "f1", "exact_match", "margin", "score_accuracy", "score_macro_f1")
-LOWER = ("loss", "perplexity", "ece", "invalid_rate", "seconds", "memory_gb", "auc")  # AUC: nearer chance, less leaked
+LOWER = ("loss", "perplexity", "ece", "invalid_rate", "seconds", "memory_gb")
+CHANCE = ("auc",)  # a membership attack's AUC: best nearest 0.5 (chance), whichever side
 NOT_SETTINGS = {"run_dir", "run_name", "output_dir", "resume", "config"}  # where a run went, not how it trained
 SKIPPED = ("runtime", "per_second", "num_tokens")  # timing noise in the Trainer's eval records
 
@@ -95,8 +96,10 @@ def figures_of(run: Path) -> dict[str, float]:
 
 
 def direction(name: str) -> int:
-    """+1 when higher is better, -1 when lower is, 0 when neither (the figure is shown, not ranked)."""
+    """+1 when higher is better, -1 when lower is, 2 when nearest 0.5 is, 0 when neither (shown, not ranked)."""
     last = name.split(" (")[0].split()[-1]
+    if last in CHANCE:
+        return 2
     if last in HIGHER or any(last.endswith(h) for h in HIGHER):
         return 1
     if any(last.endswith(low) for low in LOWER):
@@ -113,8 +116,9 @@ def best_of(figures: dict[Path, dict[str, float]]) -> dict[str, list[Path]]:
         sign = direction(name)
         if len(have) < 2 or sign == 0 or len(set(have.values())) == 1:
             continue
-        top = max(sign * v for v in have.values())
-        out[name] = [r for r, v in have.items() if sign * v == top]
+        ranked = {r: -abs(v - 0.5) if sign == 2 else sign * v for r, v in have.items()}
+        top = max(ranked.values())
+        out[name] = [r for r, v in ranked.items() if v == top]
     return out
 
 

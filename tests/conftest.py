@@ -24,6 +24,21 @@ WORDS = (
 ).split()
 
 
+def pytest_xdist_auto_num_workers(config):
+    """`-n auto`: one worker a core, at most 4 (the tests start processes of their own: more would contend)."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+SLOW_FIRST = ("test_distributed.py", "test_sweep.py", "test_faults.py", "test_export_gguf.py", "test_dp.py",
+              "test_datasets.py", "test_network.py", "test_audit.py", "test_methods.py")  # the longest files
+
+
+def pytest_collection_modifyitems(config, items):
+    """The longest test files first, so that with two workers none of them is left running alone at the end."""
+    rank = {name: i for i, name in enumerate(SLOW_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
 def build_tokenizer(pad: bool = False):
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast

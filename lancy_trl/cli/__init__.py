@@ -64,7 +64,7 @@ def training_console(args: Any, command: str) -> Any:
     return Console(soft_wrap=True, quiet=not distributed.is_main())  # paths and commands printed whole, never wrapped
 
 
-COMMANDS = ("train", "sweep", "eval", "audit", "runs", "chat", "export", "manifest", "configs", "datasets", "models")
+COMMANDS = ("train", "sweep", "eval", "audit", "runs", "report", "chat", "export", "manifest", "configs", "datasets", "models")
 
 
 def _register() -> None:

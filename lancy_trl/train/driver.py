@@ -262,6 +262,7 @@ def report_data(r: Run) -> None:
         r.console.print(f"[yellow]note:[/] {note}", highlight=False)
     tokens = r.report.get("train_tokens")
     if not isinstance(tokens, dict):  # streamed: counted as it goes
+        runs.update(r.run_dir, data={**r.data.stats, **r.report, "notes": r.data.notes})
         return
     mixture = r.data.stats.get("mixture")
     if mixture:
@@ -282,7 +283,7 @@ def report_data(r: Run) -> None:
         r.writer.add_text("data/mixture", "\n".join(lines), 0)
     r.writer.add_scalar("data/train_tokens", sum(tokens["tokens"].values()), 0)
     r.writer.add_scalar("data/train_examples", sum(tokens["examples"].values()), 0)
-    runs.update(r.run_dir, data={**r.data.stats, **r.report})
+    runs.update(r.run_dir, data={**r.data.stats, **r.report, "notes": r.data.notes})
 
 
 def facts(r: Run, trainer: Any) -> None:

@@ -49,10 +49,10 @@ def test_two_processes_under_zero2_make_one_run_that_matches_one_process_and_res
     """DeepSpeed ZeRO-2 on gloo, 2 processes x 4 examples, against 1 plain process x 8 (plain DDP: the pretrain and
     grpo tests below)."""
     pytest.importorskip("deepspeed")  # CI installs it (`pip install --no-build-isolation deepspeed`)
-    from tests.conftest import kill_after_first_checkpoint
+    from tests.conftest import kill_after_first_checkpoint, sft
 
-    one = lancy("sft", *common, "--batch-size", 8, "--run-name", "one")
-    assert one.returncode == 0, one.stderr
+    one = sft(*common, "--batch-size", 8, "--run-name", "one")  # the one-process reference, in this process
+    assert one.exit_code == 0, one.output
     two = lancy("sft", *common, "--batch-size", 4, "--num-processes", 2, "--deepspeed", "zero2", "--run-name", "two")
     assert two.returncode == 0, two.stdout + two.stderr
     assert "Launching 2 processes" in two.stdout

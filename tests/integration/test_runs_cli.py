@@ -1,10 +1,15 @@
-"""`lancy runs`: three runs of the demo at different learning rates and one failed run, listed, shown, compared
-(the best marked, only the learning rate as a difference) and cleaned (the failed one only)."""
+"""`lancy runs` and `lancy report`: three runs of the demo at different learning rates and one failed run, listed,
+shown, compared (the best marked, only the learning rate as a difference), drawn as HTML pages opened in headless
+Chromium (every plot drawn, no request made) and cleaned (the failed one only)."""
 
 import json
+import os
+import re
+import shutil
 
 import pytest
 
+from tests.browser import render
 from tests.conftest import lancy, sft
 
 RATES = ("1e-3", "3e-3", "1e-2")
@@ -63,6 +68,55 @@ def test_show_reads_one_run_and_mistakes_are_one_line(folder, tmp_path):
     for args in (["show", tmp_path], ["compare", folder / "lr1e-3"]):
         result = lancy("runs", *args)
         assert result.exit_code == 1 and result.output.startswith("error:") and "Traceback" not in result.output
+
+
+def own_requests(seen, page):
+    return [url for url in seen.requests if url != page.resolve().as_uri()]
+
+
+def test_report_pages_open_offline_with_every_plot_drawn(folder, tmp_path):
+    runs = [folder / f"lr{rate}" for rate in RATES]
+    assert lancy("report", runs[0]).exit_code == 0
+    compared = lancy("report", *runs, folder / "broken", "--output", tmp_path / "compare.html")
+    assert compared.exit_code == 0, compared.output
+    for page, least in ((runs[0] / "report.html", 4), (tmp_path / "compare.html", 14)):
+        html = page.read_text()
+        assert "<script" not in html and not re.search(r'(src|href)="(?!#)|url\((?!#)|@import', html)
+        seen = render(page, tmp_path / "browser")
+        assert own_requests(seen, page) == []
+        assert len(seen.figures) >= least, seen.figures
+        assert all(f["width"] > 100 and f["height"] > 100 and f["data"] and f["drawn"] == f["data"]
+                   for f in seen.figures), seen.figures
+        from PIL import Image
+
+        colours = Image.open(seen.png).convert("RGB").getcolors(maxcolors=1 << 20)
+        assert colours and len(colours) > 50  # plots and text drawn, not a blank page
+        if os.environ.get("LANCY_TEST_ARTIFACTS"):  # the README's screenshot is made the same way
+            shutil.copy(seen.png, os.environ["LANCY_TEST_ARTIFACTS"])
+    page = (tmp_path / "compare.html").read_text()
+    assert "confusion (score)" in page and "boom" in page
+    differ = page.split("Settings that differ")[1].split("</table>")[0]
+    assert re.findall(r"<tr><td>(\w+)</td>", differ) == ["learning_rate"]
+    assert 'class="n best"' in page
+
+
+def test_the_browser_check_sees_a_request_and_an_empty_plot(tmp_path):
+    """The control: a page that loads a remote image, and a figure that draws nothing, are both caught."""
+    page = tmp_path / "probe.html"
+    page.write_text('<html><body><img src="http://lancy-probe.invalid/x.png"><figure><svg width="200" height="200">'
+                    '<g class="plot-data"></g></svg></figure></body></html>')
+    seen = render(page, tmp_path / "browser")
+    assert own_requests(seen, page) == ["http://lancy-probe.invalid/x.png"]
+    assert seen.figures == [{"width": 200, "height": 200, "data": 1, "drawn": 0}]
+
+
+def test_report_mistakes_are_one_line(folder, tmp_path):
+    for args in ([tmp_path], [folder / "lr1e-3", "--output", tmp_path / "missing" / "r.html"],
+                 [folder / "lr1e-3", folder / "lr1e-3"], [folder / "lr1e-3", "--output", tmp_path]):
+        result = lancy("report", *args)
+        assert result.exit_code == 1 and result.output.startswith("error:") and "Traceback" not in result.output
+        assert len(result.output.strip().splitlines()) == 1, result.output
+    assert not (tmp_path / "missing").exists()
 
 
 def test_clean_names_the_failed_run_first_and_deletes_only_it(folder):

@@ -10,18 +10,18 @@ import time
 
 from tests.conftest import lancy
 
-GRID = ["--grid", "learning_rate=1e-3,1e-2", "max_steps=6,120"]  # the second run is long enough to be killed in
+GRID = ["--grid", "learning_rate=1e-3,1e-2", "max_steps=6,60"]  # the second run is long enough to be killed in
 
 
 def test_a_killed_sweep_continues_with_the_run_it_was_in(tiny_model, tmp_path):
     out = tmp_path / "runs"
-    argv = ["sweep", "sft", *GRID, "--model", str(tiny_model), "--max-examples", "32", "--save-steps", "20",
+    argv = ["sweep", "sft", *GRID, "--model", str(tiny_model), "--max-examples", "32", "--save-steps", "10",
             "--eval-steps", "1000", "--output-dir", str(out), "--name", "grid"]
     sweep = subprocess.Popen([sys.executable, "-m", "lancy_trl", *argv], stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
-    second = out / "grid" / "learning_rate=1e-3+max_steps=120"
+    second = out / "grid" / "learning_rate=1e-3+max_steps=60"
     deadline = time.time() + 240
-    while not (second / "checkpoints" / "checkpoint-20" / "trainer_state.json").is_file():
+    while not (second / "checkpoints" / "checkpoint-10" / "trainer_state.json").is_file():
         assert sweep.poll() is None and time.time() < deadline, "the sweep ended before its second run checkpointed"
         time.sleep(0.05)
     os.kill(sweep.pid, signal.SIGKILL)
@@ -34,7 +34,7 @@ def test_a_killed_sweep_continues_with_the_run_it_was_in(tiny_model, tmp_path):
     text = " ".join(resumed.output.split())
     assert resumed.exit_code == 0, resumed.output
     assert "[1/4] learning_rate=1e-3+max_steps=6: complete, skipped" in text
-    assert "[2/4] learning_rate=1e-3+max_steps=120: resuming" in text
+    assert "[2/4] learning_rate=1e-3+max_steps=60: resuming" in text
     assert "[3/4] learning_rate=1e-2+max_steps=6: starting" in text
     assert "settings that differ" in text
     for run in (out / "grid").iterdir():
