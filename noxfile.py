@@ -17,11 +17,11 @@ def tests(session: nox.Session) -> None:
     session.run("pytest", *session.posargs)
 
 
-@nox.session
+@nox.session(default=False)
 def fast(session: nox.Session) -> None:
-    """Only the fast tests: unit and integration, no real model."""
+    """The development loop (under a minute): the unit tests in this process, none that starts processes."""
     install(session)
-    session.run("pytest", "-m", "not e2e", *session.posargs)
+    session.run("pytest", "tests/unit", "-n", "0", "-m", "not slow and not e2e", *session.posargs)
 
 
 @nox.session

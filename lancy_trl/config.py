@@ -127,6 +127,10 @@ class TrainArgs:
     save_total_limit: int = opt(2, "Keep at most this many checkpoints.", group="Logging")
     save_minutes: float = opt(10.0, "Also save a checkpoint after this many minutes of training since the last one "
                               "(0: steps only), so a killed run loses minutes.", group="Logging")
+    report_to: list[str] = opt(["tensorboard"], "Trackers to log to, through the Trainer's integrations: tensorboard "
+                               "(into the run), mlflow (an SQLite database in the run unless MLFLOW_TRACKING_URI is "
+                               "set), trackio (a database beside the runs unless TRACKIO_DIR is set), none.",
+                               group="Logging")
 
 
 @dataclass

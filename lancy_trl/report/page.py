@@ -70,7 +70,8 @@ def curves(run: Path, logged: dict[str, list[tuple[float, float]]]) -> str:
     """Training and eval loss over steps, and every other eval figure over steps."""
     loss = {name: logged[tag] for name, tag in (("training", "train/loss"), ("eval", "eval/loss")) if tag in logged}
     if not loss:
-        return '<p class="muted">No training curves: the run logged no losses to TensorBoard.</p>'
+        return ('<p class="muted">No training curves: the run wrote no TensorBoard events (it ran with --report-to '
+                'without tensorboard, or stopped before its first log).</p>')
     out = [figure(plots.lines(loss, "loss", "step"))]
     evals = {t.removeprefix("eval/"): v for t, v in logged.items()
              if t.startswith("eval/") and t != "eval/loss" and not any(s in t for s in TIMING)}

@@ -13,6 +13,7 @@ from typing import Any
 
 from lancy_trl.errors import LancyError
 from lancy_trl.scale import engines
+from lancy_trl.train import trackers
 
 
 def default_packing(attention: str) -> bool:
@@ -96,6 +97,7 @@ def trainer_arguments(args: Any, run_dir: Path, info: dict[str, Any]) -> dict[st
     micro, accumulation = micro_batches(args)
     return dict(
         output_dir=str(run_dir / "checkpoints"),
+        run_name=run_dir.name,  # what --report-to's trackers call the run
         per_device_train_batch_size=micro,
         gradient_accumulation_steps=accumulation,
         max_steps=args.max_steps,
@@ -115,12 +117,12 @@ def trainer_arguments(args: Any, run_dir: Path, info: dict[str, Any]) -> dict[st
         save_strategy="steps",
         save_steps=args.save_steps,
         save_total_limit=args.save_total_limit,
-        report_to="none",  # lancy adds its own TensorBoard callback, writing into the run directory
         disable_tqdm=True,
         dataloader_num_workers=0,
         router_aux_loss_coef=getattr(args, "router_aux_loss_coef", None),  # MoE: TRL adds, weights and logs it
         ddp_find_unused_parameters=bool(info.get("experts")),  # dense: every trained weight has a gradient each step
         **engine_arguments(args),
+        **trackers.trainer_fields(args),  # lancy adds its own TensorBoard callback, writing into the run
     )
 
 

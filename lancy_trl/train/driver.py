@@ -21,7 +21,7 @@ from lancy_trl.config import to_dict
 from lancy_trl.errors import LancyError
 from lancy_trl.privacy import network
 from lancy_trl.scale import distributed
-from lancy_trl.train import ending
+from lancy_trl.train import ending, trackers
 from lancy_trl.train.ending import RunResult
 
 
@@ -68,7 +68,7 @@ def run(method: Any, plan: Plan, console: Any) -> RunResult:
     r.data, r.source, r.loaded = setup(r)
     record = method.prepare(r)
     r.run_dir = open_run(r, record)
-    with ending.recorded(r.run_dir, method.name):
+    with ending.recorded(r.run_dir, method.name), trackers.local_stores(args, r.run_dir):
         r.writer, r.interrupt, r.callbacks = observers(args, r.run_dir, console)
         report_data(r)
         trainer = method.build(r)
@@ -87,14 +87,18 @@ def prepare(method: Any, args: Any, flags: dict[str, Any]) -> Plan:
     saved config and the new flags on top (its processes and engine too, so a resumed run launches as it was
     launched). --offline (or HF_HUB_OFFLINE=1) takes effect here, before anything loads."""
     network.apply(args)
+    trackers.check(args)
     if args.resume:
         from lancy_trl.config import resolve
 
         run_dir, checkpoint = runs.find_resume(args.resume, args.run_dir, args.output_dir, method.name)
         saved = runs.read(run_dir).get("config", {})
         args = resolve(method.args, saved, {**flags, "resume": args.resume}, source=str(run_dir / "config.yaml"))
+        trackers.trackio_folder(args, run_dir.parent)
         return Plan(args, run_dir, str(checkpoint))
-    check_writable(Path(args.run_dir).parent if args.run_dir else Path(args.output_dir))
+    parent = Path(args.run_dir).parent if args.run_dir else Path(args.output_dir)
+    check_writable(parent)
+    trackers.trackio_folder(args, parent)
     return Plan(args, Path(args.run_dir) if args.run_dir else Path(), None)
 
 
@@ -250,9 +254,11 @@ def observers(args: Any, run_dir: Path, console: Any) -> tuple[Any, Any, list[An
     shared = [SaveEvery(args.save_minutes), interrupt]
     if not distributed.is_main():
         return distributed.NullWriter(), interrupt, shared
+    own = [LogFile(run_dir / "logs" / "training.log"), RichProgress(console), *shared]
+    if "tensorboard" not in trackers.chosen(args):
+        return distributed.NullWriter(), interrupt, own
     writer = SummaryWriter(str(run_dir / "tensorboard"))
-    return writer, interrupt, [TensorBoardCallback(writer), LogFile(run_dir / "logs" / "training.log"),
-                               RichProgress(console), *shared]
+    return writer, interrupt, [TensorBoardCallback(writer), *own]
 
 
 def report_data(r: Run) -> None:

@@ -49,6 +49,7 @@ def lancy(*args, cwd):
     return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, timeout=300)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("unshare") is None, reason="needs util-linux's unshare (root)")
 def test_an_offline_run_trains_and_evaluates_with_no_network(tiny_model, tmp_path):
     done = lancy("sft", "--offline", "--model", tiny_model, "--max-steps", 2, "--output-dir", tmp_path / "runs",
