@@ -56,6 +56,12 @@ def test_local_stores_go_in_the_run_unless_set_and_tensorboard_is_lancys_own(mon
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///elsewhere.db")
     with trackers.local_stores(args("mlflow"), tmp_path):
         assert os.environ["MLFLOW_TRACKING_URI"] == "sqlite:///elsewhere.db"
+    import sys
+
+    monkeypatch.setitem(sys.modules, "trackio.utils", SimpleNamespace(TRACKIO_DIR=tmp_path / "home" / "trackio"))
+    with pytest.raises(LancyError, match="trackio was imported before lancy could point it at"):  # it reads it once
+        trackers.trackio_folder(args("trackio"), tmp_path / "runs")
+    monkeypatch.delitem(sys.modules, "trackio.utils")
     trackers.trackio_folder(args("trackio"), tmp_path / "runs")
     assert os.environ["TRACKIO_DIR"] == str(tmp_path / "runs" / "trackio")
     trackers.trackio_folder(args("trackio"), tmp_path / "other")  # set already: kept
