@@ -187,6 +187,11 @@ def test_a_mixture_run_is_scored_per_source_and_overall(tiny_model, tmp_path):
     assert sources == {"labels", "answers"}
     table = lancy("eval", "--model", run, "--max-new-tokens", 4)
     assert table.exit_code == 0 and "labels (classification" in table.output and "answers (qa" in table.output
+    assert lancy("report", run).exit_code == 0  # the page shows each source and the mixture as realised
+    page = (run / "report.html").read_text()
+    per_source = page.split("<h3>Per source</h3>")[1].split("</table>")[0]
+    assert "<td>labels</td><td>generate</td><td>accuracy</td>" in per_source and "<td>answers</td>" in per_source
+    assert "mixture as realised" in page
 
 
 def test_a_finished_run_has_a_manifest_that_detects_a_changed_file(tiny_model, tmp_path):
