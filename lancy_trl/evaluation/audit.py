@@ -97,6 +97,10 @@ def run_audit(run: Path, opts: AuditOptions, console: Any) -> dict[str, Any]:
     from lancy_trl import logs
 
     info = runs.read(runs.require(run))
+    if info.get("status") == "running":
+        who = info.get("owner") or {}
+        raise LancyError(f"{run} is still training (pid {who.get('pid', '?')} on {who.get('host', '?')}): audit it "
+                         "once it has finished")
     if info.get("status") != "complete":
         raise LancyError(f"{run} is {info.get('status', 'unfinished')}: audit a complete run (resume it with "
                          f"`lancy {info.get('command', 'sft')} --resume {run}`)")

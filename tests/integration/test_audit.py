@@ -85,3 +85,15 @@ def test_audit_mistakes_are_one_line(args, words, memorised, tiny_model, tmp_pat
     output = " ".join(result.output.split())
     assert result.exit_code == 1 and output.startswith("error:") and words in output, output
     assert "Traceback" not in output
+
+
+def test_a_run_still_training_is_not_audited_nor_told_to_resume(tmp_path):
+    from lancy_trl import runs
+
+    run = tmp_path / "live"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"command": "sft", "status": "running", "owner": runs.owner()}))
+    result = lancy("audit", run)
+    output = " ".join(result.output.split())
+    assert result.exit_code == 1 and "is still training (pid" in output and "--resume" not in output, output
+
