@@ -94,6 +94,7 @@ def prepare(method: Any, args: Any, flags: dict[str, Any]) -> Plan:
         run_dir, checkpoint = runs.find_resume(args.resume, args.run_dir, args.output_dir, method.name)
         saved = runs.read(run_dir).get("config", {})
         args = resolve(method.args, saved, {**flags, "resume": args.resume}, source=str(run_dir / "config.yaml"))
+        trackers.check(args)  # the trackers the run was started with, as resumed
         trackers.trackio_folder(args, run_dir.parent)
         return Plan(args, run_dir, str(checkpoint))
     parent = Path(args.run_dir).parent if args.run_dir else Path(args.output_dir)
