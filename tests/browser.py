@@ -41,8 +41,14 @@ class Seen:
 def chromium() -> str:
     # Debian's /usr/bin/chromium wrapper adds flags and API keys; the binary itself, bare
     found = next((p for p in ("/usr/lib/chromium/chromium",) if Path(p).is_file()), None) or shutil.which("chromium")
-    assert found, "no Chromium: `apt-get install chromium` (.ci/run installs it)"
-    return found
+    if found:
+        return found
+    why = "no Chromium for the browser test: `apt-get install chromium` (an OS package; .ci/run installs it)"
+    if os.environ.get("LANCY_REQUIRE_BROWSER") == "1":  # CI: a missing browser is a failure, never a skip
+        raise AssertionError(why)
+    import pytest
+
+    pytest.skip(why)
 
 
 def _on_3_and_4(read: int, write: int) -> None:

@@ -36,9 +36,9 @@ def report(
         output = picked[0] / "report.html" if len(picked) == 1 else picked[0].parent / name
     if output.is_dir():
         raise LancyError(f"--output {output} is a folder; name a file, e.g. {output / 'report.html'}")
-    html = page(picked)
     if not output.parent.is_dir():
         raise LancyError(f"--output {output}: the folder {output.parent} does not exist; make it or name another")
+    html = page(picked)
     try:
         files.write_text(output, html)
     except OSError as e:

@@ -29,10 +29,11 @@ th{background:#f4f4f4}td.n{text-align:right;font-variant-numeric:tabular-nums}.b
 def page(picked: list[Path]) -> str:
     """The whole HTML document for one run or a comparison of several."""
     title = f"lancy run {picked[0].name}" if len(picked) == 1 else f"lancy: {len(picked)} runs compared"
+    logged = {run: scalars(run) for run in picked}  # each run's TensorBoard events, read once
     body = [f"<h1>{escape(title)}</h1>"]
     if len(picked) > 1:
-        body.append(compared(picked))
-    body += [run_section(run, heading=len(picked) > 1) for run in picked]
+        body.append(compared(picked, logged))
+    body += [run_section(run, logged[run], heading=len(picked) > 1) for run in picked]
     return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
             f"<style>{STYLE}</style></head><body>{''.join(body)}</body></html>\n")
 
@@ -66,7 +67,7 @@ def scalars(run: Path) -> dict[str, list[tuple[float, float]]]:
     return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
-def curves(run: Path, logged: dict[str, list[tuple[float, float]]]) -> str:
+def curves(logged: dict[str, list[tuple[float, float]]]) -> str:
     """Training and eval loss over steps, and every other eval figure over steps."""
     loss = {name: logged[tag] for name, tag in (("training", "train/loss"), ("eval", "eval/loss")) if tag in logged}
     if not loss:
@@ -83,10 +84,10 @@ def curves(run: Path, logged: dict[str, list[tuple[float, float]]]) -> str:
     return '<div class="grid">' + "".join(out) + "</div>"
 
 
-def run_section(run: Path, heading: bool) -> str:
+def run_section(run: Path, logged: dict[str, list[tuple[float, float]]], heading: bool) -> str:
     info = runs.read(run)
     parts = [f"<h2>{escape(run.name)}</h2>" if heading else "", summary(run, info),
-             "<h3>Training</h3>", curves(run, scalars(run)), evaluation(run), data_mix(info), memory(info),
+             "<h3>Training</h3>", curves(logged), evaluation(run), data_mix(info), memory(info),
              privacy(run, info), manifest(run), settings(info)]
     return f'<section id="run-{escape(run.name)}">' + "".join(parts) + "</section>"
 
@@ -207,9 +208,8 @@ def settings(info: dict[str, Any]) -> str:
     return "<details><summary>Settings</summary>" + table(["setting", "value"], rows) + "</details>"
 
 
-def compared(picked: list[Path]) -> str:
+def compared(picked: list[Path], logged: dict[Path, dict[str, list[tuple[float, float]]]]) -> str:
     """The runs' curves overlaid, their figures with the best of each marked, and the settings that differ."""
-    logged = {run: scalars(run) for run in picked}
     out = ["<h2>Side by side</h2>", table(["#", "run"], [[i, str(r)] for i, r in enumerate(picked, 1)])]
     plotted = []
     for tag, name in (("train/loss", "training loss"), ("eval/loss", "eval loss")):

@@ -87,20 +87,20 @@ def prepare(method: Any, args: Any, flags: dict[str, Any]) -> Plan:
     saved config and the new flags on top (its processes and engine too, so a resumed run launches as it was
     launched). --offline (or HF_HUB_OFFLINE=1) takes effect here, before anything loads."""
     network.apply(args)
-    trackers.check(args)
     if args.resume:
         from lancy_trl.config import resolve
 
         run_dir, checkpoint = runs.find_resume(args.resume, args.run_dir, args.output_dir, method.name)
         saved = runs.read(run_dir).get("config", {})
         args = resolve(method.args, saved, {**flags, "resume": args.resume}, source=str(run_dir / "config.yaml"))
-        trackers.check(args)  # the trackers the run was started with, as resumed
-        trackers.trackio_folder(args, run_dir.parent)
-        return Plan(args, run_dir, str(checkpoint))
-    parent = Path(args.run_dir).parent if args.run_dir else Path(args.output_dir)
-    check_writable(parent)
-    trackers.trackio_folder(args, parent)
-    return Plan(args, Path(args.run_dir) if args.run_dir else Path(), None)
+        plan, parent = Plan(args, run_dir, str(checkpoint)), run_dir.parent
+    else:
+        parent = Path(args.run_dir).parent if args.run_dir else Path(args.output_dir)
+        check_writable(parent)
+        plan = Plan(args, Path(args.run_dir) if args.run_dir else Path(), None)
+    trackers.check(plan.args)  # a resumed run's as it was started, with the new flags on top
+    trackers.trackio_folder(plan.args, parent)
+    return plan
 
 
 def drop_partial_checkpoints(run_dir: Path, console: Any) -> None:

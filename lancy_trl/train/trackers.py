@@ -89,7 +89,7 @@ def local_stores(args: Any, run_dir: Path) -> Iterator[None]:
     if "mlflow" in trackers:
         wanted.update(MLFLOW_TRACKING_URI=f"sqlite:///{(run_dir / 'mlflow.db').resolve()}", MLFLOW_EXPERIMENT_NAME="lancy")
     wanted = {k: v for k, v in wanted.items() if not os.environ.get(k)}  # an empty setting is no setting
-    if trackers:
+    if any(t in PACKAGE for t in trackers):
         wanted.update(MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="true")
     before = {k: os.environ.get(k) for k in wanted}
     os.environ.update(wanted)
