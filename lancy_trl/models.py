@@ -395,6 +395,7 @@ def load_model(source: ModelSource, args: Any, *, device: str, for_training: boo
             model = PeftModel.from_pretrained(model, source.adapter, is_trainable=True)  # type: ignore[assignment]
         else:
             model = PeftModel.from_pretrained(model, source.adapter).merge_and_unload()
+            model.requires_grad_(for_training)  # peft froze the base; full fine-tuning trains every weight
     if "device_map" not in kwargs:
         model.to(device)  # type: ignore[arg-type]
     info = {

@@ -47,6 +47,7 @@ class RunRecord:
     train_loss: float | None = None
     eval_loss: float | None = None
     train_seconds: float | None = None
+    phase_seconds: dict[str, float] = field(default_factory=dict)  # startup, data, model, prepare, build, train, save
     peak_memory_gb: float | None = None  # CPU: resident memory
     peak_gpu_memory_gb: float | None = None
     final_eval: dict[str, float] = field(default_factory=dict)  # the latest of each in-training eval figure

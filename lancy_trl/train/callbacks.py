@@ -195,3 +195,73 @@ class Perplexity(TrainerCallback):
             perplexity = math.exp(min(metrics["eval_loss"], 50.0))
             self.writer.add_scalar("eval/perplexity", perplexity, state.global_step)
             state.log_history.append({"eval_perplexity": perplexity, "step": state.global_step})
+
+
+class GreedyEval(TrainerCallback):
+    """GRPO on a classification task: every --eval-steps (and before the first step), greedy answers to the held-out
+    prompts, as `lancy eval --method generate` reads them: accuracy, the share of answers that name no label, and
+    the share of each label among the answers, so a policy collapsing onto one label shows while it trains. Warns
+    when one label takes more than COLLAPSE of the answers, or when most groups stop giving a learning signal
+    (frac_reward_zero_std, TRL's share of prompts whose completions all scored alike)."""
+
+    COLLAPSE = 0.6
+    NO_SIGNAL = 0.8
+
+    def __init__(self, writer: Any, tokenizer: Any, rows: Any, labels: list[str], every: int, batch_size: int,
+                 chat_kwargs: dict) -> None:
+        self.writer, self.tokenizer, self.labels, self.every = writer, tokenizer, labels, every
+        self.batch_size, self.chat_kwargs = batch_size, chat_kwargs
+        self.prompts = [r["prompt"] for r in rows]
+        self.targets = [r["target"] for r in rows]
+        self.zero_std: list[float] = []
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if state.global_step == 0:
+            self.evaluate(state, model)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "frac_reward_zero_std" in logs:
+            self.zero_std.append(logs["frac_reward_zero_std"])
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step % self.every == 0 or state.global_step == state.max_steps:
+            self.evaluate(state, model)
+
+    def evaluate(self, state: Any, model: Any) -> None:
+        import logging
+
+        from lancy_trl.evaluation.classify import classify
+
+        was_training = model.training
+        results = classify(model, self.tokenizer, self.prompts, self.labels, "generate", self.batch_size,
+                           chat_kwargs=self.chat_kwargs)
+        if was_training:
+            model.train()
+        figures = greedy_figures(self.targets, [r["prediction"] for r in results], self.labels)
+        for key, value in figures.items():
+            self.writer.add_scalar(key.replace("eval_", "eval/", 1), value, state.global_step)
+        self.writer.flush()
+        state.log_history.append({**figures, "eval_greedy_n": len(self.targets), "step": state.global_step})
+        log = logging.getLogger("lancy")
+        shares = ", ".join(f"{label} {figures[f'eval_greedy_share_{label}']:.0%}" for label in self.labels)
+        log.warning("step %d: greedy accuracy %.4f on %d held-out prompts; answers %s, no label %.0f%%",
+                    state.global_step, figures["eval_greedy_accuracy"], len(self.targets), shares,
+                    100 * figures["eval_greedy_no_label"])
+        top = max(self.labels, key=lambda label: figures[f"eval_greedy_share_{label}"])
+        if state.global_step and figures[f"eval_greedy_share_{top}"] > self.COLLAPSE:
+            log.warning("step %d: %.0f%% of greedy answers are %r: the policy is collapsing onto one label",
+                        state.global_step, 100 * figures[f"eval_greedy_share_{top}"], top)
+        recent = self.zero_std[-self.every:]
+        if recent and sum(recent) / len(recent) > self.NO_SIGNAL:
+            log.warning("step %d: in %.0f%% of groups every completion scored alike over the last %d steps: little "
+                        "learning signal left (more --num-generations or a higher --temperature keeps it)",
+                        state.global_step, 100 * sum(recent) / len(recent), len(recent))
+
+
+def greedy_figures(targets: list[str], predictions: list[str | None], labels: list[str]) -> dict[str, float]:
+    """Accuracy, the share of answers naming no label, and each label's share of the answers."""
+    n = max(len(targets), 1)
+    figures = {"eval_greedy_accuracy": sum(p == t for p, t in zip(predictions, targets)) / n,
+               "eval_greedy_no_label": sum(p is None for p in predictions) / n}
+    figures.update({f"eval_greedy_share_{label}": sum(p == label for p in predictions) / n for label in labels})
+    return figures

@@ -42,6 +42,7 @@ class Run:
     writer: Any = None
     interrupt: Any = None
     callbacks: list[Any] = field(default_factory=list)
+    clock: Any = None
 
     @property
     def info(self) -> dict[str, Any]:
@@ -64,22 +65,58 @@ def run(method: Any, plan: Plan, console: Any) -> RunResult:
         console.print(f"Resuming {plan.run_dir} from {Path(checkpoint).name}", highlight=False, soft_wrap=True)
         drop_partial_checkpoints(plan.run_dir, console)
     method.check(args)
-    r = Run(method, args, console, plan.run_dir, checkpoint)
+    r = Run(method, args, console, plan.run_dir, checkpoint, clock=Clock())
     r.data, r.source, r.loaded = setup(r)
     record = method.prepare(r)
+    r.clock.mark("prepare")
     r.run_dir = open_run(r, record)
     with ending.recorded(r.run_dir, method.name), trackers.local_stores(args, r.run_dir):
         r.writer, r.interrupt, r.callbacks = observers(args, r.run_dir, console)
         report_data(r)
         trainer = method.build(r)
         facts(r, trainer)
+        r.clock.mark("build")
         console.print(f"[bold]{r.run_dir}[/]\n  {method.describe(r, trainer)}" + notes(args, r.info, trainer))
         result = ending.train(trainer, r.run_dir, checkpoint, r.interrupt, console, method.name)
         method.after(r, trainer, result)
+        r.clock.mark("train")
         if result.status == "complete":
             ending.finish(trainer, result, method.meta(r))
+            r.clock.mark("save")
         r.writer.close()
+        result.phases = r.clock.seconds
+        if distributed.is_main():
+            runs.update(r.run_dir, phase_seconds=r.clock.seconds)
         return result
+
+
+class Clock:
+    """Seconds each phase of the process took: `startup` (process start to the driver: interpreter and imports),
+    `data`, `model` (resolve and load), `prepare` (token counts), `build` (the trainer, with TRL's tokenization),
+    `train` (with in-training evaluations) and `save`; kept in run.json `phase_seconds`."""
+
+    def __init__(self) -> None:
+        self.last = time.time()
+        self.seconds: dict[str, float] = {}
+        started = process_age()
+        if started is not None:
+            self.seconds["startup"] = round(started, 2)
+
+    def mark(self, phase: str) -> None:
+        now = time.time()
+        self.seconds[phase] = round(self.seconds.get(phase, 0.0) + now - self.last, 2)
+        self.last = now
+
+
+def process_age() -> float | None:
+    """Seconds since this process started (Linux: its start in clock ticks since boot), else None."""
+    import os
+
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        return time.clock_gettime(time.CLOCK_BOOTTIME) - int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
 
 
 def prepare(method: Any, args: Any, flags: dict[str, Any]) -> Plan:
@@ -130,6 +167,7 @@ def setup(r: Run) -> tuple[Any, Any, Any]:
     distributed.start(device)
     with console.status("Loading data..."), main_first():  # rank 0 fills the caches, the others read them
         data = r.method.load_data(args)
+    r.clock.mark("data")
     if r.checkpoint is not None:
         check_same_data(r.run_dir, data, args)
         check_processes(r.run_dir, console)
@@ -144,6 +182,7 @@ def setup(r: Run) -> tuple[Any, Any, Any]:
     with console.status(f"Loading {source.path}..."):
         loaded = load_model(source, args, device=device)
     loaded.info.update(estimate)
+    r.clock.mark("model")
     trainer_options(args, loaded.info)
     if args.use_lora and args.lora_target_modules:
         check_targets(args.lora_target_modules, loaded.model)
@@ -339,8 +378,11 @@ def notes(args: Any, info: dict[str, Any], trainer: Any) -> str:
 
 def done(result: RunResult, figures: str = "", more: str = "") -> str:
     """The line a command prints when its run completes: time, steps, the method's figures, where things are."""
+    phases = ", ".join(f"{k} {v:.1f}" for k, v in result.phases.items())
+    where = f"  seconds: {phases} (total {sum(result.phases.values()):.1f})\n" if phases else ""
     return (f"[green]Done[/] in {result.seconds:.0f} s: {result.steps} steps{figures}.\n"
-            f"  model: {result.run_dir / 'model'}\n{more}  logs: tensorboard --logdir {result.run_dir / 'tensorboard'}")
+            f"  model: {result.run_dir / 'model'}\n{more}{where}"
+            f"  logs: tensorboard --logdir {result.run_dir / 'tensorboard'}")
 
 
 def versions() -> dict[str, str]:

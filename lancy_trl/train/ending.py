@@ -32,6 +32,7 @@ class RunResult:
     eval_loss: float | None
     seconds: float
     final_eval: dict[str, float] = field(default_factory=dict)
+    phases: dict[str, float] = field(default_factory=dict)  # seconds per phase of the process (driver.Clock)
 
 
 @contextmanager

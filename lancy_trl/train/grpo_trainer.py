@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 from trl import GRPOTrainer
+from trl.trainer.utils import RepeatSampler
 
 from lancy_trl.train.resumable import Resumable
 from lancy_trl.train.speed.prefix import KEY, MODEL_TYPES, plan
@@ -46,19 +47,83 @@ def realign(input_ids: torch.Tensor, attention_mask: torch.Tensor, completion: i
     return ids, mask.long(), (rows, steps), prompt_lengths[rows] + steps - 1
 
 
+def balanced_order(classes: list[str], generator: torch.Generator) -> list[int]:
+    """Row indexes, as many as rows, in rounds of one row of each class (classes in a random order each round, each
+    class's rows shuffled and drawn again from the start when used up): every stretch of prompts holds the classes
+    alike, whatever their shares in the data."""
+    by_class: dict[str, list[int]] = {}
+    for i, c in enumerate(classes):
+        by_class.setdefault(c, []).append(i)
+    pools = list(by_class.values())
+    queues: list[list[int]] = [[] for _ in pools]
+    order: list[int] = []
+    while len(order) < len(classes):
+        for k in torch.randperm(len(pools), generator=generator).tolist():
+            if not queues[k]:
+                queues[k] = [pools[k][j] for j in torch.randperm(len(pools[k]), generator=generator).tolist()]
+            order.append(queues[k].pop())
+    return order[: len(classes)]
+
+
+class BalancedRepeatSampler(RepeatSampler):
+    """TRL's RepeatSampler (each prompt --num-generations times, steps_per_generation batches reused) over a
+    class-balanced order of the prompts rather than a uniform shuffle."""
+
+    def __init__(self, classes: list[str], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.classes = classes
+
+    def __iter__(self):  # RepeatSampler.__iter__ with the order drawn by balanced_order
+        order = balanced_order(self.classes, self.generator)
+        chunks = [order[i: i + self.batch_size] for i in range(0, len(order) - self.batch_size + 1, self.batch_size)]
+        for chunk in chunks:
+            for _ in range(self.repeat_count):
+                for index in chunk:
+                    yield from [index] * self.mini_repeat_count
+
+
 class LancyGRPOTrainer(Resumable, GRPOTrainer):
     def __init__(self, *args: Any, checkpoint_layers: float = 0.0, lean_activations: bool = False,
-                 shared_prefix: bool = False, **kwargs: Any) -> None:
+                 shared_prefix: bool = False, balance_by: str | None = None, **kwargs: Any) -> None:
         from lancy_trl.train.trainer import memory_paths
 
+        self.balance_by = balance_by  # a column of the prompts whose values the sampler keeps balanced
         super().__init__(*args, **kwargs)
         self.lean_logps = self._lean_logps_apply()
         self.shared_prefix = shared_prefix and self.lean_logps
+        if self.ref_model is not None and self.lean_logps:
+            # TRL loads the reference from the policy's config path: the base model for a policy merged from a LoRA
+            # run. The KL anchor is the model training starts from, so it gets the policy's weights as they are now.
+            self.ref_model.load_state_dict(self._base().state_dict())
         if self.shared_prefix:
             from lancy_trl.train.speed.prefix import install
 
             install(self._base())
+            if self.ref_model is not None:
+                install(self.ref_model)
         self.checkpointed_layers, self.lean_modules = memory_paths(self, checkpoint_layers, lean_activations)
+
+    def _get_train_sampler(self, dataset: Any = None) -> Any:
+        dataset = dataset if dataset is not None else self.train_dataset
+        if self.balance_by is None or not self.shuffle_dataset:
+            return super()._get_train_sampler(dataset)
+        from lancy_trl.train.resumable import by_epoch
+
+        args: Any = self.args
+        sampler = BalancedRepeatSampler(
+            list(dataset[self.balance_by]), data_source=dataset, mini_repeat_count=self.num_generations,
+            batch_size=args.generation_batch_size // self.num_generations,
+            repeat_count=self.num_iterations * args.steps_per_generation, shuffle=True, seed=args.seed)
+        return by_epoch(sampler, args.data_seed or args.seed)
+
+    def _save(self, output_dir: str | None = None, state_dict: Any = None) -> None:
+        """The Trainer's save without TRL's frozen copy of a continued adapter (the KL anchor, adapter "ref"): it is
+        made again from --model when the run resumes, and the run's model is its trained adapter alone."""
+        import shutil
+        from pathlib import Path
+
+        super()._save(output_dir, state_dict)
+        shutil.rmtree(Path(output_dir or self.args.output_dir or ".") / "ref", ignore_errors=True)
 
     def _base(self) -> Any:
         model: Any = self.model

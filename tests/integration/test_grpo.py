@@ -13,6 +13,7 @@ def logged(run):
 
 def test_grpo_logs_rewards_resumes_and_is_scored(tiny_model, tmp_path):
     args = ["grpo", "--model", tiny_model, "--max-steps", 4, "--save-steps", 2, "--max-examples", 40, "--batch-size", 8,
+            "--eval-steps", 2,
             "--reward", "label", "--reward", "format:0.5", "--reward", "length:0.1", "--output-dir", tmp_path / "runs"]
     result = lancy(*args)
     assert result.exit_code == 0, result.output
@@ -34,6 +35,11 @@ def test_grpo_logs_rewards_resumes_and_is_scored(tiny_model, tmp_path):
         ("grpo", "complete", ["label", "format", "length"], [1.0, 0.5, 0.1])
     assert info["model_info"]["lean_logps"] and info["model_info"]["shared_prefix"]
     assert "reward_last_tenth" in json.loads((run / "metrics.json").read_text())
+    log = (run / "logs" / "training.log").read_text()  # greedy answers to the held-out prompts, as training goes
+    assert [int(line.split("step ")[1].split(":")[0]) for line in log.splitlines() if "greedy accuracy" in line] == [0, 2, 4]
+    assert "answers negative" in log and "no label" in log
+    assert set(info["phase_seconds"]) == {"startup", "data", "model", "prepare", "build", "train", "save"}
+    assert info["phase_seconds"]["train"] > 0
     scored = lancy("eval", "--model", run, "--method", "score", "--json")
     assert scored.exit_code == 0, scored.output
     out = json.loads(scored.stdout.strip().splitlines()[-1])
@@ -67,6 +73,16 @@ def test_grpo_continues_an_sft_runs_adapter(tiny_model, tmp_path):
     assert all((before[k] - after[k]).abs().max() < 1e-4 for k in before)  # grpo went on from there, not from zero
     info = json.loads((tmp_path / "runs" / "grpo" / "run.json").read_text())
     assert info["model_info"]["lora_continued_from"].endswith("sft/model")
+    # the KL anchor (on by default from a run) is the sft run's model: 0 at the start. Against the bare base model
+    # (the adapter disabled, which the sft steps at 1e-2 moved away from) it would not be.
+    kls = [s["kl"] for s in logged(tmp_path / "runs" / "grpo")]
+    assert kls and all(abs(kl) < 1e-6 for kl in kls)
+    assert not (tmp_path / "runs" / "grpo" / "model" / "ref").exists()  # TRL's frozen copy is not the run's model
+    # full fine-tuning from the LoRA run: the adapter merged in, every weight trained, the merged model the anchor
+    full = lancy("grpo", "--model", tmp_path / "runs" / "sft", "--no-use-lora", "--max-steps", 1, "--learning-rate",
+                 "1e-9", "--batch-size", 8, "--max-examples", 40, "--run-name", "full", "--output-dir", tmp_path / "runs")
+    assert full.exit_code == 0, full.output
+    assert [abs(s["kl"]) < 1e-6 for s in logged(tmp_path / "runs" / "full")] == [True]
 
 
 def test_grpo_with_a_users_reward_on_local_rows(tiny_model, tmp_path):

@@ -22,6 +22,8 @@ from lancy_trl.errors import LancyError
 from lancy_trl.train import arguments, driver
 from lancy_trl.train.methods import Method
 
+ANCHOR_BETA = 0.04  # TRL's former default: keeps a GRPO run near the SFT run it starts from
+
 
 @dataclass
 class GRPOArgs(ModelArgs, DataArgs, TrainArgs, RunArgs):
@@ -41,12 +43,21 @@ class GRPOArgs(ModelArgs, DataArgs, TrainArgs, RunArgs):
     length_budget: int | None = opt(None, "Completion tokens the length reward allows before its penalty starts; "
                                     "default half of --max-completion-length.", group="GRPO")
     temperature: float = opt(1.0, "Sampling temperature of the completions.", group="GRPO")
-    beta: float = opt(0.0, "KL penalty against the starting model (0: none, and no reference model is kept).",
-                      group="GRPO")
+    beta: float | None = opt(
+        None, "KL penalty against the starting model (0: none, and no reference model is kept). Default: "
+        f"{ANCHOR_BETA} from a finished run (--model runs/<run>: the run's model, adapter included, is the anchor), "
+        "0 from a base model.", group="GRPO")
     max_length: int = opt(256, "Longest prompt in tokens; longer prompts are dropped with a count.")
     batch_size: int = opt(16, "Completions per device per step (prompts x --num-generations).")
-    eval_steps: int = opt(20, "Log every N steps (GRPO runs no in-training evaluation: `lancy eval` on the run scores "
-                          "its held-out rows).", group="Logging")
+    eval_steps: int = opt(20, "Every N steps a classification run answers its held-out prompts greedily and logs "
+                          "the accuracy and each label's share of the answers (`lancy eval` on the run scores its "
+                          "test rows).", group="Logging")
+
+
+def beta(args: Any) -> float:
+    if args.beta is not None:
+        return args.beta
+    return ANCHOR_BETA if Path(args.model, "run.json").is_file() else 0.0
 
 
 COMPLETION_LENGTH = {"classification": 16, "multiple_choice": 16, "math": 256}  # else 128
@@ -73,9 +84,14 @@ def check_generations(args: Any) -> None:
                          f"step (--batch-size {args.batch_size} x --gradient-accumulation-steps "
                          f"{args.gradient_accumulation_steps}): use --num-generations {' or '.join(map(str, fits))}, "
                          f"or --batch-size {', '.join(map(str, sizes))}")
-    if args.beta > 0 and Path(args.model, "run.json").is_file() and args.use_lora:
-        raise LancyError("--beta > 0 from a LoRA run would measure the KL against the base model without the run's "
-                         "adapter; pass --beta 0, or start from a full fine-tune")
+    if args.beta is not None and args.beta < 0:
+        raise LancyError(f"--beta {args.beta}: the KL penalty's weight cannot be negative; 0 turns it off")
+    from_lora = Path(args.model, "model", "adapter_config.json").is_file()
+    several = args.num_processes > 1 or args.deepspeed or args.fsdp
+    if beta(args) > 0 and from_lora and not args.use_lora and several:
+        raise LancyError("full fine-tuning from a LoRA run with a KL penalty under several processes would anchor "
+                         "to the base model without the run's adapter: train on in the adapter (--use-lora), pass "
+                         "--beta 0, or use one process")
 
 
 def as_prompts(ds: Any) -> Any:
@@ -137,24 +153,31 @@ def grpo_config(args: Any, run_dir: Path, info: dict[str, Any], task: str, weigh
                   logging_steps=args.logging_steps or 1)  # the reward curve, every step
     return GRPOConfig(
         **shared, num_generations=args.num_generations, max_completion_length=completion_length(args, task),
-        temperature=args.temperature, beta=args.beta, reward_weights=weights, chat_template_kwargs=chat_kwargs or None,
+        temperature=args.temperature, beta=beta(args), reward_weights=weights, chat_template_kwargs=chat_kwargs or None,
         eval_strategy="no", pad_to_multiple_of=args.pad_to_multiple_of,
     )
 
 
 def build(r: Any) -> Any:
     from lancy_trl.data.template import stop_ids
+    from lancy_trl.scale import distributed
+    from lancy_trl.train.callbacks import GreedyEval
     from lancy_trl.train.grpo_trainer import LancyGRPOTrainer
 
     args, info, chat_kwargs = r.args, r.info, r.report["chat_template_kwargs"]
     funcs, weights = r.state["rewards"]
     config = grpo_config(args, r.run_dir, info, r.data.kind, weights, chat_kwargs)
     r.loaded.model.generation_config.eos_token_id = stop_ids(r.loaded.tokenizer, chat_kwargs)  # end of turn ends it
+    labels = list(r.data.labels)
     trainer = LancyGRPOTrainer(
         model=r.loaded.model, reward_funcs=funcs, args=config, train_dataset=r.data.train,
         processing_class=r.loaded.tokenizer, peft_config=arguments.lora_config(args, r.loaded.model, info),
-        **arguments.trainer_options(args, info), callbacks=r.callbacks,
+        **arguments.trainer_options(args, info), callbacks=r.callbacks, balance_by="answer" if labels else None,
     )
+    held_out = arguments.eval_subset(args, r.data.eval)
+    if labels and held_out is not None and distributed.is_main() and distributed.world_size() == 1:
+        trainer.add_callback(GreedyEval(r.writer, r.loaded.tokenizer, held_out, labels, args.eval_steps,
+                                        args.batch_size, chat_kwargs))
     info.update(shared_prefix=trainer.shared_prefix, lean_logps=trainer.lean_logps, lean_modules=trainer.lean_modules,
                 checkpointed_layers=trainer.checkpointed_layers)
     return trainer

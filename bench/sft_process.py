@@ -1,0 +1,159 @@
+"""A whole `lancy sft` process against a whole TRL script with SFTConfig's defaults: process start to exit, same
+model, same rows, one epoch, the same parameters trained, each phase timed.
+
+    python bench/sft_process.py                      # SmolLM2-135M, full fine-tuning, finsent's 225 training rows
+    python bench/sft_process.py --lora --repeats 3
+    python bench/sft_process.py --model tiny         # checks the script in seconds
+
+Both run as child processes of this script, interleaved (the order reversed every other round), one at a time.
+The rows are finsent's training split as `lancy sft` builds it (template, system prompt, no held-out rows), written
+once as conversational prompt/completion JSON lines that the TRL script reads with `datasets`.
+
+  lancy  `python -m lancy_trl sft --model M --dataset finsent --eval-fraction 0 --num-train-epochs 1 --offline`
+         (+ `--no-use-lora` unless --lora); its phases come from the run's run.json `phase_seconds`
+  trl    the TRL quick-start: AutoModelForCausalLM, load_dataset("json"), SFTTrainer(SFTConfig(num_train_epochs=1,
+         the rest default; LoRA r16 on every linear layer with --lora)), train(), save_model(); it prints its phases
+
+Phases: startup (process start to the first line of the script or command: interpreter and imports), data, model,
+build (the trainer, with its tokenization), train, save, and `other` (whatever the process did outside those, exit
+included). Prints each variant's median seconds per phase, whole-process ratios run by run, and one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import model_path  # noqa: E402
+
+PHASES = ("startup", "data", "model", "build", "train", "save")
+
+TRL_SCRIPT = r'''
+import json, sys, time
+from process_age import age
+import torch
+from datasets import load_dataset
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from trl import SFTConfig, SFTTrainer
+marks, t0 = {"startup": age()}, time.time()
+def mark(name):
+    global t0
+    now = time.time(); marks[name] = marks.get(name, 0) + now - t0; t0 = now
+model_path, rows, out, lora = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "1"
+dataset = load_dataset("json", data_files=rows, split="train")
+mark("data")
+tokenizer = AutoTokenizer.from_pretrained(model_path)
+model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+mark("model")
+peft_config = None
+if lora:
+    from peft import LoraConfig
+    peft_config = LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM")
+config = SFTConfig(output_dir=out, num_train_epochs=1, report_to="none", use_cpu=not torch.cuda.is_available())
+trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config)
+mark("build")
+trainer.train()
+mark("train")
+trainer.save_model(out + "/model")
+mark("save")
+print("PHASES " + json.dumps({**marks, "steps": trainer.state.global_step}))
+'''
+
+AGE = '''
+import os, time
+from pathlib import Path
+def age():
+    fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+    return time.clock_gettime(time.CLOCK_BOOTTIME) - int(fields[19]) / os.sysconf("SC_CLK_TCK")
+'''
+
+
+def write_rows(folder: Path) -> Path:
+    """finsent's training rows as `lancy sft` builds them, as conversational prompt/completion JSON lines."""
+    from lancy_trl.config import resolve
+    from lancy_trl.data.build import build_data
+    from lancy_trl.train.methods.sft import SFTArgs
+
+    data = build_data(resolve(SFTArgs, flags={"dataset": ["finsent"], "eval_fraction": 0.0}))
+    path = folder / "rows.jsonl"
+    with path.open("w") as fh:
+        for row in data.train:
+            fh.write(json.dumps({"prompt": row["prompt"], "completion": row["completion"]}) + "\n")
+    return path
+
+
+def run_lancy(model: str, folder: Path, lora: bool) -> dict:
+    out = Path(tempfile.mkdtemp(dir=folder))
+    cmd = [sys.executable, "-m", "lancy_trl", "sft", "--model", model, "--dataset", "finsent", "--eval-fraction", "0",
+           "--num-train-epochs", "1", "--offline", "--output-dir", str(out), *([] if lora else ["--no-use-lora"])]
+    start = time.time()
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.time() - start
+    if done.returncode:
+        sys.exit(f"lancy failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+    (run,) = out.iterdir()
+    record = json.loads((run / "run.json").read_text())
+    phases = dict(record["phase_seconds"])
+    phases["data"] = phases.get("data", 0) + phases.pop("prepare", 0)  # lancy counts tokens apart; TRL in build
+    return {"wall": wall, "steps": record["steps"], **phases}
+
+
+def run_trl(model: str, rows: Path, folder: Path, lora: bool) -> dict:
+    out = Path(tempfile.mkdtemp(dir=folder))
+    start = time.time()
+    done = subprocess.run([sys.executable, str(folder / "trl_sft.py"), model, str(rows), str(out), "1" if lora else "0"],
+                          capture_output=True, text=True, cwd=folder)
+    wall = time.time() - start
+    line = next((ln for ln in done.stdout.splitlines() if ln.startswith("PHASES ")), None)
+    if line is None:
+        sys.exit(f"trl failed:\n{done.stderr[-3000:]}")
+    return {"wall": wall, **json.loads(line[7:])}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="smollm2-135m-instruct", help="catalog name, path, or 'tiny'")
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--lora", action="store_true", help="LoRA r16 on every linear layer in both, not full fine-tuning")
+    opts = p.parse_args()
+    model = model_path(opts.model)
+    results: dict[str, list[dict]] = {"trl": [], "lancy": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        (folder / "trl_sft.py").write_text(TRL_SCRIPT)
+        (folder / "process_age.py").write_text(AGE)
+        rows = write_rows(folder)
+        for r in range(opts.repeats):
+            for variant in ("trl", "lancy") if r % 2 == 0 else ("lancy", "trl"):
+                one = run_trl(model, rows, folder, opts.lora) if variant == "trl" else run_lancy(model, folder, opts.lora)
+                one["other"] = one["wall"] - sum(one.get(k, 0) for k in PHASES)
+                results[variant].append(one)
+                print(f"  {variant:6s} run {r + 1}: {one['wall']:.1f} s, {one['steps']} steps", file=sys.stderr)
+    report(results, opts)
+
+
+def report(results: dict[str, list[dict]], opts: argparse.Namespace) -> None:
+    med = {v: {k: statistics.median(run.get(k, 0) for run in runs) for k in (*PHASES, "other", "wall")}
+           for v, runs in results.items()}
+    runs = [t["wall"] / lan["wall"] for t, lan in zip(results["trl"], results["lancy"])]
+    print(f"\nwhole `sft` process, {'LoRA r16' if opts.lora else 'full fine-tuning'}, one epoch of finsent's training "
+          f"rows ({results['lancy'][0]['steps']} lancy steps, {results['trl'][0]['steps']} TRL steps), median of "
+          f"{opts.repeats}")
+    print(f"{'seconds':10s} {'TRL defaults':>13s} {'lancy':>8s} {'TRL / lancy':>12s}")
+    for k in (*PHASES, "other", "wall"):
+        a, b = med["trl"][k], med["lancy"][k]
+        print(f"{k:10s} {a:13.1f} {b:8.1f} {a / b if b > 0.05 else float('nan'):11.2f}x")
+    print(f"whole process: lancy {med['trl']['wall'] / med['lancy']['wall']:.2f}x TRL's defaults (runs: "
+          f"{', '.join(f'{x:.2f}' for x in runs)})")
+    print("RESULT " + json.dumps({"median": med, "runs": results, "ratio": med["trl"]["wall"] / med["lancy"]["wall"]}))
+
+
+if __name__ == "__main__":
+    main()
