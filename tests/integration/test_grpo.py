@@ -99,3 +99,29 @@ def test_grpo_with_a_users_reward_on_local_rows(tiny_model, tmp_path):
     (run,) = (tmp_path / "runs").iterdir()
     assert all("rewards/short/mean" in s for s in logged(run))
     assert "128 tokens" in " ".join(result.output.split())  # a qa task's default completion length
+
+
+def test_grpo_rewards_move_the_greedy_answers(tiny_model, tmp_path):
+    """The small version of a GRPO learning run: a tiny model taught the answer's form (it says `neutral` to every
+    sentence), then rewarded for `positive` alone. Its greedy answers to the held-out prompts, logged while it trains,
+    must move to `positive`, and the collapse must be named. Fails if rewards stop reaching the policy."""
+    (tmp_path / "mine.py").write_text(
+        "def positive(completions, **kwargs):\n"
+        "    return [float(c[0]['content'].strip() == 'positive') for c in completions]\n")
+    runs = tmp_path / "runs"
+    sft = lancy("sft", "--model", tiny_model, "--no-use-lora", "--max-steps", 40, "--learning-rate", "3e-2",
+                "--run-name", "sft", "--output-dir", runs)
+    assert sft.exit_code == 0, sft.output
+    grpo = lancy("grpo", "--model", runs / "sft", "--no-use-lora", "--reward", f"{tmp_path}/mine.py:positive",
+                 "--max-steps", 12, "--eval-steps", 6, "--learning-rate", "1e-2", "--run-name", "grpo",
+                 "--output-dir", runs)
+    assert grpo.exit_code == 0, grpo.output
+    shares = {}
+    for line in (runs / "grpo" / "logs" / "training.log").read_text().splitlines():
+        if "greedy accuracy" in line:
+            step = int(line.split("step ")[1].split(":")[0])
+            shares[step] = float(line.split("positive ")[1].split("%")[0]) / 100
+    assert sorted(shares) == [0, 6, 12]
+    assert shares[0] < 0.5 and shares[12] > 0.9, shares
+    assert "greedy answers are 'positive': the policy is collapsing onto one label" in \
+        (runs / "grpo" / "logs" / "training.log").read_text()
