@@ -138,7 +138,7 @@ CASES = [
     ("pretrain --dataset TXT --streaming --max-steps 2 --redact-pii", "redact the files first"),
     ("pretrain --dataset TXT --streaming --max-steps 2", "no more than the 64 documents held out"),
     ("pretrain --dataset COLUMNS --streaming --max-steps 2", "has no `text` column to stream"),
-    ("grpo --num-generations 3", "--num-generations 3 does not divide the 16 completions of a step"),
+    ("grpo --num-generations 3 --batch-size 16", "--num-generations 3 does not divide the 16 completions of a step"),
     ("grpo --num-generations 1", "needs at least 2"),
     ("grpo --reward lable", "unknown reward 'lable'"),
     ("grpo --reward numeric", "--reward numeric scores math answers, but this run's task is classification"),

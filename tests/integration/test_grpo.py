@@ -13,6 +13,7 @@ def logged(run):
 
 def test_grpo_logs_rewards_resumes_and_is_scored(tiny_model, tmp_path):
     args = ["grpo", "--model", tiny_model, "--max-steps", 4, "--save-steps", 2, "--max-examples", 40, "--batch-size", 8,
+            "--num-generations", 8,
             "--eval-steps", 2,
             "--reward", "label", "--reward", "format:0.5", "--reward", "length:0.1", "--output-dir", tmp_path / "runs"]
     result = lancy(*args)
@@ -20,7 +21,7 @@ def test_grpo_logs_rewards_resumes_and_is_scored(tiny_model, tmp_path):
     (run,) = (tmp_path / "runs").iterdir()
     assert "_finsent-sentiment_grpo_" in run.name
     text = " ".join(result.output.split())
-    assert "8 completions each of up to 16 tokens, reward label + format x0.5 + length x0.1" in text
+    assert "8 completions each of up to 8 tokens, reward label + format x0.5 + length x0.1" in text
     assert "shared prefixes computed once per batch" in text and "mean reward" in text
     steps = logged(run)
     assert [s["step"] for s in steps] == [1, 2, 3, 4]
@@ -62,7 +63,8 @@ def test_grpo_continues_an_sft_runs_adapter(tiny_model, tmp_path):
     sft = lancy("sft", "--model", tiny_model, "--max-steps", 2, "--learning-rate", "1e-2", "--max-examples", 40,
                  "--run-name", "sft", "--output-dir", tmp_path / "runs")
     assert sft.exit_code == 0, sft.output
-    grpo = lancy("grpo", "--model", tmp_path / "runs" / "sft", "--max-steps", 1, "--learning-rate", "1e-9", "--batch-size", 8,
+    grpo = lancy("grpo", "--model", tmp_path / "runs" / "sft", "--max-steps", 1, "--learning-rate", "1e-9",
+                  "--batch-size", 8, "--num-generations", 8,
                   "--max-examples", 40, "--run-name", "grpo", "--output-dir", tmp_path / "runs")
     assert grpo.exit_code == 0, grpo.output
     before = load_file(tmp_path / "runs" / "sft" / "model" / "adapter_model.safetensors")
@@ -80,7 +82,8 @@ def test_grpo_continues_an_sft_runs_adapter(tiny_model, tmp_path):
     assert not (tmp_path / "runs" / "grpo" / "model" / "ref").exists()  # TRL's frozen copy is not the run's model
     # full fine-tuning from the LoRA run: the adapter merged in, every weight trained, the merged model the anchor
     full = lancy("grpo", "--model", tmp_path / "runs" / "sft", "--no-use-lora", "--max-steps", 1, "--learning-rate",
-                 "1e-9", "--batch-size", 8, "--max-examples", 40, "--run-name", "full", "--output-dir", tmp_path / "runs")
+                 "1e-9", "--batch-size", 8, "--num-generations", 8, "--max-examples", 40, "--run-name", "full",
+                 "--output-dir", tmp_path / "runs")
     assert full.exit_code == 0, full.output
     assert [abs(s["kl"]) < 1e-6 for s in logged(tmp_path / "runs" / "full")] == [True]
 

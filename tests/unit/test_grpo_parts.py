@@ -40,13 +40,38 @@ def test_the_kl_anchor_is_on_from_a_finished_run_only(tmp_path):
     from types import SimpleNamespace
 
     from lancy_trl.errors import LancyError
-    from lancy_trl.train.methods.grpo import ANCHOR_BETA, beta, check_generations
+    from lancy_trl.train.methods.grpo import ANCHOR_BETA, beta, check
 
     (tmp_path / "run.json").write_text("{}")
     args = SimpleNamespace(model=str(tmp_path), beta=None, batch_size=16, gradient_accumulation_steps=1,
-                           num_generations=8)
+                           num_generations=8, num_processes=1, deepspeed=None, fsdp=None, use_lora=True)
     assert beta(args) == ANCHOR_BETA > 0
     assert beta(SimpleNamespace(model="smollm2-135m-instruct", beta=None)) == 0.0
     assert beta(SimpleNamespace(model=str(tmp_path), beta=0.0)) == 0.0
     with pytest.raises(LancyError, match="cannot be negative"):
-        check_generations(SimpleNamespace(**{**vars(args), "beta": -0.1}))
+        check(SimpleNamespace(**{**vars(args), "beta": -0.1}))
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "adapter_config.json").write_text("{}")
+    with pytest.raises(LancyError, match="would anchor to the base model"):
+        check(SimpleNamespace(**{**vars(args), "use_lora": False, "num_processes": 2}))
+    check(SimpleNamespace(**{**vars(args), "use_lora": False}))  # one process: the anchor is the merged model
+
+
+def test_generations_and_batch_follow_the_task_unless_given():
+    from types import SimpleNamespace
+
+    from lancy_trl.errors import LancyError
+    from lancy_trl.train.methods.grpo import fill_defaults
+
+    def filled(task, **given):
+        args = SimpleNamespace(**{"num_generations": None, "batch_size": None, "gradient_accumulation_steps": 1,
+                                  **given})
+        fill_defaults(args, task)
+        return args.num_generations, args.batch_size
+
+    assert filled("classification") == (16, 32)
+    assert filled("math") == (8, 16)
+    assert filled("classification", batch_size=48) == (16, 48)
+    assert filled("math", num_generations=4) == (4, 8)
+    with pytest.raises(LancyError, match="does not divide the 24 completions"):
+        filled("classification", batch_size=24)

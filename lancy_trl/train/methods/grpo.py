@@ -34,10 +34,12 @@ class GRPOArgs(ModelArgs, DataArgs, TrainArgs, RunArgs):
         "option letter), format (the answer where the prompt asks for it), length (a penalty past --length-budget), "
         "or your own FILE.py:NAME / module:NAME. Default: the task's own (label, numeric or choice).", group="GRPO",
     )
-    num_generations: int = opt(8, "Completions sampled per prompt; --batch-size x --gradient-accumulation-steps "
-                               "completions make a step, so it must divide that.", group="GRPO")
+    num_generations: int | None = opt(
+        None, "Completions sampled per prompt; --batch-size x --gradient-accumulation-steps completions make a step, "
+        "so it must divide that. Default 16 for classification and multiple choice (short answers: enough samples "
+        "that a group holds the rarer right answers), 8 otherwise.", group="GRPO")
     max_completion_length: int | None = opt(
-        None, "Longest completion in tokens; default 16 for classification and multiple choice, 256 for math, "
+        None, "Longest completion in tokens; default 8 for classification, 16 for multiple choice, 256 for math, "
         "128 otherwise.", group="GRPO",
     )
     length_budget: int | None = opt(None, "Completion tokens the length reward allows before its penalty starts; "
@@ -48,7 +50,8 @@ class GRPOArgs(ModelArgs, DataArgs, TrainArgs, RunArgs):
         f"{ANCHOR_BETA} from a finished run (--model runs/<run>: the run's model, adapter included, is the anchor), "
         "0 from a base model.", group="GRPO")
     max_length: int = opt(256, "Longest prompt in tokens; longer prompts are dropped with a count.")
-    batch_size: int = opt(16, "Completions per device per step (prompts x --num-generations).")
+    batch_size: int | None = opt(None, "Completions per device per step (prompts x --num-generations); default "
+                                 "two prompts' worth, 2 x --num-generations.")
     eval_steps: int = opt(20, "Every N steps a classification run answers its held-out prompts greedily and logs "
                           "the accuracy and each label's share of the answers (`lancy eval` on the run scores its "
                           "test rows).", group="Logging")
@@ -60,30 +63,25 @@ def beta(args: Any) -> float:
     return ANCHOR_BETA if Path(args.model, "run.json").is_file() else 0.0
 
 
-COMPLETION_LENGTH = {"classification": 16, "multiple_choice": 16, "math": 256}  # else 128
-# Measured on finsent from SmolLM2-135M (README, GRPO): 4 completions a prompt at 1e-4 collapsed to one answer for
-# every prompt within 60 steps (90% of groups all scoring alike: no signal left); 8 at 5e-5, 16 completions a step,
-# kept 70% of groups informative to the end. Full fine-tuning: TRL's 1e-6.
-LORA_LEARNING_RATE = 5e-5
+COMPLETION_LENGTH = {"classification": 8, "multiple_choice": 16, "math": 256}  # else 128
+# Measured on finsent from SmolLM2-135M (README, GRPO; docs/benchmarks.md has every run): with 8 completions a
+# prompt the model's rare label (neutral, 2% of its first answers) never came up in a group, so nothing rewarded it
+# and greedy answers never named it (0.613 held-out, macro-F1 0.49); 16 a prompt found it within 40 steps. LoRA at
+# 1e-4 learned the form in 20 steps (5e-5 had not learned the task in 100). Full fine-tuning: TRL's 1e-6.
+GENERATIONS = {"classification": 16, "multiple_choice": 16}  # else 8
+PROMPTS_PER_STEP = 2
+LORA_LEARNING_RATE = 1e-4
 
 
 def completion_length(args: Any, task: str) -> int:
     return args.max_completion_length or COMPLETION_LENGTH.get(task, 128)
 
 
-def check_generations(args: Any) -> None:
-    """TRL's rule, before anything loads: a step's completions are whole groups of --num-generations."""
-    per_step = args.batch_size * args.gradient_accumulation_steps
-    if args.num_generations < 2:
+def check(args: Any) -> None:
+    """Refusals before anything loads."""
+    if args.num_generations is not None and args.num_generations < 2:
         raise LancyError(f"--num-generations {args.num_generations}: GRPO compares completions of one prompt, so it "
                          "needs at least 2")
-    if per_step % args.num_generations:
-        fits = [g for g in range(2, per_step + 1) if per_step % g == 0]
-        sizes = [args.num_generations * k for k in range(1, 5)]
-        raise LancyError(f"--num-generations {args.num_generations} does not divide the {per_step} completions of a "
-                         f"step (--batch-size {args.batch_size} x --gradient-accumulation-steps "
-                         f"{args.gradient_accumulation_steps}): use --num-generations {' or '.join(map(str, fits))}, "
-                         f"or --batch-size {', '.join(map(str, sizes))}")
     if args.beta is not None and args.beta < 0:
         raise LancyError(f"--beta {args.beta}: the KL penalty's weight cannot be negative; 0 turns it off")
     from_lora = Path(args.model, "model", "adapter_config.json").is_file()
@@ -92,6 +90,23 @@ def check_generations(args: Any) -> None:
         raise LancyError("full fine-tuning from a LoRA run with a KL penalty under several processes would anchor "
                          "to the base model without the run's adapter: train on in the adapter (--use-lora), pass "
                          "--beta 0, or use one process")
+
+
+def fill_defaults(args: Any, task: str) -> None:
+    """--num-generations and --batch-size for the task when not given, then TRL's rule, before the model loads: a
+    step's completions are whole groups of --num-generations."""
+    if args.num_generations is None:
+        args.num_generations = GENERATIONS.get(task, 8)
+    if args.batch_size is None:
+        args.batch_size = PROMPTS_PER_STEP * args.num_generations
+    per_step = args.batch_size * args.gradient_accumulation_steps
+    if per_step % args.num_generations:
+        fits = [g for g in range(2, per_step + 1) if per_step % g == 0]
+        sizes = [args.num_generations * k for k in range(1, 5)]
+        raise LancyError(f"--num-generations {args.num_generations} does not divide the {per_step} completions of a "
+                         f"step (--batch-size {args.batch_size} x --gradient-accumulation-steps "
+                         f"{args.gradient_accumulation_steps}): use --num-generations {' or '.join(map(str, fits))}, "
+                         f"or --batch-size {', '.join(map(str, sizes))}")
 
 
 def as_prompts(ds: Any) -> Any:
@@ -125,6 +140,7 @@ def prompt_data(args: Any) -> Any:
 def load_data(args: GRPOArgs) -> Any:
     """The prompts, with the rewards checked against the data's task before the model loads."""
     data = prompt_data(args)
+    fill_defaults(args, data.kind)
     reward_functions(args, data)
     return data
 
@@ -220,7 +236,7 @@ def done(result: Any) -> str:
     return driver.done(result, rise, f"  score it: lancy eval --model {result.run_dir}\n")
 
 
-METHOD = Method(name="grpo", args=GRPOArgs, check=check_generations, load_data=load_data, prepare=prepare,
+METHOD = Method(name="grpo", args=GRPOArgs, check=check, load_data=load_data, prepare=prepare,
                 build=build, describe=describe, after=after, meta=meta, done=done, memory_rows="completions",
                 help="Reinforcement learning with verifiable rewards: sample completions, score them, learn from the "
                      "better ones.")
