@@ -8,8 +8,9 @@ Methods, A/B interleaved over --repeats after one untimed warm-up batch:
   score         lancy's default: one forward per batch, prompt shared by all labels through a tree attention mask
   score_cached  the prompt runs once and its KV cache is repeated for each label (the flash-attention path)
   generate      greedy decoding of a few tokens, then the label parse
-Prints a table and one JSON line with examples per second, the ratio score / generate, and agreement of the
-predictions between the two score paths (they compute the same numbers).
+  prefill       one forward pass of the left-padded prompts, nothing decoded: the floor under generate's time
+Prints a table and one JSON line with examples per second, the ratio score / generate, each method's accuracy on
+the rows, and agreement of the predictions between the two score paths (they compute the same numbers).
 """
 
 from __future__ import annotations
@@ -68,7 +69,22 @@ def main() -> None:
         finally:
             classify.score_batch = original
 
+    def prefill():
+        """The floor of `generate`: one forward of the left-padded prompts, the last position's logits only."""
+        from lancy_trl.data.template import encode_prompts
+
+        pad = loaded.tokenizer.pad_token_id
+        with torch.inference_mode():
+            for start in range(0, len(prompts), args.batch_size):
+                ids = encode_prompts(loaded.tokenizer, prompts[start: start + args.batch_size], None)
+                width = max(map(len, ids))
+                batch = torch.tensor([[pad] * (width - len(i)) + i for i in ids], device=loaded.model.device)
+                mask = (torch.arange(width)[None, :] >= torch.tensor([width - len(i) for i in ids])[:, None]).long()
+                loaded.model(input_ids=batch, attention_mask=mask.to(batch.device), logits_to_keep=1)
+        return [{"prediction": None}] * len(prompts)
+
     methods["score_cached"] = cached
+    methods["prefill"] = prefill
     classify.classify(loaded.model, loaded.tokenizer, prompts[: args.batch_size], labels, "score", args.batch_size)  # warm-up
     times: dict[str, list[float]] = {m: [] for m in methods}
     preds: dict[str, list] = {}
@@ -82,14 +98,20 @@ def main() -> None:
     device = str(loaded.model.device)
     print(f"{len(prompts)} finsent examples, batch {args.batch_size}, {args.model} on {device} "
           f"({torch.get_num_threads()} threads), median of {args.repeats}")
-    print(f"{'method':14s} {'ex/s':>8s} {'vs generate':>12s}")
-    for m in ("score", "score_cached", "generate"):
-        print(f"{m:14s} {eps[m]:8.1f} {eps[m] / eps['generate']:11.2f}x")
+    targets = [r["target"] for r in rows]
+    accuracy = {m: sum(p == t for p, t in zip(preds[m], targets)) / len(targets) for m in ("score", "score_cached",
+                                                                                            "generate")}
+    print(f"{'method':14s} {'ex/s':>8s} {'vs generate':>12s} {'accuracy':>9s}")
+    for m in ("score", "score_cached", "generate", "prefill"):
+        acc = f"{accuracy[m]:9.3f}" if m in accuracy else f"{'-':>9s}"
+        print(f"{m:14s} {eps[m]:8.1f} {eps[m] / eps['generate']:11.2f}x {acc}")
     agree = sum(a == b for a, b in zip(preds["score"], preds["score_cached"])) / len(prompts)
     print(json.dumps({"bench": "eval_speed", "model": args.model, "device": device, "n": len(prompts),
                       "examples_per_second": {m: round(v, 2) for m, v in eps.items()},
                       "score_over_generate": round(eps["score"] / eps["generate"], 3),
                       "score_over_score_cached": round(eps["score"] / eps["score_cached"], 3),
+                      "prefill_over_generate": round(eps["prefill"] / eps["generate"], 3),
+                      "accuracy": {m: round(a, 3) for m, a in accuracy.items()},
                       "score_paths_agree": agree}))
 
 

@@ -12,7 +12,8 @@ once as conversational prompt/completion JSON lines that the TRL script reads wi
   lancy  `python -m lancy_trl sft --model M --dataset finsent --eval-fraction 0 --num-train-epochs 1 --offline`
          (+ `--no-use-lora` unless --lora); its phases come from the run's run.json `phase_seconds`
   trl    the TRL quick-start: AutoModelForCausalLM, load_dataset("json"), SFTTrainer(SFTConfig(num_train_epochs=1,
-         the rest default; LoRA r16 on every linear layer with --lora)), train(), save_model(); it prints its phases
+         the rest default but bf16 only where the GPU has it, as lancy's fp32 on CPU; LoRA r16 on every linear
+         layer with --lora)), train(), save_model(); it prints its phases
 
 Phases: startup (process start to the first line of the script or command: interpreter and imports), data, model,
 build (the trainer, with its tokenization), train, save, and `other` (whatever the process did outside those, exit
@@ -56,7 +57,9 @@ peft_config = None
 if lora:
     from peft import LoraConfig
     peft_config = LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM")
-config = SFTConfig(output_dir=out, num_train_epochs=1, report_to="none", use_cpu=not torch.cuda.is_available())
+gpu = torch.cuda.is_available()
+config = SFTConfig(output_dir=out, num_train_epochs=1, report_to="none", use_cpu=not gpu,
+                   bf16=gpu and torch.cuda.is_bf16_supported())
 trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config)
 mark("build")
 trainer.train()
