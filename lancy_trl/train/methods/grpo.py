@@ -50,8 +50,9 @@ class GRPOArgs(ModelArgs, DataArgs, TrainArgs, RunArgs):
         f"{ANCHOR_BETA} from a finished run (--model runs/<run>: the run's model, adapter included, is the anchor), "
         "0 from a base model.", group="GRPO")
     max_length: int = opt(256, "Longest prompt in tokens; longer prompts are dropped with a count.")
-    batch_size: int | None = opt(None, "Completions per device per step (prompts x --num-generations); default "
-                                 "two prompts' worth, 2 x --num-generations.")
+    batch_size: int | None = opt(  # type: ignore[assignment]  # None until fill_defaults knows the task
+        None, "Completions per device per step (prompts x --num-generations); default two prompts' worth, "
+        "2 x --num-generations.")
     eval_steps: int = opt(20, "Every N steps a classification run answers its held-out prompts greedily and logs "
                           "the accuracy and each label's share of the answers (`lancy eval` on the run scores its "
                           "test rows).", group="Logging")
