@@ -140,6 +140,7 @@ CASES = [
     ("pretrain --dataset COLUMNS --streaming --max-steps 2", "has no `text` column to stream"),
     ("grpo --num-generations 3 --batch-size 16", "--num-generations 3 does not divide the 16 completions of a step"),
     ("grpo --num-generations 1", "needs at least 2"),
+    ("grpo --batch-size 8", "--num-generations 16 (classification's default) does not divide the 8 completions"),
     ("grpo --reward lable", "unknown reward 'lable'"),
     ("grpo --reward numeric", "--reward numeric scores math answers, but this run's task is classification"),
     ("grpo --reward nowhere.py:score", "no file nowhere.py"),

@@ -39,7 +39,8 @@ def test_grpo_logs_rewards_resumes_and_is_scored(tiny_model, tmp_path):
     log = (run / "logs" / "training.log").read_text()  # greedy answers to the held-out prompts, as training goes
     assert [int(line.split("step ")[1].split(":")[0]) for line in log.splitlines() if "greedy accuracy" in line] == [0, 2, 4]
     assert "answers negative" in log and "no label" in log
-    assert set(info["phase_seconds"]) == {"startup", "data", "model", "prepare", "build", "train", "save"}
+    phases = {"data", "model", "prepare", "build", "train", "save"}  # and startup in a process's first run alone
+    assert phases <= set(info["phase_seconds"]) <= phases | {"startup"}
     assert info["phase_seconds"]["train"] > 0
     scored = lancy("eval", "--model", run, "--method", "score", "--json")
     assert scored.exit_code == 0, scored.output

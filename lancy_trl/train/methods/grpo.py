@@ -96,6 +96,7 @@ def check(args: Any) -> None:
 def fill_defaults(args: Any, task: str) -> None:
     """--num-generations and --batch-size for the task when not given, then TRL's rule, before the model loads: a
     step's completions are whole groups of --num-generations."""
+    chosen = "" if args.num_generations else f" ({task}'s default)"
     if args.num_generations is None:
         args.num_generations = GENERATIONS.get(task, 8)
     if args.batch_size is None:
@@ -104,8 +105,8 @@ def fill_defaults(args: Any, task: str) -> None:
     if per_step % args.num_generations:
         fits = [g for g in range(2, per_step + 1) if per_step % g == 0]
         sizes = [args.num_generations * k for k in range(1, 5)]
-        raise LancyError(f"--num-generations {args.num_generations} does not divide the {per_step} completions of a "
-                         f"step (--batch-size {args.batch_size} x --gradient-accumulation-steps "
+        raise LancyError(f"--num-generations {args.num_generations}{chosen} does not divide the {per_step} "
+                         f"completions of a step (--batch-size {args.batch_size} x --gradient-accumulation-steps "
                          f"{args.gradient_accumulation_steps}): use --num-generations {' or '.join(map(str, fits))}, "
                          f"or --batch-size {', '.join(map(str, sizes))}")
 
@@ -185,7 +186,7 @@ def build(r: Any) -> Any:
     funcs, weights = r.state["rewards"]
     config = grpo_config(args, r.run_dir, info, r.data.kind, weights, chat_kwargs)
     r.loaded.model.generation_config.eos_token_id = stop_ids(r.loaded.tokenizer, chat_kwargs)  # end of turn ends it
-    labels = list(r.data.labels)
+    labels = list(r.data.labels) if r.data.kind == "classification" else []
     trainer = LancyGRPOTrainer(
         model=r.loaded.model, reward_funcs=funcs, args=config, train_dataset=r.data.train,
         processing_class=r.loaded.tokenizer, peft_config=arguments.lora_config(args, r.loaded.model, info),
