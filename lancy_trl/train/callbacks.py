@@ -147,9 +147,9 @@ class GracefulInterrupt(TrainerCallback):
         return control
 
 
-class ScoreEval(TrainerCallback):
-    """At each evaluation, classification runs also score the label words on the eval examples: accuracy and
-    macro-F1 of the `score` method, next to the eval loss in TensorBoard, the log file and the trainer state."""
+class HeldOutLabels(TrainerCallback):
+    """What the callbacks that classify held-out rows while a run trains share: the rows, the model's predictions
+    by one of `lancy eval`'s methods, and the figures recorded in TensorBoard and the trainer state."""
 
     def __init__(self, writer: Any, tokenizer: Any, rows: Any, labels: list[str], batch_size: int,
                  chat_kwargs: dict) -> None:
@@ -157,25 +157,40 @@ class ScoreEval(TrainerCallback):
         self.batch_size, self.chat_kwargs = batch_size, chat_kwargs
         self.prompts = [r["prompt"] for r in rows]
         self.targets = [r["target"] for r in rows]
+
+    def predict(self, model: Any, method: str) -> list[str | None]:
+        from lancy_trl.evaluation.classify import classify
+
+        was_training = model.training
+        results = classify(model, self.tokenizer, self.prompts, self.labels, method, self.batch_size,
+                           chat_kwargs=self.chat_kwargs)
+        if was_training:
+            model.train()
+        return [r["prediction"] for r in results]
+
+    def record(self, state: Any, figures: dict[str, float], count_key: str) -> None:
+        for key, value in figures.items():
+            self.writer.add_scalar(key.replace("eval_", "eval/", 1), value, state.global_step)
+        self.writer.flush()
+        state.log_history.append({**figures, count_key: len(self.targets), "step": state.global_step})
+
+
+class ScoreEval(HeldOutLabels):
+    """At each evaluation, classification runs also score the label words on the eval examples: accuracy and
+    macro-F1 of the `score` method, next to the eval loss in TensorBoard, the log file and the trainer state."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self.last: dict[str, float] = {}
 
     def on_evaluate(self, args, state, control, model=None, **kwargs):
         import logging
 
-        from lancy_trl.evaluation.classify import classify
         from lancy_trl.evaluation.metrics import classification_report
 
-        was_training = model.training
-        results = classify(model, self.tokenizer, self.prompts, self.labels, "score", self.batch_size,
-                           chat_kwargs=self.chat_kwargs)
-        if was_training:
-            model.train()
-        report = classification_report(self.targets, [r["prediction"] for r in results], self.labels)
+        report = classification_report(self.targets, self.predict(model, "score"), self.labels)
         self.last = {"eval_score_accuracy": report["accuracy"], "eval_score_macro_f1": report["macro_f1"]}
-        for key, value in self.last.items():
-            self.writer.add_scalar(key.replace("eval_", "eval/", 1), value, state.global_step)
-        self.writer.flush()
-        state.log_history.append({**self.last, "eval_score_n": len(self.targets), "step": state.global_step})
+        self.record(state, self.last, "eval_score_n")
         logging.getLogger("lancy").warning(
             "step %d: score accuracy %.4f, macro-F1 %.4f on %d eval examples", state.global_step,
             report["accuracy"], report["macro_f1"], len(self.targets),
@@ -197,31 +212,21 @@ class Perplexity(TrainerCallback):
             state.log_history.append({"eval_perplexity": perplexity, "step": state.global_step})
 
 
-class GreedyEval(TrainerCallback):
-    """GRPO on a classification task: every --eval-steps (and before the first step), greedy answers to the held-out
-    prompts, as `lancy eval --method generate` reads them: accuracy, the share of answers that name no label, and
-    the share of each label among the answers, so a policy collapsing onto one label shows while it trains. Warns
-    when one label takes more than COLLAPSE of the answers, or when most groups stop giving a learning signal
-    (frac_reward_zero_std, TRL's share of prompts whose completions all scored alike)."""
+class GreedyEval(HeldOutLabels):
+    """GRPO on a classification task: every `every` steps (and before the first step), greedy answers to the
+    held-out prompts, as `lancy eval --method generate` reads them: accuracy, the share of answers that name no
+    label, and the share of each label among the answers, so a policy collapsing onto one label shows while it
+    trains; a warning when one label takes more than COLLAPSE of the answers."""
 
     COLLAPSE = 0.6
-    NO_SIGNAL = 0.8
 
-    def __init__(self, writer: Any, tokenizer: Any, rows: Any, labels: list[str], every: int, batch_size: int,
-                 chat_kwargs: dict) -> None:
-        self.writer, self.tokenizer, self.labels, self.every = writer, tokenizer, labels, every
-        self.batch_size, self.chat_kwargs = batch_size, chat_kwargs
-        self.prompts = [r["prompt"] for r in rows]
-        self.targets = [r["target"] for r in rows]
-        self.zero_std: list[float] = []
+    def __init__(self, *args: Any, every: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.every = every
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if state.global_step == 0:
             self.evaluate(state, model)
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs and "frac_reward_zero_std" in logs:
-            self.zero_std.append(logs["frac_reward_zero_std"])
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if state.global_step % self.every == 0 or state.global_step == state.max_steps:
@@ -230,18 +235,8 @@ class GreedyEval(TrainerCallback):
     def evaluate(self, state: Any, model: Any) -> None:
         import logging
 
-        from lancy_trl.evaluation.classify import classify
-
-        was_training = model.training
-        results = classify(model, self.tokenizer, self.prompts, self.labels, "generate", self.batch_size,
-                           chat_kwargs=self.chat_kwargs)
-        if was_training:
-            model.train()
-        figures = greedy_figures(self.targets, [r["prediction"] for r in results], self.labels)
-        for key, value in figures.items():
-            self.writer.add_scalar(key.replace("eval_", "eval/", 1), value, state.global_step)
-        self.writer.flush()
-        state.log_history.append({**figures, "eval_greedy_n": len(self.targets), "step": state.global_step})
+        figures = greedy_figures(self.targets, self.predict(model, "generate"), self.labels)
+        self.record(state, figures, "eval_greedy_n")
         log = logging.getLogger("lancy")
         shares = ", ".join(f"{label} {figures[f'eval_greedy_share_{label}']:.0%}" for label in self.labels)
         log.warning("step %d: greedy accuracy %.4f on %d held-out prompts; answers %s, no label %.0f%%",
@@ -251,11 +246,29 @@ class GreedyEval(TrainerCallback):
         if state.global_step and figures[f"eval_greedy_share_{top}"] > self.COLLAPSE:
             log.warning("step %d: %.0f%% of greedy answers are %r: the policy is collapsing onto one label",
                         state.global_step, 100 * figures[f"eval_greedy_share_{top}"], top)
-        recent = self.zero_std[-self.every:]
-        if recent and sum(recent) / len(recent) > self.NO_SIGNAL:
-            log.warning("step %d: in %.0f%% of groups every completion scored alike over the last %d steps: little "
-                        "learning signal left (more --num-generations or a higher --temperature keeps it)",
-                        state.global_step, 100 * sum(recent) / len(recent), len(recent))
+
+
+class LittleSignal(TrainerCallback):
+    """GRPO, any task: every `every` steps, a warning when in more than SHARE of the groups every completion scored
+    alike (TRL's frac_reward_zero_std, averaged over those steps): such groups teach the policy nothing."""
+
+    SHARE = 0.8
+
+    def __init__(self, every: int) -> None:
+        self.every = every
+        self.recent: list[float] = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not logs or "frac_reward_zero_std" not in logs:
+            return
+        self.recent = [*self.recent, logs["frac_reward_zero_std"]][-self.every:]
+        if state.global_step % self.every == 0 and sum(self.recent) / len(self.recent) > self.SHARE:
+            import logging
+
+            logging.getLogger("lancy").warning(
+                "step %d: in %.0f%% of groups every completion scored alike over the last %d steps: little learning "
+                "signal left (more --num-generations or a higher --temperature keeps it)",
+                state.global_step, 100 * sum(self.recent) / len(self.recent), len(self.recent))
 
 
 def greedy_figures(targets: list[str], predictions: list[str | None], labels: list[str]) -> dict[str, float]:

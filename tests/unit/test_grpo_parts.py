@@ -75,3 +75,16 @@ def test_generations_and_batch_follow_the_task_unless_given():
     assert filled("math", num_generations=4) == (4, 8)
     with pytest.raises(LancyError, match="does not divide the 24 completions"):
         filled("classification", batch_size=24)
+
+
+def test_little_signal_warns_when_most_groups_score_alike(caplog):
+    from types import SimpleNamespace
+
+    from lancy_trl.train.callbacks import LittleSignal
+
+    watch = LittleSignal(every=2)
+    for step, share in enumerate([0.9, 0.5, 0.9, 0.95], start=1):  # steps 1-2 average 0.7, steps 3-4 0.925
+        with caplog.at_level("WARNING", logger="lancy"):
+            watch.on_log(None, SimpleNamespace(global_step=step), None, logs={"frac_reward_zero_std": share})
+    warned = [r.getMessage() for r in caplog.records if "little learning signal" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].startswith("step 4: in 92% of groups")

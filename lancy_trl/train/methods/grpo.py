@@ -179,7 +179,7 @@ def grpo_config(args: Any, run_dir: Path, info: dict[str, Any], task: str, weigh
 def build(r: Any) -> Any:
     from lancy_trl.data.template import stop_ids
     from lancy_trl.scale import distributed
-    from lancy_trl.train.callbacks import GreedyEval
+    from lancy_trl.train.callbacks import GreedyEval, LittleSignal
     from lancy_trl.train.grpo_trainer import LancyGRPOTrainer
 
     args, info, chat_kwargs = r.args, r.info, r.report["chat_template_kwargs"]
@@ -194,8 +194,10 @@ def build(r: Any) -> Any:
     )
     held_out = arguments.eval_subset(args, r.data.eval)
     if labels and held_out is not None and distributed.is_main() and distributed.world_size() == 1:
-        trainer.add_callback(GreedyEval(r.writer, r.loaded.tokenizer, held_out, labels, args.eval_steps,
-                                        args.batch_size, chat_kwargs))
+        trainer.add_callback(GreedyEval(r.writer, r.loaded.tokenizer, held_out, labels, args.batch_size, chat_kwargs,
+                                        every=args.eval_steps))
+    if distributed.is_main():
+        trainer.add_callback(LittleSignal(args.eval_steps))
     info.update(shared_prefix=trainer.shared_prefix, lean_logps=trainer.lean_logps, lean_modules=trainer.lean_modules,
                 checkpointed_layers=trainer.checkpointed_layers)
     return trainer
