@@ -6,14 +6,18 @@
 
 Same model, same documents (the finsent sentences as plain text), same block size and batch, each variant in its own
 process, interleaved, the first step untimed. Prints real (non-padding) tokens per second, model FLOP utilisation
-against a matmul peak measured in the same run, peak RSS, and the ratios:
-  run_clm      the transformers example's recipe: tokenize, concatenate every document (EOS between), cut into
-               blocks of --block tokens, `Trainer` + DataCollatorForLanguageModeling(mlm=False); already
-               padding-free (tokens attend across documents inside a block)
-  trl_default  trl.SFTTrainer with SFTConfig's defaults on {"text"} rows (one document per row, padded per batch,
-               truncated at --block)
-  lancy        lancy_trl.train.pretrain.pretrain_config and its trainer: documents packed into blocks by best-fit,
-               each block a row (padding-free with flash-attention), no attention across documents
+against a matmul peak measured in the same run, peak RSS, and the ratios at equal attention semantics:
+  run_clm       the transformers example's recipe: tokenize, concatenate every document (EOS between), cut into
+                blocks of --block tokens, `Trainer` + DataCollatorForLanguageModeling(mlm=False); no padding, tokens
+                attend across documents inside a block
+  run_clm_docs  run_clm's blocks with document boundaries: positions restart after each EOS and no attention mask, so
+                transformers builds a block-diagonal causal mask (no token attends to another document)
+  trl_default   trl.SFTTrainer with SFTConfig's defaults on {"text"} rows (one document per row, padded per batch,
+                truncated at --block)
+  lancy         `lancy pretrain`: pretrain_config and its trainer, documents packed into blocks by best-fit, each
+                block a row (padding-free with flash-attention), no attention across documents
+  lancy_across  `lancy pretrain --attend-across-documents`: TRL's wrapped packing (run_clm's blocks), plain causal
+Ratios: lancy / run_clm_docs (both keep documents apart), lancy_across / run_clm (both attend across), lancy / TRL.
 Model FLOPs per token: (4N with LoRA's frozen base, 6N otherwise) for the body and the LM head, every token learned.
 """
 
@@ -27,7 +31,8 @@ import sys
 import time
 from pathlib import Path
 
-VARIANTS = ("run_clm", "trl_default", "lancy")
+VARIANTS = ("run_clm", "run_clm_docs", "trl_default", "lancy", "lancy_across")
+PAIRS = (("lancy", "run_clm_docs"), ("lancy_across", "run_clm"), ("lancy", "trl_default"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
@@ -44,7 +49,7 @@ def run_variant(variant: str, opts: argparse.Namespace) -> dict:
     device = pick_device(opts.device)
     args = resolve(PretrainArgs, flags={"dataset": ["finsent"], "max_steps": opts.steps + 1, "max_length": opts.block,
                                         "batch_size": opts.batch_size, "use_lora": not opts.full, "device": device,
-                                        "model": opts.model_path})
+                                        "model": opts.model_path, "attend_across_documents": variant == "lancy_across"})
     data = text_data(args)
     loaded = load_model(resolve_model(opts.model_path, log=lambda m: None), args, device=device)
     model, tok = loaded.model, loaded.tokenizer
@@ -54,7 +59,7 @@ def run_variant(variant: str, opts: argparse.Namespace) -> dict:
                   learning_rate=2e-4 if peft else 2e-5)
     bf16_ok = device == "cuda" and torch.cuda.is_bf16_supported()
     counted: list[int] = []
-    if variant == "run_clm":
+    if variant.startswith("run_clm"):
         from peft import get_peft_model
         from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
 
@@ -66,6 +71,8 @@ def run_variant(variant: str, opts: argparse.Namespace) -> dict:
         trainer: object = Trainer(model=get_peft_model(model, peft) if peft else model,
                                   args=TrainingArguments(**common, bf16=bf16_ok), train_dataset=train,
                                   data_collator=DataCollatorForLanguageModeling(tok, mlm=False))
+        if variant == "run_clm_docs":
+            trainer.data_collator = DocumentBoundaries(trainer.data_collator, tok.eos_token_id)
     elif variant == "trl_default":
         from trl import SFTConfig, SFTTrainer
 
@@ -108,6 +115,30 @@ def run_variant(variant: str, opts: argparse.Namespace) -> dict:
             "device": device, "params": n_body + head.numel()}
 
 
+class DocumentBoundaries:
+    """run_clm's batch with positions restarting after each EOS and no attention mask: transformers then builds a
+    block-diagonal causal mask, and a document's first token is not a target (nothing of its own predicts it)."""
+
+    def __init__(self, collate, eos: int) -> None:
+        self.collate, self.eos = collate, eos
+
+    def __call__(self, features):
+        import torch
+
+        batch = self.collate(features)
+        ids = batch.pop("input_ids")
+        batch.pop("attention_mask")
+        after_eos = torch.zeros_like(ids, dtype=torch.bool)
+        after_eos[:, 1:] = ids[:, :-1] == self.eos
+        starts = after_eos.clone()
+        starts[:, 0] = True
+        index = torch.arange(ids.shape[1]).expand_as(ids)
+        last_start = torch.where(starts, index, torch.zeros_like(index)).cummax(dim=1).values
+        batch["position_ids"] = index - last_start
+        batch["labels"][after_eos] = -100
+        return {"input_ids": ids, **batch}
+
+
 def main() -> None:
     from harness import interleaved, matmul_peak, model_path
 
@@ -130,20 +161,20 @@ def main() -> None:
     peak = matmul_peak(results["lancy"][0]["device"], "float32")
     k = 6 if opts.full else 4
     summary = {}
-    print(f"{'variant':<12} {'tok/s':>8} {'s/step':>8} {'MFU':>6} {'peak MB':>8}   (fp32 matmul peak {peak:.0f} GFLOP/s)")
+    print(f"{'variant':<13} {'tok/s':>8} {'s/step':>8} {'MFU':>6} {'peak MB':>8}   (fp32 matmul peak {peak:.0f} GFLOP/s)")
     for v, rs in results.items():
         tps = statistics.median(r["tokens_per_s"] for r in rs)
         mfu = tps * k * rs[0]["params"] / (peak * 1e9)
         summary[v] = {"tokens_per_s": tps, "mfu": mfu, "peak_mb": max(r["peak_mb"] for r in rs)}
-        print(f"{v:<12} {tps:>8.1f} {statistics.median(r['step_s'] for r in rs):>8.2f} {mfu:>6.1%} "
+        print(f"{v:<13} {tps:>8.1f} {statistics.median(r['step_s'] for r in rs):>8.2f} {mfu:>6.1%} "
               f"{summary[v]['peak_mb']:>8.0f}")
     report = {"model": opts.model, "block": opts.block, "lora": not opts.full, "matmul_peak_gflops": peak,
               "variants": summary}
-    for base in ("run_clm", "trl_default"):
-        pairs = [a["tokens_per_s"] / b["tokens_per_s"] for a, b in zip(results["lancy"], results[base])]
-        report[f"ratio_vs_{base}"] = summary["lancy"]["tokens_per_s"] / summary[base]["tokens_per_s"]
-        report[f"ratio_vs_{base}_by_run"] = [round(x, 2) for x in pairs]
-        print(f"lancy / {base}: {report[f'ratio_vs_{base}']:.2f}x (run by run: {', '.join(f'{x:.2f}' for x in pairs)})")
+    for ours, base in PAIRS:
+        pairs = [a["tokens_per_s"] / b["tokens_per_s"] for a, b in zip(results[ours], results[base])]
+        ratio = summary[ours]["tokens_per_s"] / summary[base]["tokens_per_s"]
+        report[f"{ours}/{base}"] = {"ratio": ratio, "by_run": [round(x, 2) for x in pairs]}
+        print(f"{ours} / {base}: {ratio:.2f}x (run by run: {', '.join(f'{x:.2f}' for x in pairs)})")
     print(json.dumps(report))
 
 

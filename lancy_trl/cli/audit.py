@@ -28,7 +28,8 @@ def audit(
                                               "unseen ones (a seeded sample).")] = None,
     k: Annotated[float, typer.Option("--k", help="Share of lowest-scored tokens Min-K% and Min-K%++ average.")] = 0.2,
     bootstrap: Annotated[int, typer.Option("--bootstrap", help="Resamples for the AUC's 95% interval.")] = 1000,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Rows per forward pass.")] = 8,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Rows per scoring pass (greedy decoding for "
+                                            "verbatim extraction runs 4x as many).")] = 8,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the samples and the bootstrap.")] = 0,
     device: Annotated[str, typer.Option("--device", help="auto picks cuda > mps > cpu.")] = "auto",
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,

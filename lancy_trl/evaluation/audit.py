@@ -22,7 +22,9 @@ class AuditOptions:
     limit: int | None = None  # at most this many members (and as many non-members)
     k: float = 0.2  # the share of lowest-scored tokens Min-K% and Min-K%++ average
     bootstrap: int = 1000
-    batch_size: int = 8
+    batch_size: int = 8  # rows per scoring pass (every position's whole-vocabulary distribution); greedy decoding
+    # for verbatim extraction runs 4x as many rows at a time (it keeps no vocabulary-wide tensor: 2.4x faster at 32
+    # than at 8 for SmolLM2-135M on CPU)
     seed: int = 0
     device: str = "auto"
 
@@ -141,9 +143,9 @@ def _score(run: Path, info: dict[str, Any], opts: AuditOptions, members: list[di
     base = ModelSource(short_name(base_path), base_path, "base")
     loaded, chat_kwargs = _load(base if opts.base else resolve_model(str(run)), info, opts)
     target = membership.token_stats(loaded.model, loaded.tokenizer, rows, chat_kwargs, opts.batch_size)
-    extraction = {"members": membership.verbatim(loaded.model, loaded.tokenizer, members, chat_kwargs, opts.batch_size),
-                  "non_members": membership.verbatim(loaded.model, loaded.tokenizer, others, chat_kwargs,
-                                                     opts.batch_size)}
+    decode = 4 * opts.batch_size
+    extraction = {"members": membership.verbatim(loaded.model, loaded.tokenizer, members, chat_kwargs, decode),
+                  "non_members": membership.verbatim(loaded.model, loaded.tokenizer, others, chat_kwargs, decode)}
     canaries = _canaries(run, info, loaded, chat_kwargs, opts.seed)
     if not opts.base:
         del loaded

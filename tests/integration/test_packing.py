@@ -100,3 +100,52 @@ def test_pretrain_blocks_are_rows_whose_documents_never_meet(tiny_model, tmp_pat
     assert grads[chunk].keys() == grads[10**6].keys() and grads[chunk]
     for name, grad in grads[10**6].items():
         assert torch.allclose(grads[chunk][name], grad, atol=1e-6, rtol=1e-4), name
+
+
+def test_pretrain_across_documents_is_run_clms_recipe(tiny_model, tmp_path):
+    """--attend-across-documents: the joined text cut into full blocks, each a row under a plain causal mask, so a
+    document's tokens read the one before it (the loss is the row's loss as one sequence)."""
+    import torch
+    from datasets import Dataset
+
+    from lancy_trl.config import resolve
+    from lancy_trl.models import ModelSource, load_model
+    from lancy_trl.train.methods.pretrain import DocumentRows, PretrainArgs, pretrain_config, use_document_rows
+    from lancy_trl.train.trainer import LancySFTTrainer
+
+    args = resolve(PretrainArgs, flags={"model": str(tiny_model), "use_lora": False, "batch_size": 2, "max_length": 24,
+                                        "attend_across_documents": True})
+    loaded = load_model(ModelSource("tiny", str(tiny_model), "local"), args, device="cpu")
+    docs = [{"text": " ".join(["profit rose"] * n)} for n in (3, 7, 2, 5, 9, 4)]
+    config = pretrain_config(args, tmp_path, loaded.info, has_eval=False)
+    trainer = LancySFTTrainer(model=loaded.model, args=config, train_dataset=Dataset.from_list(docs),
+                              processing_class=loaded.tokenizer)
+    use_document_rows(trainer, loaded.info, loaded.tokenizer)
+    assert not isinstance(trainer.data_collator, DocumentRows)
+    lengths = sorted(len(r["input_ids"]) for r in trainer.train_dataset)
+    total = sum(len(loaded.tokenizer(d["text"])["input_ids"]) + 1 for d in docs)  # EOS after each document
+    assert sum(lengths) == total and set(lengths[1:]) == {24}  # every token kept, full blocks but one remainder
+    batch = next(iter(trainer.get_train_dataloader()))
+    full = [r for r in range(batch["input_ids"].shape[0]) if int(batch["attention_mask"][r].sum()) == 24]
+    assert full, "a batch holds a full block"
+    row = batch["input_ids"][full[0]:full[0] + 1]
+    eos = loaded.tokenizer.eos_token_id
+    assert eos in row[0, :-1].tolist()  # a document ends inside the block and the next one goes on in the same row
+    model = trainer.model.eval()
+    with torch.no_grad():
+        one = {"input_ids": row, "attention_mask": torch.ones_like(row), "labels": row.clone()}
+        ours = trainer.compute_loss(model, one).item()
+        plain = model(input_ids=row, labels=row).loss.item()  # one causal sequence: documents see each other
+        positions = torch.cat([torch.arange(len(p)) for p in _split_at(row[0].tolist(), eos)])[None]
+        apart = (model(input_ids=row).logits - model(input_ids=row, position_ids=positions).logits).abs().max()
+    assert "position_ids" not in batch  # nothing restarts at a document: the model's plain causal mask
+    assert abs(ours - plain) < 1e-4 and apart > 1e-4  # and documents kept apart would have read otherwise
+
+
+def _split_at(ids, eos):
+    parts, start = [], 0
+    for i, t in enumerate(ids):
+        if t == eos:
+            parts.append(ids[start:i + 1])
+            start = i + 1
+    return parts + ([ids[start:]] if start < len(ids) else [])

@@ -7,7 +7,9 @@
 Documents are joined with EOS (TRL appends it) and packed into blocks of `--max-length` tokens by TRL's best-fit
 packing, a document longer than a block continuing in the next (`bfd_split`). Positions restart at each document and
 no token attends to another: with flash-attention a batch runs padding-free (varlen), otherwise each block is a row
-whose block-diagonal mask transformers builds from the positions (DocumentRows). Chat and classification datasets
+whose block-diagonal mask transformers builds from the positions (DocumentRows). `--attend-across-documents` is the
+classic run_clm recipe instead: documents joined and cut into full blocks, a token attending to the earlier documents
+of its block (a plain causal mask). Chat and classification datasets
 contribute their text: the user message and the answer. Evaluation is the loss and its perplexity on the held-out
 slice, which `lancy eval` on the run scores again.
 """
@@ -40,6 +42,11 @@ class PretrainArgs(ModelArgs, DataArgs, TrainArgs, RunArgs, CanaryArgs):
         "registry corpora too large to download (openwebtext, common-corpus) unless --max-examples is given.",
         group="Data",
     )
+    attend_across_documents: bool = opt(
+        False, "The classic run_clm recipe: documents joined with EOS and cut into full blocks, each token attending "
+        "to the earlier documents in its block (a plain causal mask, no padding). Default: documents packed whole by "
+        "best fit, positions restarting at each, no token attending to another document.",
+    )
 
 
 def load_data(args: PretrainArgs) -> Any:
@@ -62,17 +69,21 @@ def prepare(r: Any) -> dict[str, Any]:
 def pretrain_config(args: PretrainArgs, run_dir: Path, info: dict[str, Any], has_eval: bool) -> Any:
     """`lancy sft`'s TRL config, with text packed into blocks (`bfd_split`: a long document continues in the next
     block), padding-free batches (which TRL's best-fit packing implies; without a varlen kernel the trainer's
-    collator is then DocumentRows) and the loss on every token."""
+    collator is then DocumentRows) and the loss on every token; or, across documents, blocks cut from the joined
+    text as rows."""
     config = arguments.sft_config(args, run_dir, info, has_eval)
     config.packing, config.packing_strategy, config.padding_free = True, "bfd_split", True
+    if args.attend_across_documents:  # TRL's "wrapped" packing is run_clm's group_texts: full blocks, plain causal
+        config.packing_strategy, config.padding_free = "wrapped", False
     config.completion_only_loss, config.train_sampling_strategy = False, "random"
     config.eval_packing = True  # held-out documents in blocks too: the perplexity covers every held-out token
     return config
 
 
 def use_document_rows(trainer: Any, info: dict[str, Any], tokenizer: Any) -> None:
-    """DocumentRows as the trainer's collator, unless the attention is varlen (flash), which takes the flat row."""
-    if not info["attn_implementation"].startswith("flash_attention"):
+    """DocumentRows as the trainer's collator, unless the attention is varlen (flash), which takes the flat row, or
+    the blocks are not padding-free (--attend-across-documents: TRL's collator, rows with a causal mask)."""
+    if trainer.args.padding_free and not info["attn_implementation"].startswith("flash_attention"):
         trainer.data_collator = DocumentRows(tokenizer.pad_token_id)
 
 
@@ -125,9 +136,11 @@ def describe(r: Any, trainer: Any) -> str:
                 f"({len(data.eval):,} held out)")
     else:
         blocks = len(trainer.train_dataset)
-        what = f"{len(data.train):,} documents packed into {blocks:,} blocks of up to {args.max_length} tokens"
-    return (f"{info['architecture']} on {info['device']} ({info['precision']}, {info['attn_implementation']}): {what}, "
-            "no attention across documents")
+        how = "joined and cut into" if args.attend_across_documents else "packed into"
+        what = f"{len(data.train):,} documents {how} {blocks:,} blocks of up to {args.max_length} tokens"
+    across = ("tokens attend to earlier documents in their block" if args.attend_across_documents
+              else "no attention across documents")
+    return f"{info['architecture']} on {info['device']} ({info['precision']}, {info['attn_implementation']}): {what}, {across}"
 
 
 def after(r: Any, trainer: Any, result: Any) -> None:
