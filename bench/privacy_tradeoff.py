@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -83,7 +84,8 @@ def summary(report: dict) -> dict:
     attacks, best = report["attacks"], report["best"]
     return {"best": best, "auc": attacks[best]["auc"], "low": attacks[best]["auc_low"],
             "high": attacks[best]["auc_high"], "loss_auc": attacks["loss"]["auc"],
-            "tpr_at_1pct": attacks[best]["tpr_at_1pct_fpr"], "verbatim": report["verbatim"], "rows": report["members"]}
+            "tpr_at_1pct": attacks[best]["tpr_at_1pct_fpr"], "verbatim": report["verbatim"], "rows": report["members"],
+            "loss": report["answer_loss"]}
 
 
 def main() -> None:
@@ -110,16 +112,19 @@ def main() -> None:
     table = {}
     for label, (name, extra) in runs.items():
         run = opts.work / "runs" / name
-        lancy("sft", "--dataset", str(train), "--eval-fraction", "0", "--output-dir", str(run.parent),
-              "--run-name", name, *extra, env=env)
+        if not (run / "run.json").is_file() or json.loads((run / "run.json").read_text())["status"] != "complete":
+            shutil.rmtree(run, ignore_errors=True)  # a complete run of an earlier call is audited again, not retrained
+            lancy("sft", "--dataset", str(train), "--eval-fraction", "0", "--output-dir", str(run.parent),
+                  "--run-name", name, *extra, env=env)
         table[label] = summary(audit(run, unseen, False, env))
     control = summary(audit(opts.work / "runs" / "nonprivate", unseen, True, env))  # the same rows for every run
     table["base model (`--base`, the control)"] = control
-    print("\n| run | best attack | AUC [95%] | loss AUC | TPR at 1% FPR | verbatim, members / unseen |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("\n| run | best attack | AUC [95%] | loss AUC | TPR at 1% FPR | loss per token, members / unseen | verbatim |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for label, a in table.items():
         print(f"| {label} | {a['best']} | {a['auc']:.3f} [{a['low']:.2f}-{a['high']:.2f}] | {a['loss_auc']:.3f} | "
-              f"{a['tpr_at_1pct']:.3f} | {a['verbatim']['members']:.2f} / {a['verbatim']['non_members']:.2f} |")
+              f"{a['tpr_at_1pct']:.3f} | {a['loss']['members']:.3f} / {a['loss']['non_members']:.3f} | "
+              f"{a['verbatim']['members']:.2f} / {a['verbatim']['non_members']:.2f} |")
     print(json.dumps(table))
 
 

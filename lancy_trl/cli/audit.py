@@ -61,6 +61,8 @@ def show(console: Any, r: dict[str, Any]) -> None:
                       f"{a['tpr_at_1pct_fpr']:.3f}")
     console.print(table)
     console.print("AUC 0.5: the attack cannot tell training rows from unseen ones; 1.0: it always can.")
+    loss = r["answer_loss"]
+    console.print(f"mean loss per token: {loss['members']:.3f} on training rows, {loss['non_members']:.3f} on unseen ones")
     v = r["verbatim"]
     console.print(f"verbatim: greedy decoding writes {v['members']:.1%} of training answers exactly "
                   f"({v['non_members']:.1%} of unseen ones)")

@@ -116,9 +116,12 @@ def run_audit(run: Path, opts: AuditOptions, console: Any) -> dict[str, Any]:
 
     attacks = {name: roc(s[:len(members)], s[len(members):], opts.bootstrap, opts.seed) for name, s in scores.items()}
     strongest = max(attacks, key=lambda a: attacks[a]["auc"])  # each scores members higher: the best reads highest
+    nll = [-x for x in scores["loss"]]  # each row's mean loss per answer token: the gap is what the attacks read
+    answer_loss = {"members": sum(nll[:len(members)]) / len(members), "non_members": sum(nll[len(members):]) / len(others)}
     report = {"run": str(run), "model": "base" if opts.base else "run", "members": len(members),
               "non_members": len(others), "non_members_from": origin,
               "tokens": "text" if "text" in members[0] else "answer", "k": opts.k, "attacks": attacks,
+              "answer_loss": answer_loss,
               "best": strongest, "verbatim": extraction,
               "canaries": canaries, "notes": notes, "options": asdict(opts)}
     path = run / ("audit-base.json" if opts.base else "audit.json")

@@ -47,6 +47,7 @@ def test_a_run_that_memorised_random_answers_is_caught_and_its_base_control_read
         assert a["auc"] > 0.95 and a["auc_low"] <= a["auc"] <= a["auc_high"], (name, a)
     assert report["attacks"]["loss"]["tpr_at_1pct_fpr"] > 0.5
     assert report["verbatim"]["members"] > 0.9 and report["verbatim"]["non_members"] < 0.1
+    assert report["answer_loss"]["members"] < 0.5 * report["answer_loss"]["non_members"]  # the gap the attacks read
     assert json.loads((memorised / "audit.json").read_text())["attacks"] == report["attacks"]
 
     control = audit(memorised, "--base")
@@ -54,6 +55,8 @@ def test_a_run_that_memorised_random_answers_is_caught_and_its_base_control_read
     for name, a in control["attacks"].items():
         assert 0.25 < a["auc"] < 0.75, (name, a)
     assert control["verbatim"]["members"] < 0.1
+    loss = control["answer_loss"]
+    assert abs(loss["members"] - loss["non_members"]) < 0.25 * loss["non_members"]  # the base model saw neither
     assert (memorised / "audit-base.json").is_file()
 
 
