@@ -1,7 +1,7 @@
 """What DP buys against membership inference, on rows a model can memorise: client desk notes whose answers carry
 facts no model could guess (names, account numbers, amounts, dates), as a bank's own fine-tuning data would.
 
-    python bench/privacy_tradeoff.py                      # make the data, train both runs, audit each, print the table
+    python bench/privacy_tradeoff.py                      # make the data, train the three runs, audit each, print the table
     python bench/privacy_tradeoff.py --rows 300 --memorise-epochs 4 --work /tmp/privacy
     python bench/privacy_tradeoff.py --data-only --work /tmp/privacy     # only write train.jsonl / unseen.jsonl
 
@@ -10,14 +10,15 @@ same generator that no run sees, the non-members). Three runs train on train.jso
 `lancy sft --num-train-epochs 8` (a run trained long enough to memorise) and `lancy sft --dp-epsilon 8` with the
 defaults DP chooses; `lancy audit RUN --data-files unseen.jsonl` scores each, and `--base` once (the control: the
 base model on the same rows). Prints one table row per run (membership AUC of the best attack with its 95%
-interval, the loss attack, TPR at 1% FPR, verbatim extraction) and one JSON line.
+interval, the loss attack, TPR at 1% FPR, the answer loss of members and unseen rows, verbatim extraction) and
+one JSON line. A run that finished in an earlier call with the same --rows, --seed and settings is audited again,
+not retrained.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import shutil
 import subprocess
@@ -70,13 +71,13 @@ def write_data(work: Path, rows: int, seed: int) -> tuple[Path, Path]:
     return train, unseen
 
 
-def lancy(*args: str, env: dict[str, str]) -> None:
+def lancy(*args: str) -> None:
     print("$ lancy", " ".join(args), flush=True)
-    subprocess.run([sys.executable, "-m", "lancy_trl", *args], check=True, env=env)
+    subprocess.run([sys.executable, "-m", "lancy_trl", *args], check=True)
 
 
-def audit(run: Path, unseen: Path, base: bool, env: dict[str, str]) -> dict:
-    lancy("audit", str(run), "--data-files", str(unseen), *(["--base"] if base else []), "--json", env=env)
+def audit(run: Path, unseen: Path, base: bool) -> dict:
+    lancy("audit", str(run), "--data-files", str(unseen), *(["--base"] if base else []), "--json")
     return json.loads((run / ("audit-base.json" if base else "audit.json")).read_text())
 
 
@@ -103,21 +104,22 @@ def main() -> None:
     print(f"wrote {train} and {unseen}: {opts.rows} rows each", flush=True)
     if opts.data_only:
         return
-    env = dict(os.environ)
-    runs = {"no DP, defaults": ("nonprivate", []),
-            f"no DP, {opts.memorise_epochs:g} epochs": ("memorised", ["--num-train-epochs", str(opts.memorise_epochs)]),
-            f"--dp-epsilon {opts.epsilon:g}, defaults": ("dp", ["--dp-epsilon", str(opts.epsilon)])}
+    data = f"{opts.rows}rows-seed{opts.seed}"  # a run is reused only by a call with the same data and settings
+    runs = {"no DP, defaults": (f"nonprivate-{data}", []),
+            f"no DP, {opts.memorise_epochs:g} epochs": (f"memorised{opts.memorise_epochs:g}-{data}",
+                                                       ["--num-train-epochs", str(opts.memorise_epochs)]),
+            f"--dp-epsilon {opts.epsilon:g}, defaults": (f"dp{opts.epsilon:g}-{data}", ["--dp-epsilon", str(opts.epsilon)])}
     if not opts.memorise_epochs:
-        runs = {k: v for k, v in runs.items() if v[0] != "memorised"}
+        runs = {k: v for k, v in runs.items() if not v[0].startswith("memorised")}
     table = {}
     for label, (name, extra) in runs.items():
         run = opts.work / "runs" / name
         if not (run / "run.json").is_file() or json.loads((run / "run.json").read_text())["status"] != "complete":
             shutil.rmtree(run, ignore_errors=True)  # a complete run of an earlier call is audited again, not retrained
             lancy("sft", "--dataset", str(train), "--eval-fraction", "0", "--output-dir", str(run.parent),
-                  "--run-name", name, *extra, env=env)
-        table[label] = summary(audit(run, unseen, False, env))
-    control = summary(audit(opts.work / "runs" / "nonprivate", unseen, True, env))  # the same rows for every run
+                  "--run-name", name, *extra)
+        table[label] = summary(audit(run, unseen, False))
+    control = summary(audit(opts.work / "runs" / f"nonprivate-{data}", unseen, True))  # the same rows for every run
     table["base model (`--base`, the control)"] = control
     print("\n| run | best attack | AUC [95%] | loss AUC | TPR at 1% FPR | loss per token, members / unseen | verbatim |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
