@@ -166,35 +166,48 @@ class LancySFTTrainer(Resumable, SFTTrainer):
     def _chunked_loss(self, model: Any, forward: dict[str, Any], labels: Any, where: tuple[Any, Any],
                       num_items_in_batch: Any, mode: str, return_outputs: bool) -> Any:
         """The loss on most positions (pretraining): the decoder's last hidden states, then the LM head and the
-        cross-entropy LOSS_CHUNK positions at a time, each chunk recomputed in backward, so a batch's logits
-        (2,048 positions x 49k for SmolLM2: 400 MB, and as much again for their gradient) never exist at once. The
-        same sum over the same tokens divided by the same count as TRL's; entropy and accuracy from the same
-        logits."""
+        cross-entropy LOSS_CHUNK positions at a time, so a batch's logits (2,048 positions x 49k for SmolLM2: 400 MB,
+        and as much again for their gradient) never exist at once. A plain head takes each chunk's gradients in
+        forward (lancy_trl/train/speed/head_loss.py); any other is checkpointed chunk by chunk (recomputed in
+        backward). The same sum over the same tokens divided by the same count as TRL's; entropy and accuracy from
+        the same logits."""
         import torch
-        import torch.nn.functional as F
-        from torch.utils.checkpoint import checkpoint
+
+        from lancy_trl.train.speed.head_loss import applies, head_loss
 
         causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
         hidden = causal_lm.base_model(**forward, use_cache=False).last_hidden_state
         rows, cols = where
         targets = labels[rows, cols + 1]
         head = causal_lm.get_output_embeddings()
-        seen: dict[int, tuple[float, int]] = {}
-
-        def chunk(h: Any, t: Any, i: int) -> Any:
-            logits = head(h).float()
-            if i not in seen:  # the first pass (checkpoint runs it again in backward)
-                with torch.no_grad():
-                    logp = torch.log_softmax(logits, -1)
-                    seen[i] = (-(logp.exp() * logp).sum().item(), int((logits.argmax(-1) == t).sum()))
-            return F.cross_entropy(logits, t, reduction="sum")
-
         states = hidden[rows, cols]
-        total = sum(checkpoint(chunk, states[a:a + LOSS_CHUNK], targets[a:a + LOSS_CHUNK], a, use_reentrant=False)
-                    for a in range(0, len(targets), LOSS_CHUNK))
+        if applies(head, states.device.type):
+            total, entropy, correct = head_loss(head, states, targets, LOSS_CHUNK)
+        else:
+            total, entropy, correct = _checkpointed_head_loss(head, states, targets)
         n = len(targets)
         loss = total / torch.as_tensor(n if num_items_in_batch is None else num_items_in_batch).clamp(min=1)
         body = int(forward["attention_mask"].sum()) if "attention_mask" in forward else labels.numel()
-        self._record(mode, {**forward, "labels": labels}, labels, body, sum(e for e, _ in seen.values()) / n,
-                     sum(c for _, c in seen.values()) / n)
+        self._record(mode, {**forward, "labels": labels}, labels, body, entropy / n, correct / n)
         return (loss, {"logits": None}) if return_outputs else loss
+
+
+def _checkpointed_head_loss(head: Any, states: Any, targets: Any) -> tuple[Any, float, int]:
+    """(summed cross-entropy, summed entropy, correct predictions), each chunk recomputed in backward."""
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.checkpoint import checkpoint
+
+    seen: dict[int, tuple[float, int]] = {}
+
+    def chunk(h: Any, t: Any, i: int) -> Any:
+        logits = head(h).float()
+        if i not in seen:  # the first pass (checkpoint runs it again in backward)
+            with torch.no_grad():
+                logp = torch.log_softmax(logits, -1)
+                seen[i] = (-(logp.exp() * logp).sum().item(), int((logits.argmax(-1) == t).sum()))
+        return F.cross_entropy(logits, t, reduction="sum")
+
+    total = sum(checkpoint(chunk, states[a:a + LOSS_CHUNK], targets[a:a + LOSS_CHUNK], a, use_reentrant=False)
+                for a in range(0, len(targets), LOSS_CHUNK))
+    return total, sum(e for e, _ in seen.values()), sum(c for _, c in seen.values())

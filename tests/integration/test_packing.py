@@ -52,12 +52,15 @@ def test_lancy_packed_batch_loss_equals_each_example_alone(tiny_model, tmp_path,
     assert abs(leaky - total / count) > 1e-4  # without the position resets the examples would see each other
 
 
-@pytest.mark.parametrize("chunk", [7, 10**6])
-def test_pretrain_blocks_are_rows_whose_documents_never_meet(tiny_model, tmp_path, chunk, monkeypatch):
+@pytest.mark.parametrize("path", ["whole", "fused", "fused-lean", "checkpointed"])
+def test_pretrain_blocks_are_rows_whose_documents_never_meet(tiny_model, tmp_path, path, monkeypatch):
     """Also the chunked loss (the LM head a few positions at a time) against each document alone, and its
-    gradients against the loss in one piece."""
+    gradients against the loss in one piece: with gradients taken in forward (a plain head, also the lean one that
+    adds into W.grad in place) and checkpointed (a head with a hook)."""
     from lancy_trl.train import trainer as trainer_module
+    from lancy_trl.train.speed import head_loss
 
+    chunk = 10**6 if path == "whole" else 7
     monkeypatch.setattr(trainer_module, "LOSS_CHUNK", chunk)
     import torch
     from datasets import Dataset
@@ -72,8 +75,12 @@ def test_pretrain_blocks_are_rows_whose_documents_never_meet(tiny_model, tmp_pat
     docs = [{"text": " ".join(["profit rose"] * n)} for n in (3, 7, 2, 5)]
     config = pretrain_config(args, tmp_path, loaded.info, has_eval=False)
     trainer = LancySFTTrainer(model=loaded.model, args=config, train_dataset=Dataset.from_list(docs),
-                              processing_class=loaded.tokenizer)
+                              processing_class=loaded.tokenizer, lean_activations=path == "fused-lean")
     trainer.data_collator = DocumentRows(loaded.tokenizer.pad_token_id)
+    head = loaded.model.get_output_embeddings()
+    if path == "checkpointed":
+        head.register_forward_hook(lambda *a: None)
+    assert head_loss.applies(head, "cpu") == (path != "checkpointed")
     batch = next(iter(trainer.get_train_dataloader()))
     ids, positions, labels = batch["input_ids"], batch["position_ids"], batch["labels"]
     assert ids.shape[0] == 2 and "attention_mask" not in batch
@@ -92,14 +99,19 @@ def test_pretrain_blocks_are_rows_whose_documents_never_meet(tiny_model, tmp_pat
                     count += int(keep.sum())
     assert count > 20 and abs(rows - total / count) < 1e-5
     grads = {}
-    for size in (chunk, 10**6):  # the chunked loss's gradients are the whole loss's
+    for size in (chunk, 10**6, chunk):  # the chunked loss's gradients are the whole loss's; again onto kept buffers
         monkeypatch.setattr(trainer_module, "LOSS_CHUNK", size)
-        model.zero_grad(set_to_none=True)
-        trainer.compute_loss(model, dict(batch)).backward()
-        grads[size] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    assert grads[chunk].keys() == grads[10**6].keys() and grads[chunk]
-    for name, grad in grads[10**6].items():
-        assert torch.allclose(grads[chunk][name], grad, atol=1e-6, rtol=1e-4), name
+        for reset in (True, False):  # gradients from None, and added to the ones there (accumulation)
+            if reset:
+                model.zero_grad(set_to_none=True)
+            (trainer.compute_loss(model, dict(batch)) * (0.5 if reset else 2)).backward()
+        grads.setdefault(size, []).append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    reference = grads[10**6][0]
+    assert "model.embed_tokens.weight" in reference and len(reference) > 10
+    for got in grads[chunk]:
+        assert got.keys() == reference.keys()
+        for name, grad in reference.items():
+            assert torch.allclose(got[name], grad, atol=1e-6, rtol=1e-4), name
 
 
 def test_pretrain_across_documents_is_run_clms_recipe(tiny_model, tmp_path):
