@@ -12,7 +12,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 if "PYTEST_XDIST_WORKER_COUNT" in os.environ:  # a worker of several: its share of the cores, before torch starts
     # (torch's default, a thread a core in every worker and in every process a test starts, oversubscribes the
-    # cores: on 2 cores the suite took 10 min 35 s with 2 workers that way, 6 min 30 s with 3 workers of 1 thread)
+    # cores: on 2 cores, back to back, the suite took 12 min 46 s with 2 workers that way, 9 min 12 s like this)
     workers = int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
 
@@ -31,9 +31,7 @@ WORDS = (
 
 def pytest_xdist_auto_num_workers(config):
     """`-n auto`: one worker a core and one more, at most 4. Many tests wait on processes of their own, which a
-    thread a worker (above) leaves room for. Workers take whole files in xdist's order (most tests first), which
-    keeps the few-test, many-process files (faults, torchrun, sweeps) apart: running them longest-first, side by
-    side, took 8 min 28 s against 6 min 18 s."""
+    thread a worker (above) leaves room for. Workers take whole files in xdist's own order (most tests first)."""
     return max(1, min(4, (os.cpu_count() or 1) + 1))
 
 

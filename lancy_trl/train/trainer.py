@@ -8,7 +8,8 @@ the same sum over answer tokens divided by the same token count as TRL's, and TR
 metrics are kept, computed on those positions. With shared-prefix batches (lancy_trl/train/speed/prefix.py) the batch
 runs as one packed row and the same positions are read from it. Anything unusual (several processes, DeepSpeed,
 FSDP, MoE auxiliary loss, custom loss functions, label smoothing, DFT loss, a model without `logits_to_keep`) goes
-through TRL's path. The loss on most tokens (pretraining) runs in checkpointed chunks (`_chunked_loss`).
+through TRL's path. The loss on most tokens (pretraining) runs in chunks (`_chunked_loss`): gradients taken in forward for a plain
+head (lancy_trl/train/speed/head_loss.py), else each chunk checkpointed.
 """
 
 from __future__ import annotations

@@ -108,7 +108,7 @@ def test_pretrain_blocks_are_rows_whose_documents_never_meet(tiny_model, tmp_pat
         grads.setdefault(size, []).append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
     reference = grads[10**6][0]
     assert "model.embed_tokens.weight" in reference and len(reference) > 10
-    for got in grads[chunk]:
+    for got in grads[chunk] if chunk != 10**6 else []:  # "whole" is the reference: its loss is checked above
         assert got.keys() == reference.keys()
         for name, grad in reference.items():
             assert torch.allclose(got[name], grad, atol=1e-6, rtol=1e-4), name
