@@ -11,6 +11,8 @@ import importlib.util
 import json
 import os
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -201,14 +203,38 @@ def convert_gguf(gguf: Path, *, log=print) -> Path:
         return _convert_gguf(gguf, out, log=log)
 
 
+@contextmanager
+def gguf_read_once() -> Iterator[None]:
+    """Inside the block, each GGUF file is parsed once. transformers parses a file again for its config, its weights
+    and its tokenizer, and gguf's pure-Python reader takes seconds each time on a tokenizer's vocabulary and merges
+    (about 100k strings for SmolLM2). The reader maps the file read-only, so one reader serves every call."""
+    import gguf
+
+    original = gguf.GGUFReader
+    readers: dict[tuple[str, str], Any] = {}
+
+    def reader(path: Any, mode: str = "r") -> Any:
+        key = (os.path.realpath(path), mode)
+        if key not in readers:
+            readers[key] = original(path, mode)
+        return readers[key]
+
+    gguf.GGUFReader = reader  # type: ignore[misc]  # transformers imports it from the module at each call
+    try:
+        yield
+    finally:
+        gguf.GGUFReader = original  # type: ignore[misc]
+
+
 def _convert_gguf(gguf: Path, out: Path, *, log=print) -> Path:
     if importlib.util.find_spec("gguf") is None:
         raise LancyError("loading a .gguf model needs the `gguf` package: pip install gguf")
     log(f"Converting {gguf.name} to a trainable fp32 model (once; cached in {out}) ...")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype="float32")
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    with gguf_read_once():
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype="float32")
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     # the weights are plain tensors once dequantized: drop the GGUF marker that blocks save_pretrained
     model.hf_quantizer = None  # type: ignore[assignment]
     if hasattr(model.config, "quantization_config"):

@@ -113,6 +113,19 @@ def sft(*args, env=None):
     return lancy("sft", *args, env=env)
 
 
+def launched(*args, env=None, timeout=600):
+    """`lancy ARGS` as a process of its own (for `--num-processes`, which starts torch's launcher)."""
+    import os
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "lancy_trl", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+    # every launch is one of several multi-process runs in a row: none may end with gloo's threads torn down
+    assert "terminate called" not in done.stderr, done.stderr
+    return done
+
+
 def only_run(folder: Path) -> Path:
     """The one run directory under `folder`."""
     (run,) = [p for p in folder.iterdir() if (p / "run.json").is_file()]

