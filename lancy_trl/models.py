@@ -23,7 +23,7 @@ from lancy_trl.errors import LancyError, did_you_mean
 from lancy_trl.privacy.network import hub_cached as _hub_cached
 from lancy_trl.privacy.network import hub_reachable
 from lancy_trl.privacy.network import offline as hub_offline
-from lancy_trl.scale import moe
+from lancy_trl.scale import engines, moe
 from lancy_trl.scale.moe import lora_targets  # noqa: F401  (models.lora_targets, as before)
 
 
@@ -394,6 +394,7 @@ def load_model(source: ModelSource, args: Any, *, device: str, for_training: boo
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # lancy's own status line says what is loading; no bar under it
+    engines.import_deepspeed_only_when_used()  # for every command that loads a model: train, eval, export, chat
     config = preflight(source, args)
     precision = pick_precision(args.precision, device)
     attention = pick_attention(args.attn_implementation, device, model_class(config))

@@ -20,7 +20,7 @@ from lancy_trl import runs
 from lancy_trl.config import to_dict
 from lancy_trl.errors import LancyError
 from lancy_trl.privacy import network
-from lancy_trl.scale import distributed, engines
+from lancy_trl.scale import distributed
 from lancy_trl.train import ending, trackers
 from lancy_trl.train.ending import RunResult
 
@@ -73,7 +73,6 @@ def run(method: Any, plan: Plan, console: Any) -> RunResult:
     with ending.recorded(r.run_dir, method.name), trackers.local_stores(args, r.run_dir):
         r.writer, r.interrupt, r.callbacks = observers(args, r.run_dir, console)
         report_data(r)
-        engines.import_deepspeed_only_when_used()
         trainer = method.build(r)
         facts(r, trainer)
         r.clock.mark("build")

@@ -45,12 +45,19 @@ def smol_tiny(tmp_path_factory):
     return folder
 
 
+@pytest.fixture(scope="module")
+def trained(smol_tiny, tmp_path_factory):
+    """One run of a few LoRA steps, exported by every test here (each to its own file)."""
+    folder = tmp_path_factory.mktemp("gguf-runs")
+    done = lancy("sft", "--model", smol_tiny, "--max-steps", 2, "--max-examples", 40, "--learning-rate", "1e-2",
+                 "--run-name", "r", "--output-dir", folder)
+    assert done.exit_code == 0, done.output
+    return folder / "r"
+
+
 @pytest.mark.parametrize("quant", ["f16", "q8_0"])
-def test_gguf_export_reads_back_within_tolerance(smol_tiny, tmp_path, quant):
-    trained = lancy("sft", "--model", smol_tiny, "--max-steps", 2, "--max-examples", 40, "--learning-rate", "1e-2",
-                     "--run-name", "r", "--output-dir", tmp_path)
-    assert trained.exit_code == 0, trained.output
-    exported = lancy("export", tmp_path / "r", "--format", "gguf", "--quant", quant)
+def test_gguf_export_reads_back_within_tolerance(trained, quant):
+    exported = lancy("export", trained, "--format", "gguf", "--quant", quant)
     assert exported.exit_code == 0, exported.output
     path = exported.stdout.strip().splitlines()[-1]
     assert path.endswith(f"r-{quant}.gguf")
@@ -61,14 +68,11 @@ def test_gguf_export_reads_back_within_tolerance(smol_tiny, tmp_path, quant):
 
     reader = GGUFReader(path)
     assert reader.fields["general.architecture"].contents() == "llama"
-    assert json.loads((tmp_path / "r" / "run.json").read_text())["status"] == "complete"
+    assert json.loads((trained / "run.json").read_text())["status"] == "complete"
 
 
-def test_ollama_export_writes_a_modelfile_with_the_runs_prompt(smol_tiny, tmp_path):
-    trained = lancy("sft", "--model", smol_tiny, "--max-steps", 1, "--max-examples", 40, "--run-name", "r",
-                     "--output-dir", tmp_path)
-    assert trained.exit_code == 0, trained.output
-    exported = lancy("export", tmp_path / "r", "--format", "ollama")
+def test_ollama_export_writes_a_modelfile_with_the_runs_prompt(trained):
+    exported = lancy("export", trained, "--format", "ollama")
     assert exported.exit_code == 0, exported.output
     path = exported.stdout.strip().splitlines()[-1]
     assert path.endswith("export/ollama/Modelfile") and "ollama create" in exported.output
