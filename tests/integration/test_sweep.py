@@ -22,15 +22,21 @@ def _state(pid: int) -> str | None:
         return None
 
 
-def _stopped_child(pid: int) -> int | None:
-    """A stopped child process of `pid` (the sweep's run that reached its fault point)."""
+def _stopped_descendant(pid: int) -> int | None:
+    """A stopped process under `pid` (the sweep's run that reached its fault point, forked by the sweep's server)."""
+    parents, states = {}, {}
     for entry in filter(str.isdigit, os.listdir("/proc")):
         try:
             fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if int(fields[1]) == pid and fields[0] == "T":
-            return int(entry)
+        parents[int(entry)], states[int(entry)] = int(fields[1]), fields[0]
+    for proc, state in states.items():
+        up = proc
+        while up in parents and up != pid:
+            up = parents[up]
+        if up == pid and proc != pid and state == "T":
+            return proc
     return None
 
 
@@ -44,16 +50,17 @@ def test_a_killed_sweep_continues_with_the_run_it_was_in(tiny_model, tmp_path):
                              stderr=subprocess.DEVNULL, env={**os.environ, "LANCY_FAULT": "step@11:stop"})
     second = out / "grid" / "learning_rate=1e-3+max_steps=12"
     deadline = time.time() + 240
-    while (run := _stopped_child(sweep.pid)) is None:
+    while (stopped := _stopped_descendant(sweep.pid)) is None:
         assert sweep.poll() is None and time.time() < deadline, "the sweep ended before its second run stopped"
         time.sleep(0.05)
     assert (second / "checkpoints" / "checkpoint-10" / "trainer_state.json").is_file()
     os.kill(sweep.pid, signal.SIGKILL)
     sweep.wait()
     deadline = time.time() + 10
-    while _state(run) not in (None, "Z") and time.time() < deadline:  # it dies with the sweep (PR_SET_PDEATHSIG)
+    # it dies with the sweep: its parent, the sweep's fork server, exits with the sweep (PR_SET_PDEATHSIG)
+    while _state(stopped) not in (None, "Z") and time.time() < deadline:
         time.sleep(0.05)
-    assert _state(run) in (None, "Z"), "the sweep's run outlived it"
+    assert _state(stopped) in (None, "Z"), "the sweep's run outlived it"
     state = json.loads((second / "run.json").read_text())
     assert state["status"] in ("running", "interrupted") and "model" not in os.listdir(second)
 
