@@ -210,20 +210,21 @@ def gguf_read_once() -> Iterator[None]:
     (about 100k strings for SmolLM2). The reader maps the file read-only, so one reader serves every call."""
     import gguf
 
-    original = gguf.GGUFReader
+    module: Any = gguf
+    original = module.GGUFReader
     readers: dict[tuple[str, str], Any] = {}
 
-    def reader(path: Any, mode: str = "r") -> Any:
+    def reader(path: Any, mode: Any = "r") -> Any:
         key = (os.path.realpath(path), mode)
         if key not in readers:
             readers[key] = original(path, mode)
         return readers[key]
 
-    gguf.GGUFReader = reader  # type: ignore[misc]  # transformers imports it from the module at each call
+    module.GGUFReader = reader  # transformers imports it from the module at each call
     try:
         yield
     finally:
-        gguf.GGUFReader = original  # type: ignore[misc]
+        module.GGUFReader = original
 
 
 def _convert_gguf(gguf: Path, out: Path, *, log=print) -> Path:

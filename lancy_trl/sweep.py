@@ -15,6 +15,7 @@ import json
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from lancy_trl.errors import LancyError
 
@@ -135,7 +136,7 @@ def die_with_parent() -> None:
     from multiprocessing import forkserver
 
     # the server lives while any process holds the sweep's end of its "alive" pipe, which it hands to each child
-    server = forkserver._forkserver  # type: ignore[attr-defined]
+    server: Any = forkserver._forkserver  # type: ignore[attr-defined]
     if server._forkserver_alive_fd is not None:
         os.close(server._forkserver_alive_fd)
         server._forkserver_alive_fd = None
