@@ -171,27 +171,15 @@ def run_point(args: list[str]) -> int:
 
 
 def point_process(args: list[str]) -> None:
-    """A point's process: `lancy ARGS` as its console script runs it, then a normal exit with the command's code
-    (the exit handlers, then multiprocessing's finalizers)."""
+    """A point's process: `lancy ARGS`, then a normal exit with the command's code (the exit handlers, then
+    multiprocessing's finalizers)."""
     import atexit
     import sys
 
+    from lancy_trl.cli import run_as_script
+
     die_with_parent()
-    sys.argv = ["lancy", *args]
-    code = 0
-    try:
-        from lancy_trl.cli import main
-
-        main()
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    except BaseException:
-        import traceback
-
-        traceback.print_exc()
-        code = 1
-    sys.stdout.flush()
-    sys.stderr.flush()
+    code = run_as_script(args)
     atexit._run_exitfuncs()  # a forked process ends with os._exit, which skips them
     sys.exit(code)
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -51,21 +50,9 @@ def _run(argv: list[str], env: dict[str, str], log: str, cwd: str | None) -> Non
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
-    sys.argv = ["lancy", *argv]
-    code = 0
-    try:
-        from lancy_trl.cli import main
+    from lancy_trl.cli import run_as_script
 
-        main()
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    except BaseException:
-        import traceback
-
-        traceback.print_exc()
-        code = 1
-    sys.stdout.flush()
-    sys.stderr.flush()
+    code = run_as_script(argv)
     os._exit(code)
 
 

@@ -75,6 +75,27 @@ def _register() -> None:
         import_module(f"lancy_trl.cli.{name}")
 
 
+def run_as_script(argv: list[str]) -> int:
+    """`lancy ARGV` as its console script runs it, in this process; its exit code (a process forked to run one
+    command: a sweep's point, a test's killable run)."""
+    import sys
+
+    sys.argv = ["lancy", *argv]
+    try:
+        main()
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+        return 1
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    return 0
+
+
 def main() -> None:
     import sys
 
