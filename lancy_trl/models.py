@@ -411,6 +411,8 @@ def load_model(source: ModelSource, args: Any, *, device: str, for_training: boo
         kwargs["quantization_config"] = _bnb_config(device, bits, precision)
         kwargs["device_map"] = {"": 0 if device == "cuda" else "cpu"}
     model = AutoModelForCausalLM.from_pretrained(source.path, use_safetensors=True, **kwargs)
+    if bits == 4 and for_training:
+        keep_4bit_layers_differentiable(model)
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:  # type: ignore[index]
         model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
     model.config.pad_token_id = tokenizer.pad_token_id
@@ -472,6 +474,16 @@ def check_safetensors(source: ModelSource) -> None:
                    else "transformers: AutoModelForCausalLM.from_pretrained(DIR).save_pretrained(NEW)")
             raise LancyError(f"{folder} holds pickled weights (*.bin) and no {name}: lancy loads safetensors only, "
                              f"since reading a pickle can run code; re-save a model you trust once with {how}")
+
+
+def keep_4bit_layers_differentiable(model: Any) -> None:
+    """bitsandbytes 0.50 repacks a 4-bit layer's weight for a bf16 kernel the first time it runs in eval mode on an
+    AVX512-BF16 CPU, and from then on computes it with that kernel, which has no backward: after the first
+    evaluation no gradient would flow through the frozen base to the LoRA layers below (and the evaluation would
+    compute in bf16, not the run's precision). Training keeps bitsandbytes' plain, differentiable path."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
 
 
 def _bnb_config(device: str, bits: int, precision: str) -> Any:

@@ -40,6 +40,38 @@ def test_a_quantized_base_trains_its_lora_adapter_on_cpu(tiny_model, tmp_path, f
     assert scored.exit_code == 0, scored.output  # the adapter evaluates on the full-precision base
 
 
+def test_a_4bit_layer_passes_gradients_after_an_evaluation(tiny_model):
+    """bitsandbytes 0.50 repacks a 4-bit weight for a bf16 inference kernel, without a backward, the first time the
+    layer runs in eval mode on an AVX512-BF16 CPU: a run that evaluated once would stop passing gradients through its
+    frozen base. lancy's training model keeps the differentiable path (elsewhere the two paths are the same)."""
+    import torch
+
+    from lancy_trl.config import resolve
+    from lancy_trl.models import ModelSource, load_model
+    from lancy_trl.train.methods.sft import SFTArgs
+
+    args = resolve(SFTArgs, flags={"model": str(tiny_model), "load_in_4bit": True})
+    model = load_model(ModelSource("tiny", str(tiny_model), "local"), args, device="cpu").model
+    layer = model.model.layers[0].mlp.down_proj  # 64 inputs: at least one quantization block
+    assert type(layer).__name__ == "Linear4bit"
+    x = torch.randn(3, layer.in_features, requires_grad=True)
+
+    def grad_and_output():
+        x.grad = None
+        y = layer(x)
+        y.square().sum().backward()
+        return x.grad.clone(), y.detach()
+
+    before = grad_and_output()
+    model.eval()
+    with torch.no_grad():
+        evaluated = layer(x.detach())
+    model.train()
+    after = grad_and_output()
+    torch.testing.assert_close(evaluated, before[1])  # evaluation computes as training does
+    torch.testing.assert_close(after[0], before[0])  # and gradients still flow afterwards
+
+
 def test_missing_or_old_bitsandbytes_is_one_line(monkeypatch):
     import importlib.metadata
     import importlib.util
