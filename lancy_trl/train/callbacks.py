@@ -116,14 +116,22 @@ def whole_run_loss(history: list[dict[str, Any]], start: int, recent_loss: float
 
 
 class GracefulInterrupt(TrainerCallback):
-    """First Ctrl-C: finish the step, save a resumable checkpoint, stop. Second Ctrl-C: abort."""
+    """First Ctrl-C: finish the step, save a resumable checkpoint, stop. Second Ctrl-C: abort.
+
+    The handler writes its line straight to the console's file descriptor: a signal handler runs in the main thread
+    wherever it was, possibly inside the console's own write holding its lock, while the progress display's refresh
+    thread holds the display's lock and waits for the console's. Printing through the console there deadlocked."""
+
+    MESSAGE = b"\nStopping after this step and saving a checkpoint (Ctrl-C again to abort)...\n"
 
     def __init__(self, console: Any) -> None:
         self.console = console
         self.requested = False
         self._previous: Any = None
+        self._fd: int | None = None
 
     def __enter__(self) -> GracefulInterrupt:
+        self._fd = None if self.console.quiet else _descriptor(self.console.file)
         self._previous = signal.signal(signal.SIGINT, self._handle)
         return self
 
@@ -134,7 +142,10 @@ class GracefulInterrupt(TrainerCallback):
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        self.console.print("\n[yellow]Stopping after this step and saving a checkpoint (Ctrl-C again to abort)...")
+        if self._fd is not None:
+            import os
+
+            os.write(self._fd, self.MESSAGE)  # no lock taken: see the class
 
     def on_step_end(self, args, state, control, **kwargs):
         from lancy_trl.scale.distributed import agree
@@ -145,6 +156,14 @@ class GracefulInterrupt(TrainerCallback):
             control.should_log = True  # the last steps' loss goes into the checkpoint's history
             control.should_training_stop = True
         return control
+
+
+def _descriptor(file: Any) -> int | None:
+    """The OS file descriptor under a Python file, or None (a test's in-memory stream)."""
+    try:
+        return file.fileno()
+    except (AttributeError, OSError, ValueError):
+        return None
 
 
 class HeldOutLabels(TrainerCallback):

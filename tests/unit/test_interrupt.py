@@ -21,6 +21,40 @@ def test_first_ctrl_c_saves_and_stops_at_the_step_boundary_second_aborts():
     assert signal.getsignal(signal.SIGINT) != interrupt._handle
 
 
+def test_ctrl_c_speaks_without_the_locks_a_progress_display_holds(tmp_path):
+    """The handler runs in the main thread wherever it was: here inside the console's write (its lock held), while
+    the progress display's refresh thread holds the display's lock and waits for the console's. A handler that
+    printed through the console waited on that thread forever (here: until its 5-second give-up)."""
+    import threading
+    import time
+
+    from rich.progress import Progress
+
+    out = open(tmp_path / "out.txt", "w")
+    console = Console(file=out, force_terminal=True)
+    interrupt = GracefulInterrupt(console)
+    with Progress(console=console, auto_refresh=False) as progress, interrupt:
+        live, holding = progress.live, threading.Event()
+
+        def refresh_thread():
+            with live._lock:  # what rich's refresh thread holds while it waits to write
+                holding.set()
+                if console._lock.acquire(timeout=5):
+                    console._lock.release()
+
+        with console._lock:  # the main thread, interrupted inside the console's write
+            thread = threading.Thread(target=refresh_thread)
+            thread.start()
+            holding.wait()
+            start = time.monotonic()
+            interrupt._handle(signal.SIGINT, None)
+            took = time.monotonic() - start
+        thread.join()
+    out.close()
+    assert interrupt.requested and took < 1, took
+    assert "Stopping after this step" in (tmp_path / "out.txt").read_text()
+
+
 def test_a_checkpoint_every_few_minutes_and_a_log_at_each_checkpoint():
     import time
 
