@@ -150,8 +150,10 @@ class GracefulInterrupt(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         from lancy_trl.scale.distributed import agree
 
-        self.requested = agree(self.requested)  # Ctrl-C seen by any process stops them all at this step
-        if self.requested:
+        # Ctrl-C seen by any process stops them all at this step. The handler only ever sets `requested`: a Ctrl-C
+        # that lands inside the collective is kept for the next step (assigning agree's answer would lose it).
+        if agree(self.requested):
+            self.requested = True
             control.should_save = True
             control.should_log = True  # the last steps' loss goes into the checkpoint's history
             control.should_training_stop = True

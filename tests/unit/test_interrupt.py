@@ -21,6 +21,25 @@ def test_first_ctrl_c_saves_and_stops_at_the_step_boundary_second_aborts():
     assert signal.getsignal(signal.SIGINT) != interrupt._handle
 
 
+def test_a_ctrl_c_landing_inside_the_ranks_agreement_is_kept_for_the_next_step(monkeypatch):
+    """Python runs a signal handler when the blocking collective returns: the Ctrl-C arrives after the ranks agreed
+    on "no stop". It must stop the run at the next step, not be overwritten by that answer (a run that printed
+    "Stopping..." and trained on)."""
+    from lancy_trl.scale import distributed
+
+    interrupt = GracefulInterrupt(Console(quiet=True))
+
+    def agree_while_ctrl_c_lands(flag):
+        interrupt._handle(signal.SIGINT, None)
+        return flag
+
+    with interrupt:
+        monkeypatch.setattr(distributed, "agree", agree_while_ctrl_c_lands)
+        assert not interrupt.on_step_end(None, None, TrainerControl()).should_training_stop  # agreed before it
+        monkeypatch.setattr(distributed, "agree", lambda flag: flag)
+        assert interrupt.on_step_end(None, None, TrainerControl()).should_training_stop  # and kept for this step
+
+
 def test_ctrl_c_speaks_without_the_locks_a_progress_display_holds(tmp_path):
     """The handler runs in the main thread wherever it was: here inside the console's write (its lock held), while
     the progress display's refresh thread holds the display's lock and waits for the console's. A handler that
