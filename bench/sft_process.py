@@ -17,7 +17,8 @@ once as conversational prompt/completion JSON lines that the TRL script reads wi
 
 Phases: startup (process start to the first line of the script or command: interpreter and imports), data, model,
 build (the trainer, with its tokenization), train, save, and `other` (whatever the process did outside those, exit
-included). Prints each variant's median seconds per phase, whole-process ratios run by run, and one JSON line.
+included). Prints each variant's median seconds per phase, whole-process ratios run by run, for full fine-tuning the
+matmul work per step each computes (counted from the rows' tokens) and the rate each reached, and one JSON line.
 """
 
 from __future__ import annotations
@@ -139,10 +140,48 @@ def main() -> None:
                 one["other"] = one["wall"] - sum(one.get(k, 0) for k in PHASES)
                 results[variant].append(one)
                 print(f"  {variant:6s} run {r + 1}: {one['wall']:.1f} s, {one['steps']} steps", file=sys.stderr)
-    report(results, opts)
+        work = None if opts.lora else matmul_work(model, rows)  # LoRA's frozen weights take no weight gradients
+    report(results, opts, work)
 
 
-def report(results: dict[str, list[dict]], opts: argparse.Namespace) -> None:
+def matmul_work(model: str, rows: Path, batch: int = 8, shuffles: int = 5) -> tuple[float, float]:
+    """FLOPs per step of full fine-tuning, (TRL's defaults, lancy), counted from the rows' tokens as 6 x parameters
+    x tokens computed (forward and backward): TRL pads each random batch to its longest row and runs the LM head at
+    every position; lancy computes the tokens a batch's rows share once, no padding, and the LM head at the answer
+    tokens only. Averaged over a few random orders (both samplers shuffle)."""
+    import random
+
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model)
+    with torch.device("meta"):
+        net = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model))
+    head = net.get_output_embeddings().weight.numel()
+    body = sum(p.numel() for p in net.parameters()) - head  # the embedding lookup is no matmul
+    seqs = []
+    for line in rows.read_text().splitlines():
+        row = json.loads(line)
+        prompt = tok.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True)
+        full = tok.apply_chat_template(row["prompt"] + row["completion"], tokenize=False)
+        ids = tok(full, add_special_tokens=False)["input_ids"]
+        seqs.append((ids, len(ids) - len(tok(prompt, add_special_tokens=False)["input_ids"])))
+    trl = lancy = 0.0
+    for seed in range(shuffles):
+        order = random.Random(seed).sample(seqs, len(seqs))
+        for i in range(0, len(order), batch):
+            rows_ = order[i:i + batch]
+            trl += 6 * (body + head) * max(len(ids) for ids, _ in rows_) * len(rows_)
+            shared = 0
+            while all(len(ids) > shared for ids, _ in rows_) and len({ids[shared] for ids, _ in rows_}) == 1:
+                shared += 1
+            tokens = shared + sum(len(ids) - shared for ids, _ in rows_)
+            lancy += 6 * body * tokens + 6 * head * sum(answer for _, answer in rows_)
+    steps = shuffles * -(-len(seqs) // batch)
+    return trl / steps, lancy / steps
+
+
+def report(results: dict[str, list[dict]], opts: argparse.Namespace, work: tuple[float, float] | None) -> None:
     med = {v: {k: statistics.median(run.get(k, 0) for run in runs) for k in (*PHASES, "other", "wall")}
            for v, runs in results.items()}
     runs = [t["wall"] / lan["wall"] for t, lan in zip(results["trl"], results["lancy"])]
@@ -155,7 +194,14 @@ def report(results: dict[str, list[dict]], opts: argparse.Namespace) -> None:
         print(f"{k:10s} {a:13.1f} {b:8.1f} {a / b if b > 0.05 else float('nan'):11.2f}x")
     print(f"whole process: lancy {med['trl']['wall'] / med['lancy']['wall']:.2f}x TRL's defaults (runs: "
           f"{', '.join(f'{x:.2f}' for x in runs)})")
-    print("RESULT " + json.dumps({"median": med, "runs": results, "ratio": med["trl"]["wall"] / med["lancy"]["wall"]}))
+    if work:
+        steps = results["lancy"][0]["steps"]
+        speed = {v: work[i] * steps / med[v]["train"] / 1e9 for i, v in enumerate(("trl", "lancy"))}
+        print(f"matmul work per step (6 x parameters x tokens computed): TRL defaults {work[0] / 1e9:.0f} GFLOP, lancy "
+              f"{work[1] / 1e9:.0f} GFLOP, {work[0] / work[1]:.2f}x; over the train phase TRL {speed['trl']:.0f} GFLOP/s, "
+              f"lancy {speed['lancy']:.0f} GFLOP/s")
+    print("RESULT " + json.dumps({"median": med, "runs": results, "ratio": med["trl"]["wall"] / med["lancy"]["wall"],
+                                  "flops_per_step": work}))
 
 
 if __name__ == "__main__":
