@@ -145,7 +145,10 @@ class GracefulInterrupt(TrainerCallback):
         if self._fd is not None:
             import os
 
-            os.write(self._fd, self.MESSAGE)  # no lock taken: see the class
+            try:
+                os.write(self._fd, self.MESSAGE)  # no lock taken: see the class
+            except OSError:  # a closed pipe: the stop still happens, unannounced
+                pass
 
     def on_step_end(self, args, state, control, **kwargs):
         from lancy_trl.scale.distributed import agree
