@@ -157,6 +157,8 @@ class GracefulInterrupt(TrainerCallback):
         # that lands inside the collective is kept for the next step (assigning agree's answer would lose it).
         if agree(self.requested):
             self.requested = True
+            # said again outside the handler, through the console: a progress display redraws over the raw line
+            self.console.print(f"[yellow]Stopping at step {state.global_step}: saving a checkpoint...[/]")
             control.should_save = True
             control.should_log = True  # the last steps' loss goes into the checkpoint's history
             control.should_training_stop = True

@@ -90,6 +90,7 @@ def test_ctrl_c_under_the_launcher_stops_every_grpo_process_at_a_step_and_saves(
     out, err = proc.communicate(timeout=300)
     assert "Traceback" not in err and "terminate called" not in err, out + err
     assert "2 processes: global batch" in out and out.count("Interrupted at step") == 1, out + err  # one speaks
+    assert out.count("Stopping at step") == 1, out
     info = json.loads((run / "run.json").read_text())
     assert info["status"] == "interrupted" and 2 < info["steps"] < 5000 and info["processes"] == 2
     assert (run / "checkpoints" / f"checkpoint-{info['steps']}").is_dir()  # the step they stopped at, saved

@@ -2,7 +2,7 @@ import signal
 
 import pytest
 from rich.console import Console
-from transformers import TrainerControl
+from transformers import TrainerControl, TrainerState
 
 from lancy_trl.train.callbacks import GracefulInterrupt
 
@@ -11,10 +11,10 @@ def test_first_ctrl_c_saves_and_stops_at_the_step_boundary_second_aborts():
     interrupt = GracefulInterrupt(Console(quiet=True))
     with interrupt:
         assert signal.getsignal(signal.SIGINT) == interrupt._handle
-        control = interrupt.on_step_end(None, None, TrainerControl())
+        control = interrupt.on_step_end(None, TrainerState(global_step=3), TrainerControl())
         assert not control.should_save and not control.should_training_stop
         interrupt._handle(signal.SIGINT, None)
-        control = interrupt.on_step_end(None, None, TrainerControl())
+        control = interrupt.on_step_end(None, TrainerState(global_step=3), TrainerControl())
         assert control.should_save and control.should_training_stop
         with pytest.raises(KeyboardInterrupt):
             interrupt._handle(signal.SIGINT, None)
@@ -35,9 +35,10 @@ def test_a_ctrl_c_landing_inside_the_ranks_agreement_is_kept_for_the_next_step(m
 
     with interrupt:
         monkeypatch.setattr(distributed, "agree", agree_while_ctrl_c_lands)
-        assert not interrupt.on_step_end(None, None, TrainerControl()).should_training_stop  # agreed before it
+        state = TrainerState(global_step=3)
+        assert not interrupt.on_step_end(None, state, TrainerControl()).should_training_stop  # agreed before it
         monkeypatch.setattr(distributed, "agree", lambda flag: flag)
-        assert interrupt.on_step_end(None, None, TrainerControl()).should_training_stop  # and kept for this step
+        assert interrupt.on_step_end(None, state, TrainerControl()).should_training_stop  # and kept for this step
 
 
 def test_ctrl_c_speaks_without_the_locks_a_progress_display_holds(tmp_path):
