@@ -120,7 +120,8 @@ class GracefulInterrupt(TrainerCallback):
 
     The handler writes its line straight to the console's file descriptor: a signal handler runs in the main thread
     wherever it was, possibly inside the console's own write holding its lock, while the progress display's refresh
-    thread holds the display's lock and waits for the console's. Printing through the console there deadlocked."""
+    thread holds the display's lock and waits for the console's. Printing through the console there can deadlock
+    (tests/unit/test_interrupt.py builds that lock order)."""
 
     MESSAGE = b"\nStopping after this step and saving a checkpoint (Ctrl-C again to abort)...\n"
 
