@@ -32,6 +32,9 @@ def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from lancy_trl.startup import defer_bitsandbytes_compile
+
+        defer_bitsandbytes_compile()  # before any command imports a library
         try:
             return fn(*args, **kwargs)
         except (LancyError, OfflineViolation) as e:

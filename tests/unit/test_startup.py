@@ -1,0 +1,52 @@
+"""The import hook that defers bitsandbytes' torch.compile wrappers: the import no longer builds a compiler, the
+kernels still compute, and torch.compile is torch's own again afterwards."""
+
+import subprocess
+import sys
+
+import torch
+
+from lancy_trl.startup import compile_deferred
+
+PROBE = """
+import sys, torch
+real = torch.compile
+from lancy_trl.startup import defer_bitsandbytes_compile
+defer_bitsandbytes_compile()
+import peft, bitsandbytes
+assert torch.compile is real, "torch.compile left patched"
+print("inductor" if "torch._inductor.compile_fx" in sys.modules else "no-inductor")
+"""
+
+
+def test_bitsandbytes_imports_without_building_a_compiler_and_torch_compile_is_restored():
+    out = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["no-inductor"]
+
+
+def test_a_deferred_function_compiles_at_its_first_call_and_computes_the_same(monkeypatch):
+    built = []
+    real = torch.compile
+
+    def counting(model=None, **options):
+        built.append(options)
+        return real(model, **options)
+
+    monkeypatch.setattr(torch, "compile", counting)
+
+    def f(x):
+        return torch.sin(x) * 2 + 1
+
+    with compile_deferred():
+        g = torch.compile(f, backend="eager", dynamic=False)
+        h = torch.compile(backend="eager")(f)  # the decorator form
+        module = torch.compile(torch.nn.Identity(), backend="eager")  # not a function: torch's own, at once
+    assert torch.compile is counting
+    assert built == [{"backend": "eager"}]  # only the module's
+    assert not isinstance(module, torch.nn.Identity)
+    x = torch.linspace(-1, 1, 7)
+    assert torch.equal(g(x), f(x)) and torch.equal(h(x), f(x))
+    assert built[1:] == [{"backend": "eager", "dynamic": False}, {"backend": "eager"}]
+    g(x)
+    assert len(built) == 3  # compiled once, at the first call
+    assert g.__wrapped__ is f
