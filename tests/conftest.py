@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from lancy_trl.startup import defer_bitsandbytes_compile
+
+defer_bitsandbytes_compile()  # as every lancy command does, before a test imports a library
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 if "PYTEST_XDIST_WORKER_COUNT" in os.environ:  # a worker of several: its share of the cores, before torch starts
