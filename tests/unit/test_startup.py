@@ -50,3 +50,13 @@ def test_a_deferred_function_compiles_at_its_first_call_and_computes_the_same(mo
     g(x)
     assert len(built) == 3  # compiled once, at the first call
     assert g.__wrapped__ is f
+
+
+def test_the_command_line_freezes_the_heap_before_the_interpreter_exits():
+    """A lancy process ends without the final garbage collection's walk over the libraries' objects (about a second
+    after a run), and its exit handlers still run."""
+    probe = ("import atexit, gc, sys\n"
+             "atexit.register(lambda: print('frozen', gc.get_freeze_count() > 0))\n"
+             "from lancy_trl.cli import main\nsys.argv = ['lancy', 'configs']\nmain()\n")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True).stdout
+    assert out.splitlines()[-1] == "frozen True"
