@@ -104,6 +104,11 @@ def describe(args: Any) -> str | None:
     return f"FSDP {getattr(args, 'fsdp', None) or '(accelerate config)'}" if fsdp_wanted(args) else None
 
 
+def sharded_engine(trainer: Any) -> bool:
+    """Whether DeepSpeed or FSDP runs the model: they partition weights and hook their gradients."""
+    return getattr(trainer, "is_deepspeed_enabled", False) or getattr(trainer, "is_fsdp_enabled", False)
+
+
 def import_deepspeed_only_when_used() -> None:
     """accelerate unwraps every model by testing it against DeepSpeedEngine, which imports DeepSpeed (about a second
     and a half with the mlflow it pulls in) in each run wherever it is installed. No model can be a DeepSpeedEngine

@@ -3,10 +3,11 @@ disk refuses turned into a resumable stop, and a data order that a resume reprod
 
     class LancySFTTrainer(Resumable, SFTTrainer): ...
 
-The Trainer writes a checkpoint's weights, optimizer, scheduler and RNG state, then trainer_state.json: that last
-file is what makes a checkpoint whole (runs.checkpoint_complete). Saving over an existing folder (a resumed run
-reaching the step of a checkpoint cut off earlier) first deletes its old trainer_state.json, so a second cut-off
-cannot leave new weights under an old state. A save that fails for room or permission removes its partial folder,
+The Trainer writes a checkpoint's weights, optimizer, scheduler and RNG state (the run's last one without the
+optimizer and scheduler: `last_checkpoint`), then trainer_state.json: that last file is what makes a checkpoint
+whole (runs.checkpoint_complete). Saving over an existing folder (a resumed run reaching the step of a checkpoint cut
+off earlier) first deletes its old trainer_state.json, so a second cut-off cannot leave new weights under an old
+state. A save that fails for room or permission removes its partial folder,
 leaves the last whole checkpoint as it was, and stops the run `interrupted` with the space it needs.
 
 Data order: the Trainer resumes mid-epoch by skipping the batches already trained, but the samplers TRL and
@@ -24,6 +25,7 @@ from typing import Any
 from lancy_trl import faults, files, runs
 from lancy_trl.errors import SaveFailed
 from lancy_trl.scale import distributed
+from lancy_trl.scale.engines import sharded_engine
 
 
 class Resumable:
@@ -50,7 +52,8 @@ class Resumable:
 
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
         faults.point("checkpoint.weights", output_dir)
-        super()._save_optimizer_and_scheduler(output_dir)  # type: ignore[misc]
+        if not last_checkpoint(self):
+            super()._save_optimizer_and_scheduler(output_dir)  # type: ignore[misc]
 
     def _save_rng_state(self, output_dir: str) -> None:
         super()._save_rng_state(output_dir)  # type: ignore[misc]
@@ -64,6 +67,15 @@ class Resumable:
     def prediction_step(self, *args: Any, **kwargs: Any) -> Any:
         faults.point("eval")  # inside an evaluation, at one of its batches
         return super().prediction_step(*args, **kwargs)  # type: ignore[misc]
+
+
+def last_checkpoint(trainer: Any) -> bool:
+    """Whether a checkpoint is the run's last (its planned steps all taken), which is saved without the optimizer's
+    moments and the schedule (for full fine-tuning, two thirds of it). No step trains from it: a complete run is not
+    resumed (a longer one starts from its weights), and a run killed while saving its model resumes from it straight
+    to the save; the Trainer resumes without the files when they are absent. DeepSpeed and FSDP keep theirs (their
+    engine's checkpoint holds the sharded weights)."""
+    return trainer.state.global_step >= trainer.state.max_steps > 0 and not sharded_engine(trainer)
 
 
 def by_epoch(sampler: Any, seed: int) -> Any:

@@ -19,6 +19,7 @@ from typing import Any
 
 from trl import SFTTrainer
 
+from lancy_trl.scale.engines import sharded_engine
 from lancy_trl.scale.memory import LOSS_CHUNK
 from lancy_trl.train.resumable import Resumable
 
@@ -46,11 +47,6 @@ def checkpoint_share(model: Any, share: float) -> int:
         layer.gradient_checkpointing = True
         layer._gradient_checkpointing_func = partial(checkpoint, use_reentrant=False)
     return len(chosen)
-
-
-def sharded_engine(trainer: Any) -> bool:
-    """Whether DeepSpeed or FSDP runs the model: they partition weights and hook their gradients."""
-    return getattr(trainer, "is_deepspeed_enabled", False) or getattr(trainer, "is_fsdp_enabled", False)
 
 
 def one_plain_process(trainer: Any) -> bool:

@@ -71,6 +71,9 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(quick, tmp_path):
     assert sft(*quick, *fast, "--run-name", "straight").exit_code == 0
     assert sft(*quick, *fast, "--run-name", "killed").exit_code == 0
     straight, killed = tmp_path / "runs" / "straight", tmp_path / "runs" / "killed"
+    # the last checkpoint, which no step trains from, goes without the optimizer's moments; the others keep them
+    saved = {c.name: (c / "optimizer.pt").is_file() for c in (killed / "checkpoints").glob("checkpoint-*")}
+    assert saved == {"checkpoint-2": True, "checkpoint-4": False}
     kill_after_first_checkpoint(killed)
     assert runs.read(killed)["status"] == "interrupted"  # a dead owner is seen, not `running` forever
     result = sft("--resume", "latest", "--output-dir", tmp_path / "runs")  # the newest resumable run, named
