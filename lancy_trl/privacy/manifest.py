@@ -31,10 +31,21 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _folder(path: Path) -> dict[str, str]:
-    """sha256 of the model files in a folder (weights, config, tokenizer), by name."""
-    found = sorted({p for pattern in MODEL_FILES for p in path.glob(pattern) if p.is_file()})
-    return {p.name: sha256(p) for p in found}
+def hashed(paths: list[Path]) -> list[str]:
+    """sha256 of each path, in order, a thread a core (hashlib lets go of the GIL: a base model and a fully
+    fine-tuned output, the bulk of a manifest, hash side by side)."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    if len(paths) < 2:
+        return [sha256(p) for p in paths]
+    with ThreadPoolExecutor(max_workers=min(len(paths), os.cpu_count() or 1)) as pool:
+        return list(pool.map(sha256, paths))
+
+
+def _model_files(path: Path) -> list[Path]:
+    """The model files in a folder (weights, config, tokenizer), by name."""
+    return sorted({p for pattern in MODEL_FILES for p in path.glob(pattern) if p.is_file()})
 
 
 def data_files(config: dict[str, Any]) -> list[Path]:
@@ -62,14 +73,18 @@ def build(run_dir: Path) -> dict[str, Any]:
     info = runs.read(run_dir)
     config = info.get("config", {})
     base = Path(info.get("base_model_path", ""))
+    groups = {"data": data_files(config), "held_out": sorted((run_dir / "data").glob("*.jsonl")),
+              "base": _model_files(base) if base.is_dir() else [], "output": _model_files(run_dir / "model")}
+    every = [p for found in groups.values() for p in found]
+    digest = dict(zip(every, hashed(every), strict=True))
+    by_name = {group: {p.name: digest[p] for p in found} for group, found in groups.items()}
     return {
         "run": run_dir.name,
-        "data": {str(p.resolve()): sha256(p) for p in data_files(config)},
+        "data": {str(p.resolve()): digest[p] for p in groups["data"]},
         "data_fingerprint": info.get("data", {}).get("train_fingerprint"),
-        "held_out": {f.name: sha256(f) for f in sorted((run_dir / "data").glob("*.jsonl"))},
-        "base_model": {"path": str(base), "files": _folder(base) if base.is_dir() else {},
-                       "hub_id": None if base.is_dir() else str(base)},
-        "output": {"path": str(run_dir / "model"), "files": _folder(run_dir / "model")},
+        "held_out": by_name["held_out"],
+        "base_model": {"path": str(base), "files": by_name["base"], "hub_id": None if base.is_dir() else str(base)},
+        "output": {"path": str(run_dir / "model"), "files": by_name["output"]},
         "config": config,
         "lancy_commit": lancy_commit(),
         "versions": info.get("versions", {}),
