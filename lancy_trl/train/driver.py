@@ -81,7 +81,7 @@ def run(method: Any, plan: Plan, console: Any) -> RunResult:
         method.after(r, trainer, result)
         r.clock.mark("train")
         if result.status == "complete":
-            ending.finish(trainer, result, method.meta(r))
+            ending.finish(trainer, result, method.meta(r), method.model_as_checkpointed)
             r.clock.mark("save")
         r.writer.close()
         result.phases = r.clock.seconds

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -131,12 +132,11 @@ def train(trainer: Any, run_dir: Path, checkpoint: str | None, interrupt: Any, c
     return RunResult(run_dir, "interrupted", state.global_step, train_loss, eval_loss, seconds, final)
 
 
-def finish(trainer: Any, result: RunResult, meta: dict[str, Any]) -> None:
+def finish(trainer: Any, result: RunResult, meta: dict[str, Any], as_checkpointed: bool = False) -> None:
     """The adapter (or full model) and tokenizer with lancy.json (`meta`), written to model.part and renamed once
     whole; then metrics.json and manifest.json, each replaced whole; then run.json `complete`, last, so `complete`
-    means every one of them is there. A kill anywhere before leaves the run `interrupted` and resumable."""
-    import shutil
-
+    means every one of them is there. A kill anywhere before leaves the run `interrupted` and resumable.
+    `as_checkpointed`: the method leaves the model as training did (see `linked_from_checkpoint`)."""
     from transformers.utils import logging as hf_logging
 
     run_dir = result.run_dir
@@ -148,7 +148,8 @@ def finish(trainer: Any, result: RunResult, meta: dict[str, Any]) -> None:
     if getattr(text_config, "output_router_logits", False):  # on for training only (TRL's router loss)
         text_config.output_router_logits = False
     try:
-        trainer.save_model(str(tmp))  # every rank: a sharded engine gathers the weights; rank 0 writes them
+        if not (as_checkpointed and linked_from_checkpoint(trainer, result, tmp)):
+            trainer.save_model(str(tmp))  # every rank: a sharded engine gathers the weights; rank 0 writes them
         if not distributed.is_main():
             return
         files.write_json(tmp / "lancy.json", meta)
@@ -172,6 +173,39 @@ def finish(trainer: Any, result: RunResult, meta: dict[str, Any]) -> None:
     runs.update(run_dir, status="complete", steps=result.steps, train_loss=result.train_loss,
                 eval_loss=result.eval_loss, train_seconds=round(result.seconds, 1), **peak_memory(),
                 finished=time.strftime("%Y-%m-%dT%H:%M:%S"), final_eval=result.final_eval)
+
+
+TRAINING_STATE = ("optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state.pth", "trainer_state.json")
+
+
+def linked_from_checkpoint(trainer: Any, result: RunResult, folder: Path) -> bool:
+    """The model files of the run's last checkpoint, hard-linked into `folder` instead of writing the model a second
+    time (for full fine-tuning, the weights' whole size again: seconds, and the disk space). A checkpoint is the
+    Trainer's save_model output plus its training state, so the files are the same bytes; this is used only where
+    that holds: one plain process, a whole checkpoint at the run's last step, no best model loaded back, no
+    mixture-of-experts router switch turned off for saving. False (nothing made) otherwise, or when the file system
+    refuses links."""
+    import os
+
+    from lancy_trl.scale.engines import sharded_engine
+
+    done = runs.complete_checkpoints(result.run_dir)
+    router = getattr(trainer.model.config.get_text_config(), "output_router_logits", None) is not None
+    if (not done or done[-1].name != f"checkpoint-{result.steps}" or trainer.args.world_size != 1
+            or sharded_engine(trainer) or trainer.args.load_best_model_at_end or router):
+        return False
+    model_files = [p for p in sorted(done[-1].iterdir())
+                   if p.name not in TRAINING_STATE and not p.name.startswith("rng_state")]
+    if not all(p.is_file() for p in model_files):  # a folder (several adapters): not a layout this was checked on
+        return False
+    try:
+        folder.mkdir()
+        for path in model_files:
+            os.link(path, folder / path.name)
+    except OSError:
+        shutil.rmtree(folder, ignore_errors=True)
+        return False
+    return True
 
 
 def peak_memory() -> dict[str, float]:

@@ -229,3 +229,28 @@ def test_a_second_ctrl_c_before_any_checkpoint_says_there_is_nothing_to_resume(q
     assert result.exit_code == 1 and "aborted; stopped before the first checkpoint: nothing to resume" in output
     assert "--resume" not in output
     assert json.loads((only_run(tmp_path / "runs") / "run.json").read_text())["status"] == "interrupted"
+
+
+@pytest.mark.parametrize("lora", [True, False], ids=["lora", "full"])
+def test_the_final_model_links_the_last_checkpoint_and_equals_a_written_one(quick, tmp_path, monkeypatch, lora):
+    """The run's model/ is the last checkpoint's model files, linked, not written again; the same files, byte for
+    byte, as the plain save writes."""
+    from lancy_trl.train import ending
+
+    flags = [*quick, "--max-steps", 2, "--save-steps", 2, *([] if lora else ["--no-use-lora"])]
+    assert sft(*flags, "--run-name", "linked").exit_code == 0
+    monkeypatch.setattr(ending, "linked_from_checkpoint", lambda *a: False)
+    assert sft(*flags, "--run-name", "written").exit_code == 0
+    linked, written = tmp_path / "runs" / "linked", tmp_path / "runs" / "written"
+    names = sorted(p.name for p in (linked / "model").iterdir())
+    assert names == sorted(p.name for p in (written / "model").iterdir())
+    for name in set(names) - {"training_args.bin"}:
+        assert (linked / "model" / name).read_bytes() == (written / "model" / name).read_bytes(), name
+    import torch
+
+    args = [torch.load(run / "model" / "training_args.bin", weights_only=False).to_dict() for run in (linked, written)]
+    differ = {k for k in args[0] if args[0][k] != args[1][k]}
+    assert differ <= {"output_dir", "logging_dir", "run_name"}, differ  # the runs' own folders and names
+    weights = "adapter_model.safetensors" if lora else "model.safetensors"
+    assert (linked / "model" / weights).stat().st_ino == (linked / "checkpoints" / "checkpoint-2" / weights).stat().st_ino
+    assert (written / "model" / weights).stat().st_nlink == 1

@@ -49,6 +49,9 @@ class Method:
     after: Callable[[Any, Any, Any], None] = _nothing  # (Run, trainer, RunResult) -> None, after training
     check: Callable[[Any], None] = _nothing  # args -> None: refusals before anything loads
     memory_rows: str = "answers"  # what the memory estimate sizes: "answers", "blocks" or "completions"
+    # the model a run hands over is the one its last checkpoint holds (`after` changes nothing): the final save may
+    # link that checkpoint's files instead of writing them again (ending.linked_from_checkpoint)
+    model_as_checkpointed: bool = False
 
 
 def names() -> list[str]:

@@ -242,5 +242,6 @@ def done(result: Any) -> str:
 
 METHOD = Method(name="grpo", args=GRPOArgs, check=check, load_data=load_data, prepare=prepare,
                 build=build, describe=describe, after=after, meta=meta, done=done, memory_rows="completions",
+                model_as_checkpointed=True,
                 help="Reinforcement learning with verifiable rewards: sample completions, score them, learn from the "
                      "better ones.")

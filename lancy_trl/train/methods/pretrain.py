@@ -159,5 +159,6 @@ def done(result: Any) -> str:
 
 METHOD = Method(name="pretrain", args=PretrainArgs, load_data=load_data, prepare=prepare, build=build,
                 describe=describe, after=after, meta=meta, done=done, memory_rows="blocks",
+                model_as_checkpointed=True,
                 help="Continue pretraining on plain text: every token learned, documents packed into blocks, "
                      "perplexity held out.")

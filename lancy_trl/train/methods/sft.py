@@ -153,5 +153,6 @@ def done(result: Any) -> str:
 
 METHOD = Method(name="sft", args=SFTArgs, load_data=load_data, prepare=prepare, build=build, describe=describe,
                 after=after, meta=meta, done=done,
+                model_as_checkpointed=True,
                 help="Fine-tune a model on chat-style examples (loss on the answer only); with no options, the "
                      "embedded demo.")
