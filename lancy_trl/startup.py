@@ -1,6 +1,8 @@
-"""Third-party imports made cheaper for every lancy command, with the same behaviour once imported.
+"""What a lancy process sets up before its command: third-party imports made cheaper (the same behaviour once
+imported), and freed memory kept for reuse.
 
     startup.defer_bitsandbytes_compile()   # once per process, before any library import; the CLI's boundary calls it
+    startup.keep_freed_memory()            # glibc's malloc keeps freed blocks for the next training step
 
 bitsandbytes wraps a few of its fallback kernels in `torch.compile` at import. Building those wrappers imports
 TorchDynamo's and Inductor's compiler (about a second a process on a 2-core CPU), and peft imports bitsandbytes
@@ -20,6 +22,25 @@ from contextlib import contextmanager
 from typing import Any
 
 DEFERRED = ("bitsandbytes",)
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
+
+
+def keep_freed_memory() -> None:
+    """glibc's malloc gives blocks over its (moving) mmap threshold pages of their own, and trims the heap's top past
+    twice that threshold: memory a training step frees goes back to the kernel, and the next step's activations and
+    gradients fault fresh zeroed pages in (SmolLM2-135M, full fine-tuning: about 60,000 page faults a step, a
+    step about 8% slower on a 2-core EPYC). Here blocks up to 32 MB (glibc's limit) come from the heap, and the heap
+    gives back only what passes 2 GB free at its top. glibc only; a MALLOC_*_ setting of the user's is kept."""
+    import os
+
+    libc = os.confstr("CS_GNU_LIBC_VERSION") if "CS_GNU_LIBC_VERSION" in os.confstr_names else None
+    if not (libc or "").startswith("glibc") or any(k.startswith("MALLOC_") for k in os.environ):
+        return
+    import ctypes
+
+    mallopt = ctypes.CDLL(None).mallopt
+    mallopt(M_MMAP_THRESHOLD, 32 << 20)
+    mallopt(M_TRIM_THRESHOLD, 2**31 - 1)
 
 
 def defer_bitsandbytes_compile() -> None:

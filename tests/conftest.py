@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from lancy_trl.startup import defer_bitsandbytes_compile
+from lancy_trl import startup
 
-defer_bitsandbytes_compile()  # as every lancy command does, before a test imports a library
+startup.defer_bitsandbytes_compile()  # as every lancy command does, before a test imports a library
+startup.keep_freed_memory()
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 if "PYTEST_XDIST_WORKER_COUNT" in os.environ:  # a worker of several: its share of the cores, before torch starts

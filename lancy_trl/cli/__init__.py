@@ -32,9 +32,10 @@ def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from lancy_trl.startup import defer_bitsandbytes_compile
+        from lancy_trl import startup
 
-        defer_bitsandbytes_compile()  # before any command imports a library
+        startup.defer_bitsandbytes_compile()  # before any command imports a library
+        startup.keep_freed_memory()
         try:
             return fn(*args, **kwargs)
         except (LancyError, OfflineViolation) as e:
