@@ -63,14 +63,14 @@ def test_the_command_line_freezes_the_heap_before_the_interpreter_exits():
 
 
 KEEP = """
-import resource, sys, torch
+import resource, torch
 from lancy_trl.startup import keep_freed_memory
-if sys.argv[1] == "keep":
-    keep_freed_memory()
+keep_freed_memory()
 def step():
-    held = [torch.ones(4_000_000) for _ in range(8)]  # 8 blocks of 16 MB, freed together, as a step's activations
+    held = [torch.ones(7_500_000) for _ in range(8)]  # 8 blocks of 30 MB, freed together, as a step's activations
     del held
-step()
+for _ in range(3):
+    step()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(10):
     step()
@@ -79,9 +79,11 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 
 
 def test_freed_blocks_are_reused_instead_of_faulted_in_again():
+    """Ten steps of 240 MB touch about 590,000 pages. glibc's default trims them off the heap and faults them in again
+    in most processes (its moving threshold sometimes adapts: 0 to 590,000 faults in 8 tries); kept, none."""
     import os
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
-    faults = {how: int(subprocess.run([sys.executable, "-c", KEEP, how], capture_output=True, text=True, check=True,
-                                      env=env).stdout) for how in ("default", "keep")}
-    assert faults["keep"] * 4 < faults["default"], faults  # 10 x 128 MB: about 300,000 page faults by default
+    faults = int(subprocess.run([sys.executable, "-c", KEEP], capture_output=True, text=True, check=True,
+                                env=env).stdout)
+    assert faults < 5_000, faults
