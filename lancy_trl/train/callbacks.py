@@ -116,7 +116,7 @@ def whole_run_loss(history: list[dict[str, Any]], start: int, recent_loss: float
 
 
 class GracefulInterrupt(TrainerCallback):
-    """First Ctrl-C: finish the step, save a resumable checkpoint, stop. Second Ctrl-C: abort.
+    """First Ctrl-C: finish the step, save a resumable checkpoint, stop. Second Ctrl-C (this process's own second): abort.
 
     The handler writes its line straight to the console's file descriptor: a signal handler runs in the main thread
     wherever it was, possibly inside the console's own write holding its lock, while the progress display's refresh
@@ -128,6 +128,7 @@ class GracefulInterrupt(TrainerCallback):
     def __init__(self, console: Any) -> None:
         self.console = console
         self.requested = False
+        self.received = 0  # Ctrl-Cs this process got; under the launcher another rank's can stop it first
         self._previous: Any = None
         self._fd: int | None = None
 
@@ -137,10 +138,16 @@ class GracefulInterrupt(TrainerCallback):
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        signal.signal(signal.SIGINT, self._previous)
+        # Stopped by another rank's Ctrl-C (the launcher passes it on to one worker after the other): this process's
+        # copy may still be on its way, and must not land on the default handler as an abort.
+        signal.signal(signal.SIGINT, self._late if self.requested and not self.received else self._previous)
+
+    def _late(self, signum, frame):
+        signal.signal(signal.SIGINT, self._previous)  # the copy on its way, taken; a next Ctrl-C aborts as usual
 
     def _handle(self, signum, frame):
-        if self.requested:
+        self.received += 1
+        if self.received > 1:  # this process's second: abort (the first may come after the ranks agreed to stop)
             raise KeyboardInterrupt
         self.requested = True
         if self._fd is not None:

@@ -93,3 +93,24 @@ def test_a_checkpoint_every_few_minutes_and_a_log_at_each_checkpoint():
     # losses logged at steps 1, 2 and 4 (each the mean since the log before), resumed at 4, 2 more steps at 1.0
     history = [{"step": 1, "loss": 4.0}, {"step": 2, "loss": 3.0}, {"step": 4, "loss": 2.0}, {"step": 6, "loss": 1.0}]
     assert whole_run_loss(history, 4, 1.0, 6) == (4.0 + 3.0 + 2 * 2.0 + 2 * 1.0) / 6
+
+
+def test_a_rank_stopped_by_another_ranks_ctrl_c_takes_its_own_late_copy_without_aborting(monkeypatch):
+    """The launcher passes Ctrl-C to one worker after the other. A rank can be stopped by the agreement before its
+    own copy arrives: that copy, during the save or after training, is not a second Ctrl-C (it aborted the rank and
+    broke the other's collective)."""
+    from lancy_trl.scale import distributed
+
+    monkeypatch.setattr(distributed, "agree", lambda flag: True)  # another rank asked
+    previous = signal.getsignal(signal.SIGINT)
+    during, after = GracefulInterrupt(Console(quiet=True)), GracefulInterrupt(Console(quiet=True))
+    with during:
+        assert during.on_step_end(None, TrainerState(global_step=3), TrainerControl()).should_training_stop
+        during._handle(signal.SIGINT, None)  # the copy lands while the checkpoint saves: not an abort
+        with pytest.raises(KeyboardInterrupt):
+            during._handle(signal.SIGINT, None)  # a real second Ctrl-C
+    assert signal.getsignal(signal.SIGINT) == previous
+    with after:
+        assert after.on_step_end(None, TrainerState(global_step=3), TrainerControl()).should_training_stop
+    signal.raise_signal(signal.SIGINT)  # the copy lands after training: taken quietly, the old handler back
+    assert signal.getsignal(signal.SIGINT) == previous
