@@ -37,9 +37,7 @@ def hashed(paths: list[Path]) -> list[str]:
     import os
     from concurrent.futures import ThreadPoolExecutor
 
-    if len(paths) < 2:
-        return [sha256(p) for p in paths]
-    with ThreadPoolExecutor(max_workers=min(len(paths), os.cpu_count() or 1)) as pool:
+    with ThreadPoolExecutor(max_workers=max(1, min(len(paths), os.cpu_count() or 1))) as pool:
         return list(pool.map(sha256, paths))
 
 

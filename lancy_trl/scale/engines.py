@@ -109,6 +109,12 @@ def sharded_engine(trainer: Any) -> bool:
     return getattr(trainer, "is_deepspeed_enabled", False) or getattr(trainer, "is_fsdp_enabled", False)
 
 
+def one_plain_process(trainer: Any) -> bool:
+    """Whether the trainer runs as one process with no sharding engine: where lancy's speed paths apply. Several
+    processes (DDP's gradient hooks), DeepSpeed and FSDP get TRL's own path instead."""
+    return trainer.accelerator.num_processes == 1 and not sharded_engine(trainer)
+
+
 def import_deepspeed_only_when_used() -> None:
     """accelerate unwraps every model by testing it against DeepSpeedEngine, which imports DeepSpeed (about a second
     and a half with the mlflow it pulls in) in each run wherever it is installed. No model can be a DeepSpeedEngine

@@ -9,8 +9,9 @@ from typing import Any
 
 from lancy_trl.errors import LancyError
 from lancy_trl.privacy.dp import Plan
+from lancy_trl.scale.engines import one_plain_process
 from lancy_trl.train.resumable import by_epoch
-from lancy_trl.train.trainer import LancySFTTrainer, one_plain_process, supports_compact_loss
+from lancy_trl.train.trainer import LancySFTTrainer, supports_compact_loss
 
 
 class DPTrainer(LancySFTTrainer):

@@ -187,12 +187,12 @@ def linked_from_checkpoint(trainer: Any, result: RunResult, folder: Path) -> boo
     refuses links."""
     import os
 
-    from lancy_trl.scale.engines import sharded_engine
+    from lancy_trl.scale.engines import one_plain_process
 
     done = runs.complete_checkpoints(result.run_dir)
     router = getattr(trainer.model.config.get_text_config(), "output_router_logits", None) is not None
-    if (not done or done[-1].name != f"checkpoint-{result.steps}" or trainer.args.world_size != 1
-            or sharded_engine(trainer) or trainer.args.load_best_model_at_end or router):
+    if (not done or done[-1].name != f"checkpoint-{result.steps}" or not one_plain_process(trainer)
+            or trainer.args.load_best_model_at_end or router):
         return False
     model_files = [p for p in sorted(done[-1].iterdir())
                    if p.name not in TRAINING_STATE and not p.name.startswith("rng_state")]

@@ -27,9 +27,9 @@ import torch
 from trl import GRPOTrainer
 from trl.trainer.utils import RepeatSampler
 
+from lancy_trl.scale.engines import one_plain_process
 from lancy_trl.train.resumable import Resumable
 from lancy_trl.train.speed.prefix import KEY, MODEL_TYPES, plan
-from lancy_trl.train.trainer import one_plain_process
 
 
 def realign(input_ids: torch.Tensor, attention_mask: torch.Tensor, completion: int,

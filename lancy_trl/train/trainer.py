@@ -19,7 +19,7 @@ from typing import Any
 
 from trl import SFTTrainer
 
-from lancy_trl.scale.engines import sharded_engine
+from lancy_trl.scale.engines import one_plain_process, sharded_engine
 from lancy_trl.scale.memory import LOSS_CHUNK
 from lancy_trl.train.resumable import Resumable
 
@@ -47,12 +47,6 @@ def checkpoint_share(model: Any, share: float) -> int:
         layer.gradient_checkpointing = True
         layer._gradient_checkpointing_func = partial(checkpoint, use_reentrant=False)
     return len(chosen)
-
-
-def one_plain_process(trainer: Any) -> bool:
-    """Whether the trainer runs as one process with no sharding engine: where lancy's speed paths apply. Several
-    processes (DDP's gradient hooks), DeepSpeed and FSDP get TRL's own path instead."""
-    return trainer.accelerator.num_processes == 1 and not sharded_engine(trainer)
 
 
 def memory_paths(trainer: Any, checkpoint_layers: float, lean_activations: bool) -> tuple[int, int]:

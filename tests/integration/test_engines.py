@@ -94,7 +94,8 @@ def test_lancys_speed_paths_are_off_under_sharding_engines_and_several_processes
 
     from transformers import AutoModelForCausalLM
 
-    from lancy_trl.train.trainer import memory_paths, one_plain_process
+    from lancy_trl.scale.engines import one_plain_process
+    from lancy_trl.train.trainer import memory_paths
 
     def trainer(processes, **engine):
         return SimpleNamespace(model=AutoModelForCausalLM.from_pretrained(tiny_model), accelerator=SimpleNamespace(
