@@ -10,7 +10,9 @@ Methods, A/B interleaved over --repeats after one untimed warm-up batch:
   generate      greedy decoding of a few tokens, then the label parse
   prefill       one forward pass of the left-padded prompts, nothing decoded: the floor under generate's time
 Prints a table and one JSON line with examples per second, the ratio score / generate, each method's accuracy on
-the rows, and agreement of the predictions between the two score paths (they compute the same numbers).
+the rows, and agreement of the predictions between the two score paths (they compute the same numbers). It also
+counts the positions each forward computes and prints the ratio score would reach over generate if it ran at the
+prompt pass's speed per position: the bound its token count sets on these prompts.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ def main() -> None:
     import torch
 
     from lancy_trl.config import EvalArgs, resolve
+    from lancy_trl.data.template import label_token_ids
     from lancy_trl.evaluation import classify
     from lancy_trl.evaluation.runner import eval_rows
 
@@ -69,14 +72,31 @@ def main() -> None:
         finally:
             classify.score_batch = original
 
-    def prefill():
-        """The floor of `generate`: one forward of the left-padded prompts, the last position's logits only."""
+    def batches():
+        """The prompts' token ids in the batches `classify` runs: longest first, so each pads little."""
         from lancy_trl.data.template import encode_prompts
 
+        ids = encode_prompts(loaded.tokenizer, prompts, None)
+        ids.sort(key=len, reverse=True)
+        return [ids[start: start + args.batch_size] for start in range(0, len(ids), args.batch_size)]
+
+    def tokens() -> dict[str, int]:
+        """Positions each forward computes: generate's prompt pass (padded to each batch's longest) against score's
+        (the shared prefix once a batch, each rest padded to the batch's longest, then every label's tokens)."""
+        n_label = sum(map(len, label_token_ids(loaded.tokenizer, prompts[0], labels, None)))
+        out = {"prefill": 0, "score": 0}
+        for ids in batches():
+            shared = classify.common_prefix(ids) if len(ids) > 1 else 0
+            shared = shared if shared >= 4 else 0
+            out["prefill"] += len(ids) * max(map(len, ids))
+            out["score"] += shared + len(ids) * (max(map(len, ids)) - shared + n_label)
+        return out
+
+    def prefill():
+        """The floor of `generate`: one forward of the left-padded prompts, the last position's logits only."""
         pad = loaded.tokenizer.pad_token_id
         with torch.inference_mode():
-            for start in range(0, len(prompts), args.batch_size):
-                ids = encode_prompts(loaded.tokenizer, prompts[start: start + args.batch_size], None)
+            for ids in batches():
                 width = max(map(len, ids))
                 batch = torch.tensor([[pad] * (width - len(i)) + i for i in ids], device=loaded.model.device)
                 mask = (torch.arange(width)[None, :] >= torch.tensor([width - len(i) for i in ids])[:, None]).long()
@@ -105,12 +125,18 @@ def main() -> None:
     for m in ("score", "score_cached", "generate", "prefill"):
         acc = f"{accuracy[m]:9.3f}" if m in accuracy else f"{'-':>9s}"
         print(f"{m:14s} {eps[m]:8.1f} {eps[m] / eps['generate']:11.2f}x {acc}")
+    work = tokens()
+    floor = eps["prefill"] * work["prefill"] / work["score"] / eps["generate"]
+    print(f"positions computed: score {work['score']}, generate's prompt pass {work['prefill']} "
+          f"({work['prefill'] / work['score']:.2f}x score's); at the prompt pass's speed per position, score would run "
+          f"{floor:.2f}x generate: the bound for these prompts")
     agree = sum(a == b for a, b in zip(preds["score"], preds["score_cached"])) / len(prompts)
     print(json.dumps({"bench": "eval_speed", "model": args.model, "device": device, "n": len(prompts),
                       "examples_per_second": {m: round(v, 2) for m, v in eps.items()},
                       "score_over_generate": round(eps["score"] / eps["generate"], 3),
                       "score_over_score_cached": round(eps["score"] / eps["score_cached"], 3),
                       "prefill_over_generate": round(eps["prefill"] / eps["generate"], 3),
+                      "positions": work, "score_over_generate_at_prefill_speed": round(floor, 3),
                       "accuracy": {m: round(a, 3) for m, a in accuracy.items()},
                       "score_paths_agree": agree}))
 

@@ -158,23 +158,25 @@ def classify(model: Any, tokenizer: Any, prompts: list[list[dict]], labels: list
     """One prediction per prompt: {"prediction", "probs"} for score, {"prediction", "output"} for generate."""
     import torch
 
-    results: list[dict[str, Any]] = []
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     label_ids = label_token_ids(tokenizer, prompts[0], labels, chat_kwargs) if method == "score" else []
     max_new = max_new or 2 + max(len(tokenizer(label, add_special_tokens=False)["input_ids"]) for label in labels)
+    stops = stop_ids(tokenizer, chat_kwargs)
+    ids = encode_prompts(tokenizer, prompts, chat_kwargs)
+    order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))  # batches of like lengths pad little
+    results: list[dict[str, Any]] = [{}] * len(ids)
     model.eval()
     with torch.inference_mode():
-        for start in range(0, len(prompts), batch_size):
-            batch = prompts[start:start + batch_size]
-            ids = encode_prompts(tokenizer, batch, chat_kwargs)
+        for start in range(0, len(order), batch_size):
+            batch = order[start:start + batch_size]
             if method == "score":
-                probs = torch.softmax(score_batch(model, ids, label_ids, pad_id), dim=-1).tolist()
-                for row in probs:
+                probs = torch.softmax(score_batch(model, [ids[i] for i in batch], label_ids, pad_id), dim=-1).tolist()
+                for i, row in zip(batch, probs):
                     best = max(range(len(labels)), key=row.__getitem__)
-                    results.append({"prediction": labels[best], "probs": dict(zip(labels, row))})
+                    results[i] = {"prediction": labels[best], "probs": dict(zip(labels, row))}
             else:
-                for text in _generate(model, tokenizer, ids, pad_id, max_new, stop_ids(tokenizer, chat_kwargs)):
-                    results.append({"prediction": parse_label(text, labels), "output": text})
+                for i, text in zip(batch, _generate(model, tokenizer, [ids[i] for i in batch], pad_id, max_new, stops)):
+                    results[i] = {"prediction": parse_label(text, labels), "output": text}
             if progress is not None:
                 progress(len(batch))
     return results

@@ -36,6 +36,30 @@ def test_label_scores_equal_full_forward_log_likelihood(tiny_model, attn, fn):
                 assert abs(fast[i, j].item() - want.item()) < 1e-3
 
 
+def test_batches_of_like_lengths_answer_each_row_in_its_place(tiny_model, monkeypatch):
+    """`classify` batches prompts longest first (less padding); each answer still lands on its own row: scores equal
+    the row scored alone, and each generated text is its own prompt's."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lancy_trl.evaluation import classify
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    users = ["a", "the bank report was weak and the outlook is worse", "profit rose", "costs fell by a third this year",
+             "b c"]
+    prompts = [[{"role": "user", "content": u}] for u in users]
+    labels = ["negative", "neutral", "positive"]
+    together = classify.classify(model, tok, prompts, labels, "score", batch_size=2)
+    alone = [classify.classify(model, tok, [p], labels, "score", batch_size=1)[0] for p in prompts]
+    assert len({str(r["probs"]) for r in alone}) == len(users)  # rows differ, so a misplaced answer would show
+    for both, one in zip(together, alone):
+        assert both["prediction"] == one["prediction"] and both["probs"] == pytest.approx(one["probs"], abs=1e-4)
+    # generation: a random tiny model says the same for every row, so each row's text here names its own prompt
+    monkeypatch.setattr(classify, "_generate", lambda model, tok, ids, *a: [tok.decode(i[-12:]) for i in ids])
+    answers = classify.classify(model, tok, prompts, labels, "generate", batch_size=2)
+    assert [a["output"] for a in answers] == [tok.decode(i[-12:]) for i in classify.encode_prompts(tok, prompts)]
+
+
 def test_eval_cli_writes_metrics_predictions_and_png(tiny_model, tmp_path):
     out = tmp_path / "eval"
     result = CliRunner().invoke(
