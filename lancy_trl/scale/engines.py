@@ -46,6 +46,19 @@ def resolve(name_or_path: str, kind: str = "DeepSpeed") -> Path:
                      f"{' or '.join(suffixes)} file; `lancy configs list` shows what each is for")
 
 
+def skip_inference_comm_build() -> None:
+    """DeepSpeed's communication backend compiles a shared-memory all-reduce kernel as it starts on CPU (about 45 s
+    with a C++ compiler, once per environment, cached under ~/.cache/torch_extensions). Only its inference engine
+    calls that kernel (`inference_all_reduce`, which falls back to torch's all-reduce without it); ZeRO training never
+    does, so a run skips the build. Only the function of the DeepSpeed this was written against is replaced; another
+    version builds as before."""
+    import importlib
+
+    backend = importlib.import_module("deepspeed.comm.torch")  # not `from deepspeed.comm import torch`: that is torch
+    if callable(getattr(backend, "build_shm_op", None)) and hasattr(backend.TorchBackend, "inference_all_reduce"):
+        backend.build_shm_op = lambda: None
+
+
 def zero_stage(name_or_path: str | None) -> int:
     """The ZeRO stage a run's DeepSpeed config sets (0 without DeepSpeed)."""
     if not name_or_path:

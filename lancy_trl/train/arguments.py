@@ -154,6 +154,7 @@ def engine_arguments(args: Any) -> dict[str, Any]:
     """The TrainingArguments naming the DeepSpeed config file or the FSDP settings a run trains under."""
     deepspeed, fsdp = getattr(args, "deepspeed", None), getattr(args, "fsdp", None)
     if deepspeed:
+        engines.skip_inference_comm_build()
         return {"deepspeed": str(engines.resolve(deepspeed))}
     return {"fsdp": True, "fsdp_config": engines.fsdp_config(fsdp)} if fsdp else {}
 

@@ -23,8 +23,11 @@ def test_two_processes_under_zero2_make_one_run_that_matches_one_process_and_res
 
     one = sft(*common, "--batch-size", 8, "--run-name", "one")  # the one-process reference, in this process
     assert one.exit_code == 0, one.output
-    two = launched("sft", *common, "--batch-size", 4, "--num-processes", 2, "--deepspeed", "zero2", "--run-name", "two")
+    extensions = tmp_path / "torch_extensions"  # where DeepSpeed compiles its kernels: a fresh environment's
+    two = launched("sft", *common, "--batch-size", 4, "--num-processes", 2, "--deepspeed", "zero2", "--run-name", "two",
+                   env={"TORCH_EXTENSIONS_DIR": str(extensions)})
     assert two.returncode == 0, two.stdout + two.stderr
+    assert not extensions.exists() and "built successfully" not in two.stdout  # no kernel compiled for training
     assert "Launching 2 processes" in two.stdout
     assert "2 processes under DeepSpeed zero2: global batch 8 (4 per process x 2 x 1" in two.stdout
     assert two.stdout.count("Done in") == 1  # one process speaks
