@@ -56,7 +56,7 @@ def skip_inference_comm_build() -> None:
 
     backend = importlib.import_module("deepspeed.comm.torch")  # not `from deepspeed.comm import torch`: that is torch
     if callable(getattr(backend, "build_shm_op", None)) and hasattr(backend.TorchBackend, "inference_all_reduce"):
-        backend.build_shm_op = lambda: None
+        backend.build_shm_op = lambda: None  # type: ignore[attr-defined]
 
 
 def zero_stage(name_or_path: str | None) -> int:
