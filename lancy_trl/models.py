@@ -205,26 +205,34 @@ def convert_gguf(gguf: Path, *, log=print) -> Path:
 
 @contextmanager
 def gguf_read_once() -> Iterator[None]:
-    """Inside the block, each GGUF file is parsed once. transformers parses a file again for its config, its weights
-    and its tokenizer, and gguf's pure-Python reader takes seconds each time on a tokenizer's vocabulary and merges
-    (about 100k strings for SmolLM2). The reader maps the file read-only, so one reader serves every call."""
+    """Inside the block, each GGUF file is parsed once, and each tensor-name map built once. transformers parses a
+    file again for its config, its weights and its tokenizer, and gguf's pure-Python reader takes seconds each time on
+    a tokenizer's vocabulary and merges (about 100k strings for SmolLM2). The reader maps the file read-only, so one
+    reader serves every call. transformers also builds gguf's name map (tens of thousands of entries) again for every
+    module of the model as it matches weight names (about 5 s for SmolLM2); a map is never changed once built."""
     import gguf
 
     module: Any = gguf
-    original = module.GGUFReader
+    originals = module.GGUFReader, module.get_tensor_name_map
     readers: dict[tuple[str, str], Any] = {}
+    maps: dict[tuple[Any, int], Any] = {}
 
     def reader(path: Any, mode: Any = "r") -> Any:
         key = (os.path.realpath(path), mode)
         if key not in readers:
-            readers[key] = original(path, mode)
+            readers[key] = originals[0](path, mode)
         return readers[key]
 
-    module.GGUFReader = reader  # transformers imports it from the module at each call
+    def name_map(arch: Any, n_blocks: int) -> Any:
+        if (arch, n_blocks) not in maps:
+            maps[arch, n_blocks] = originals[1](arch, n_blocks)
+        return maps[arch, n_blocks]
+
+    module.GGUFReader, module.get_tensor_name_map = reader, name_map  # transformers imports both at each call
     try:
         yield
     finally:
-        module.GGUFReader = original
+        module.GGUFReader, module.get_tensor_name_map = originals
 
 
 def _convert_gguf(gguf: Path, out: Path, *, log=print) -> Path:

@@ -118,3 +118,21 @@ def test_a_gguf_is_parsed_once_inside_the_block_and_as_before_outside(tmp_path):
     assert fresh is not first and fresh.fields["tokenizer.ggml.tokens"].contents() == [f"t{i}" for i in range(50)]
     assert first.fields["tokenizer.ggml.tokens"].contents() == fresh.fields["tokenizer.ggml.tokens"].contents()
     assert np.array_equal(first.tensors[0].data, fresh.tensors[0].data)
+
+
+def test_a_tensor_name_map_is_built_once_inside_the_block_and_maps_the_same():
+    import gguf
+
+    from lancy_trl.models import gguf_read_once
+
+    original = gguf.get_tensor_name_map
+    with gguf_read_once():
+        from gguf import get_tensor_name_map  # as transformers imports it, once per module of the model
+
+        first = get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, 2)
+        assert get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, 2) is first
+        assert get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, 3) is not first
+    assert gguf.get_tensor_name_map is original
+    fresh = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, 2)
+    assert fresh is not first and fresh.mapping == first.mapping
+    assert first.get_name("model.layers.1.mlp.down_proj") == "blk.1.ffn_down"
