@@ -241,6 +241,7 @@ def _convert_gguf(gguf: Path, out: Path, *, log=print) -> Path:
     log(f"Converting {gguf.name} to a trainable fp32 model (once; cached in {out}) ...")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    engines.import_deepspeed_only_when_used()  # save_pretrained's unwrapping would import it
     with gguf_read_once():
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype="float32")
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
