@@ -7,12 +7,14 @@
 Methods, A/B interleaved over --repeats after one untimed warm-up batch:
   score         lancy's default: one forward per batch, prompt shared by all labels through a tree attention mask
   score_cached  the prompt runs once and its KV cache is repeated for each label (the flash-attention path)
-  generate      greedy decoding of a few tokens, then the label parse
-  prefill       one forward pass of the left-padded prompts, nothing decoded: the floor under generate's time
+  generate      lancy's greedy decoding of a few tokens, then the label parse: the prefix the prompts share runs
+                once a batch and its cache is repeated for each row
+  generate_plain  the same decoding from the plain left-padded batch (each row runs its whole prompt)
+  prefill       generate with one new token: its prompt pass alone, the floor under generate's time
 Prints a table and one JSON line with examples per second, the ratio score / generate, each method's accuracy on
 the rows, and agreement of the predictions between the two score paths (they compute the same numbers). It also
-counts the positions each forward computes and prints the ratio score would reach over generate if it ran at the
-prompt pass's speed per position: the bound its token count sets on these prompts.
+counts the positions each prompt pass computes and prints the ratio score would reach over generate if it ran at
+generate's prompt pass's speed per position: the bound the positions set on these prompts.
 """
 
 from __future__ import annotations
@@ -81,30 +83,31 @@ def main() -> None:
         return [ids[start: start + args.batch_size] for start in range(0, len(ids), args.batch_size)]
 
     def tokens() -> dict[str, int]:
-        """Positions each forward computes: generate's prompt pass (padded to each batch's longest) against score's
-        (the shared prefix once a batch, each rest padded to the batch's longest, then every label's tokens)."""
+        """Positions each prompt pass computes: score's (the shared prefix once a batch, each rest padded to the
+        batch's longest, then every label's tokens), generate's (the same without labels) and the plain batch's."""
         n_label = sum(map(len, label_token_ids(loaded.tokenizer, prompts[0], labels, None)))
-        out = {"prefill": 0, "score": 0}
+        out = {"score": 0, "generate": 0, "generate_plain": 0}
         for ids in batches():
             shared = classify.common_prefix(ids) if len(ids) > 1 else 0
             shared = shared if shared >= 4 else 0
-            out["prefill"] += len(ids) * max(map(len, ids))
             out["score"] += shared + len(ids) * (max(map(len, ids)) - shared + n_label)
+            head = classify.generation_prefix(loaded.model, ids)
+            out["generate"] += head + len(ids) * (max(map(len, ids)) - head)
+            out["generate_plain"] += len(ids) * max(map(len, ids))
         return out
 
-    def prefill():
-        """The floor of `generate`: one forward of the left-padded prompts, the last position's logits only."""
-        pad = loaded.tokenizer.pad_token_id
-        with torch.inference_mode():
-            for ids in batches():
-                width = max(map(len, ids))
-                batch = torch.tensor([[pad] * (width - len(i)) + i for i in ids], device=loaded.model.device)
-                mask = (torch.arange(width)[None, :] >= torch.tensor([width - len(i) for i in ids])[:, None]).long()
-                loaded.model(input_ids=batch, attention_mask=mask.to(batch.device), logits_to_keep=1)
-        return [{"prediction": None}] * len(prompts)
+    def generate_with(prefix: bool, max_new: int | None = None):
+        original = classify.generation_prefix
+        classify.generation_prefix = original if prefix else (lambda *a: 0)
+        try:
+            return classify.classify(loaded.model, loaded.tokenizer, prompts, labels, "generate", args.batch_size,
+                                     max_new=max_new)
+        finally:
+            classify.generation_prefix = original
 
     methods["score_cached"] = cached
-    methods["prefill"] = prefill
+    methods["generate_plain"] = lambda: generate_with(prefix=False)
+    methods["prefill"] = lambda: generate_with(prefix=True, max_new=1)
     classify.classify(loaded.model, loaded.tokenizer, prompts[: args.batch_size], labels, "score", args.batch_size)  # warm-up
     times: dict[str, list[float]] = {m: [] for m in methods}
     preds: dict[str, list] = {}
@@ -120,23 +123,24 @@ def main() -> None:
           f"({torch.get_num_threads()} threads), median of {args.repeats}")
     targets = [r["target"] for r in rows]
     accuracy = {m: sum(p == t for p, t in zip(preds[m], targets)) / len(targets) for m in ("score", "score_cached",
-                                                                                            "generate")}
+                                                                                            "generate", "generate_plain")}
     print(f"{'method':14s} {'ex/s':>8s} {'vs generate':>12s} {'accuracy':>9s}")
-    for m in ("score", "score_cached", "generate", "prefill"):
+    for m in ("score", "score_cached", "generate", "generate_plain", "prefill"):
         acc = f"{accuracy[m]:9.3f}" if m in accuracy else f"{'-':>9s}"
         print(f"{m:14s} {eps[m]:8.1f} {eps[m] / eps['generate']:11.2f}x {acc}")
     work = tokens()
-    floor = eps["prefill"] * work["prefill"] / work["score"] / eps["generate"]
-    print(f"positions computed: score {work['score']}, generate's prompt pass {work['prefill']} "
-          f"({work['prefill'] / work['score']:.2f}x score's); at the prompt pass's speed per position, score would run "
-          f"{floor:.2f}x generate: the bound for these prompts")
+    floor = eps["prefill"] * work["generate"] / work["score"] / eps["generate"]
+    print(f"positions computed: score {work['score']}, generate's prompt pass {work['generate']}, the plain batch's "
+          f"{work['generate_plain']}; at generate's prompt-pass speed per position, score would run {floor:.2f}x "
+          "generate: the bound for these prompts")
     agree = sum(a == b for a, b in zip(preds["score"], preds["score_cached"])) / len(prompts)
     print(json.dumps({"bench": "eval_speed", "model": args.model, "device": device, "n": len(prompts),
                       "examples_per_second": {m: round(v, 2) for m, v in eps.items()},
                       "score_over_generate": round(eps["score"] / eps["generate"], 3),
                       "score_over_score_cached": round(eps["score"] / eps["score_cached"], 3),
                       "prefill_over_generate": round(eps["prefill"] / eps["generate"], 3),
-                      "positions": work, "score_over_generate_at_prefill_speed": round(floor, 3),
+                      "generate_over_generate_plain": round(eps["generate"] / eps["generate_plain"], 3),
+                      "positions": work, "score_over_generate_bound": round(floor, 3),
                       "accuracy": {m: round(a, 3) for m, a in accuracy.items()},
                       "score_paths_agree": agree}))
 

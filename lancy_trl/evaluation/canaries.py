@@ -60,6 +60,8 @@ def _log_likelihoods(model: Any, tokenizer: Any, context: list[int], pool: list[
     import torch
     from torch.nn.utils.rnn import pad_sequence
 
+    from lancy_trl.evaluation.classify import output_cache
+
     with torch.no_grad():
         head = model(torch.tensor([context], device=model.device), use_cache=True)
         last = torch.log_softmax(head.logits[0, -1].float(), -1)
@@ -68,7 +70,7 @@ def _log_likelihoods(model: Any, tokenizer: Any, context: list[int], pool: list[
             ids = [torch.tensor(tokenizer(s, add_special_tokens=False)["input_ids"]) for s in pool[start:start + batch]]
             lengths = torch.tensor([len(x) for x in ids])
             x = pad_sequence(ids, batch_first=True, padding_value=0).to(model.device)
-            cache = _copy(head.past_key_values, len(ids))
+            cache = _copy(output_cache(head), len(ids))
             mask = torch.cat([torch.ones(len(ids), len(context), dtype=torch.long),
                               (torch.arange(x.shape[1]) < lengths[:, None]).long()], 1).to(model.device)
             logits = model(x, attention_mask=mask, cache=cache, use_cache=True).logits.float()

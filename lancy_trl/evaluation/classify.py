@@ -21,6 +21,12 @@ def cache_keyword(model: Any) -> str:
     return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
+def output_cache(out: Any) -> Any:
+    """A forward's KV cache: `cache` where the output has it (transformers >= 5.2x, whose `past_key_values` still
+    answers but warns), else `past_key_values`."""
+    return out["cache"] if "cache" in out else out.past_key_values
+
+
 def common_prefix(prompt_ids: list[list[int]]) -> int:
     """Length of the token prefix every prompt shares (system message, instructions), leaving each a token."""
     n = min(map(len, prompt_ids)) - 1
@@ -50,7 +56,7 @@ def score_batch(model: Any, prompt_ids: list[list[int]], label_ids: list[list[in
     cache = None
     if shared >= 4:
         prefix = torch.tensor([prompt_ids[0][:shared]], device=device)
-        cache = model(input_ids=prefix, use_cache=True, logits_to_keep=1).past_key_values
+        cache = output_cache(model(input_ids=prefix, use_cache=True, logits_to_keep=1))
         cache.batch_repeat_interleave(len(prompt_ids))
     else:
         shared = 0
@@ -115,7 +121,7 @@ def score_batch_cached(model: Any, prompt_ids: list[list[int]], label_ids: list[
     ids, mask, positions = ids.to(device), mask.to(device), positions.to(device)
     out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
     first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # (b, vocab): the first label token
-    cache = out.past_key_values
+    cache = output_cache(out)
     cache.batch_repeat_interleave(k)
     l_len = max(map(len, label_ids))
     lab = torch.full((k, l_len), pad_id, dtype=torch.long)
@@ -182,17 +188,43 @@ def classify(model: Any, tokenizer: Any, prompts: list[list[dict]], labels: list
     return results
 
 
+# model families whose generation from a shared prefix's cache is checked against plain generation by the tests
+PREFIX_GENERATION = ("llama", "qwen2", "qwen3")
+
+
+def generation_prefix(model: Any, ids: list[list[int]]) -> int:
+    """How many leading tokens (system message, instructions) a batch's prompts share and generation runs once: 0
+    for one prompt, a short prefix, or a model outside the checked families or attention implementations."""
+    if len(ids) < 2:
+        return 0
+    config = model.config
+    impl = str(getattr(config, "_attn_implementation", "sdpa"))
+    if config.model_type not in PREFIX_GENERATION or impl not in ("sdpa", "eager"):
+        return 0
+    shared = common_prefix(ids)
+    return shared if shared >= 4 else 0
+
+
 def _generate(model: Any, tokenizer: Any, ids: list[list[int]], pad_id: int, max_new: int,
               stops: list[int] | None = None) -> list[str]:
-    """Greedy continuations, stopping at any of `stops` (EOS and the end-of-turn token)."""
+    """Greedy continuations, stopping at any of `stops` (EOS and the end-of-turn token). The prefix the prompts share
+    runs once and its cache is repeated for each row; each row's rest is left-padded after it (the mask skips the
+    padding, and positions count on from the prefix as in the row alone)."""
     import torch
 
-    p_len = max(map(len, ids))
-    input_ids = torch.tensor([[pad_id] * (p_len - len(p)) + p for p in ids], device=model.device)
-    mask = torch.tensor([[0] * (p_len - len(p)) + [1] * len(p) for p in ids], device=model.device)
+    shared = generation_prefix(model, ids)
+    head, rests = ids[0][:shared], [p[shared:] for p in ids]
+    width = max(map(len, rests))
+    input_ids = torch.tensor([head + [pad_id] * (width - len(r)) + r for r in rests], device=model.device)
+    mask = torch.tensor([[1] * shared + [0] * (width - len(r)) + [1] * len(r) for r in rests], device=model.device)
+    cached = {}
+    if shared:
+        cache = output_cache(model(input_ids=input_ids[:1, :shared], use_cache=True, logits_to_keep=1))
+        cache.batch_repeat_interleave(len(ids))
+        cached = {cache_keyword(model): cache}
     out = model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=max_new, do_sample=False,
-                         pad_token_id=pad_id, eos_token_id=stops or tokenizer.eos_token_id)
-    return tokenizer.batch_decode(out[:, p_len:], skip_special_tokens=True)
+                         pad_token_id=pad_id, eos_token_id=stops or tokenizer.eos_token_id, **cached)
+    return tokenizer.batch_decode(out[:, input_ids.shape[1]:], skip_special_tokens=True)
 
 
 def generate_texts(model: Any, tokenizer: Any, prompts: list[list[dict]], max_new: int, batch_size: int = 16,

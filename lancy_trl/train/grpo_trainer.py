@@ -206,7 +206,7 @@ class LancyGRPOTrainer(Resumable, GRPOTrainer):
               as unwrapped, torch.no_grad()):
             head = unwrapped(input_ids=ids[distinct, :-1], attention_mask=mask[distinct, :-1],
                              position_ids=positions[distinct, :-1], use_cache=True)
-            cache = head.past_key_values
+            cache = head.cache
             cache.batch_select_indices(copy_of)  # each row gets its prompt's keys and values
             out = unwrapped.generate(input_ids=ids, attention_mask=mask, cache=cache,
                                      generation_config=self.generation_config)

@@ -36,6 +36,41 @@ def test_label_scores_equal_full_forward_log_likelihood(tiny_model, attn, fn):
                 assert abs(fast[i, j].item() - want.item()) < 1e-3
 
 
+@pytest.mark.parametrize("arch, attn", [("llama", "sdpa"), ("llama", "eager"), ("qwen2", "sdpa"), ("qwen3", "sdpa")])
+def test_generation_from_the_shared_prefix_equals_plain_generation(tiny_model, arch, attn, monkeypatch):
+    """Greedy answers with the prompts' shared prefix run once (its cache repeated, each rest left-padded after it)
+    are the plain left-padded batch's, token for token; models outside the checked families get the plain batch."""
+    from types import SimpleNamespace
+
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from lancy_trl.evaluation import classify
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    base = AutoConfig.from_pretrained(tiny_model)
+    sizes = {k: getattr(base, k) for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                                            "num_attention_heads", "num_key_value_heads", "bos_token_id",
+                                            "eos_token_id", "pad_token_id")}
+    torch.manual_seed(0)  # large random weights: each prompt gets its own answer
+    config = AutoConfig.for_model(arch, **sizes, initializer_range=0.5, attn_implementation=attn)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    system = {"role": "system", "content": "you are a financial analyst classify the sentiment"}
+    users = ["profit rose", "the bank report was weak and the outlook worse", "a", "costs fell by a third"]
+    ids = classify.encode_prompts(tok, [[system, {"role": "user", "content": u}] for u in users])
+    assert classify.generation_prefix(model, ids) >= 4
+    with torch.inference_mode():
+        shared = classify._generate(model, tok, ids, tok.pad_token_id, 8)
+        with monkeypatch.context() as m:
+            m.setattr(classify, "generation_prefix", lambda *a: 0)
+            plain = classify._generate(model, tok, ids, tok.pad_token_id, 8)
+    assert shared == plain and len(set(plain)) == len(users)
+    for model_type, impl in (("gemma3", "sdpa"), ("llama", "flash_attention_2")):
+        other = SimpleNamespace(config=SimpleNamespace(model_type=model_type, _attn_implementation=impl))
+        assert classify.generation_prefix(other, ids) == 0
+    assert classify.generation_prefix(model, ids[:1]) == 0
+
+
 def test_batches_of_like_lengths_answer_each_row_in_its_place(tiny_model, monkeypatch):
     """`classify` batches prompts longest first (less padding); each answer still lands on its own row: scores equal
     the row scored alone, and each generated text is its own prompt's."""
