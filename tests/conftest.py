@@ -126,7 +126,7 @@ def launched(*args, env=None, timeout=600):
     done = subprocess.run([sys.executable, "-m", "lancy_trl", *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, **(env or {})})
     # every launch is one of several multi-process runs in a row: none may end with gloo's threads torn down
-    assert "terminate called" not in done.stderr, done.stdout + done.stderr
+    assert "terminate called" not in done.stderr, f"exit {done.returncode}\n{done.stdout}{done.stderr}"
     return done
 
 
