@@ -446,7 +446,7 @@ def load_model(source: ModelSource, args: Any, *, device: str, for_training: boo
         "attn_implementation": model.config._attn_implementation,
         "architecture": (model.config.architectures or [type(model).__name__])[0],
         "model_type": model.config.model_type,
-        "total_params": sum(p.numel() for p in model.parameters()),
+        "total_params": model.num_parameters(),  # a 4-bit weight's packed storage holds two values a byte
         **moe.describe(model),
         **{f"tokenizer_{k}": v for k, v in tok_notes.items()},
     }

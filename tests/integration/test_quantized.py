@@ -34,6 +34,10 @@ def test_a_quantized_base_trains_its_lora_adapter_on_cpu(tiny_model, tmp_path, f
     (run,) = (tmp_path / "runs").iterdir()
     info = json.loads((run / "run.json").read_text())
     assert info["status"] == "complete" and info["config"][key]
+    from transformers import AutoModelForCausalLM
+
+    plain = AutoModelForCausalLM.from_pretrained(tiny_model).num_parameters()
+    assert info["model_info"]["total_params"] == plain  # the quantized base's parameters counted, not its bytes
     model = AutoPeftModelForCausalLM.from_pretrained(run / "model")
     assert any(torch.count_nonzero(p) for n, p in model.named_parameters() if "lora_B" in n)  # the adapter moved
     scored = runner.invoke(app, ["eval", "--model", str(run), "--method", "score", "--limit", "8", "--json"])
