@@ -88,8 +88,7 @@ def main() -> None:
         n_label = sum(map(len, label_token_ids(loaded.tokenizer, prompts[0], labels, None)))
         out = {"score": 0, "generate": 0, "generate_plain": 0}
         for ids in batches():
-            shared = classify.common_prefix(ids) if len(ids) > 1 else 0
-            shared = shared if shared >= 4 else 0
+            shared = classify.shared_prefix(ids)
             out["score"] += shared + len(ids) * (max(map(len, ids)) - shared + n_label)
             head = classify.generation_prefix(loaded.model, ids)
             out["generate"] += head + len(ids) * (max(map(len, ids)) - head)

@@ -37,6 +37,13 @@ def common_prefix(prompt_ids: list[list[int]]) -> int:
     return max(n, 0)
 
 
+def shared_prefix(prompt_ids: list[list[int]]) -> int:
+    """The prefix a batch's prompts share that is worth running once (system message, instructions): 0 for one
+    prompt or a prefix under 4 tokens."""
+    shared = common_prefix(prompt_ids) if len(prompt_ids) > 1 else 0
+    return shared if shared >= 4 else 0
+
+
 def score_batch(model: Any, prompt_ids: list[list[int]], label_ids: list[list[int]], pad_id: int) -> Any:
     """(batch, labels) summed log-probabilities of each label continuation.
 
@@ -52,14 +59,12 @@ def score_batch(model: Any, prompt_ids: list[list[int]], label_ids: list[list[in
     if impl.startswith("flash"):
         return score_batch_cached(model, prompt_ids, label_ids, pad_id)
     device = model.device
-    shared = common_prefix(prompt_ids) if len(prompt_ids) > 1 else 0
+    shared = shared_prefix(prompt_ids)
     cache = None
-    if shared >= 4:
+    if shared:
         prefix = torch.tensor([prompt_ids[0][:shared]], device=device)
         cache = output_cache(model(input_ids=prefix, use_cache=True, logits_to_keep=1))
         cache.batch_repeat_interleave(len(prompt_ids))
-    else:
-        shared = 0
     rests = [p[shared:] for p in prompt_ids]
     b, p_len = len(rests), max(map(len, rests))
     lens = [len(ids) for ids in label_ids]
@@ -195,14 +200,12 @@ PREFIX_GENERATION = ("llama", "qwen2", "qwen3")
 def generation_prefix(model: Any, ids: list[list[int]]) -> int:
     """How many leading tokens (system message, instructions) a batch's prompts share and generation runs once: 0
     for one prompt, a short prefix, or a model outside the checked families or attention implementations."""
-    if len(ids) < 2:
+    shared = shared_prefix(ids)
+    if not shared:
         return 0
     config = model.config
     impl = str(getattr(config, "_attn_implementation", "sdpa"))
-    if config.model_type not in PREFIX_GENERATION or impl not in ("sdpa", "eager"):
-        return 0
-    shared = common_prefix(ids)
-    return shared if shared >= 4 else 0
+    return shared if config.model_type in PREFIX_GENERATION and impl in ("sdpa", "eager") else 0
 
 
 def _generate(model: Any, tokenizer: Any, ids: list[list[int]], pad_id: int, max_new: int,

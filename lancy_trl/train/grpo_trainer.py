@@ -27,6 +27,7 @@ import torch
 from trl import GRPOTrainer
 from trl.trainer.utils import RepeatSampler
 
+from lancy_trl.evaluation.classify import output_cache
 from lancy_trl.scale.engines import one_plain_process
 from lancy_trl.train.resumable import Resumable
 from lancy_trl.train.speed.prefix import KEY, MODEL_TYPES, plan
@@ -206,7 +207,7 @@ class LancyGRPOTrainer(Resumable, GRPOTrainer):
               as unwrapped, torch.no_grad()):
             head = unwrapped(input_ids=ids[distinct, :-1], attention_mask=mask[distinct, :-1],
                              position_ids=positions[distinct, :-1], use_cache=True)
-            cache = head.cache
+            cache = output_cache(head)
             cache.batch_select_indices(copy_of)  # each row gets its prompt's keys and values
             out = unwrapped.generate(input_ids=ids, attention_mask=mask, cache=cache,
                                      generation_config=self.generation_config)
