@@ -66,6 +66,31 @@ def score_batch(model: Any, prompt_ids: list[list[int]], label_ids: list[list[in
         cache = output_cache(model(input_ids=prefix, use_cache=True, logits_to_keep=1))
         cache.batch_repeat_interleave(len(prompt_ids))
     rests = [p[shared:] for p in prompt_ids]
+    ids, pos, allowed, where = tree_layout(rests, label_ids, shared, pad_id)
+    b, mask = len(rests), allowed[:, None]
+    if impl != "sdpa":  # eager and others add the mask to the scores
+        dtype = next(model.parameters()).dtype
+        mask = torch.zeros(mask.shape, dtype=dtype).masked_fill(~mask, torch.finfo(dtype).min)
+    keep = sorted(set(where))
+    # a mixture-of-experts model trained with its router loss has it on in its config: not wanted here, and its
+    # formula reads a 2-D attention mask
+    routers = {"output_router_logits": False} if hasattr(model.config, "output_router_logits") else {}
+    out = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
+                use_cache=cache is not None, logits_to_keep=torch.tensor(keep, device=device), **routers,
+                **({cache_keyword(model): cache} if cache is not None else {}))
+    logp = torch.log_softmax(out.logits.float(), dim=-1)  # (b, len(keep), vocab)
+    index = {c: n for n, c in enumerate(keep)}
+    targets = torch.tensor([tok for ids_j in label_ids for tok in ids_j], device=device)
+    rows = logp[:, [index[c] for c in where]].gather(2, targets[None, :, None].expand(b, -1, 1)).squeeze(2)
+    lens = [len(ids_j) for ids_j in label_ids]
+    return torch.stack([rows[:, sum(lens[:j]): sum(lens[: j + 1])].sum(1) for j in range(len(lens))], dim=1)
+
+
+def tree_layout(rests: list[list[int]], label_ids: list[list[int]], shared: int, pad_id: int) -> tuple[Any, Any, Any, list[int]]:
+    """score_batch's rows: ids and positions of [left-padded rest of the prompt | label 1 | label 2 | ...], the
+    (batch, query, shared + key) boolean mask, and for each label token in order the column whose logits predict it."""
+    import torch
+
     b, p_len = len(rests), max(map(len, rests))
     lens = [len(ids) for ids in label_ids]
     starts = [p_len + sum(lens[:j]) for j in range(len(lens))]
@@ -90,24 +115,9 @@ def score_batch(model: Any, prompt_ids: list[list[int]], label_ids: list[list[in
     allowed = tree[None] & key_real[:, None, :]
     allowed |= torch.eye(total, dtype=torch.bool)[None] & ~key_real[:, :, None]  # padding rows see themselves
     allowed = torch.cat([torch.ones((b, total, shared), dtype=torch.bool), allowed], dim=2)  # the shared prefix
-    mask = allowed[:, None]
-    if impl != "sdpa":  # eager and others add the mask to the scores
-        dtype = next(model.parameters()).dtype
-        mask = torch.zeros(mask.shape, dtype=dtype).masked_fill(~mask, torch.finfo(dtype).min)
     # label j's token t is predicted at the prompt's end (t = 0) or at its own token t - 1
     where = [p_len - 1 if t == 0 else start + t - 1 for start, n in zip(starts, lens) for t in range(n)]
-    keep = sorted(set(where))
-    # a mixture-of-experts model trained with its router loss has it on in its config: not wanted here, and its
-    # formula reads a 2-D attention mask
-    routers = {"output_router_logits": False} if hasattr(model.config, "output_router_logits") else {}
-    out = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
-                use_cache=cache is not None, logits_to_keep=torch.tensor(keep, device=device), **routers,
-                **({cache_keyword(model): cache} if cache is not None else {}))
-    logp = torch.log_softmax(out.logits.float(), dim=-1)  # (b, len(keep), vocab)
-    index = {c: n for n, c in enumerate(keep)}
-    targets = torch.tensor([tok for ids_j in label_ids for tok in ids_j], device=device)
-    rows = logp[:, [index[c] for c in where]].gather(2, targets[None, :, None].expand(b, -1, 1)).squeeze(2)
-    return torch.stack([rows[:, sum(lens[:j]): sum(lens[: j + 1])].sum(1) for j in range(len(lens))], dim=1)
+    return ids, pos, allowed, where
 
 
 def score_batch_cached(model: Any, prompt_ids: list[list[int]], label_ids: list[list[int]], pad_id: int) -> Any:
