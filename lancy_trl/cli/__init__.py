@@ -15,7 +15,7 @@ from typing import Any
 import typer
 
 from lancy_trl.errors import LancyError
-from lancy_trl.privacy.network import OfflineViolation
+from lancy_trl.privacy.network import OfflineViolation, no_telemetry
 
 app = typer.Typer(
     name="lancy",
@@ -36,6 +36,7 @@ def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
 
         startup.defer_bitsandbytes_compile()  # before any command imports a library
         startup.keep_freed_memory()
+        no_telemetry()  # no library reports a run anywhere, online or not
         try:
             return fn(*args, **kwargs)
         except (LancyError, OfflineViolation) as e:
@@ -88,7 +89,7 @@ def run_as_script(argv: list[str]) -> int:
     try:
         main()
     except SystemExit as e:
-        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        return exit_code(e)
     except BaseException:
         import traceback
 
@@ -98,6 +99,10 @@ def run_as_script(argv: list[str]) -> int:
         sys.stdout.flush()
         sys.stderr.flush()
     return 0
+
+
+def exit_code(e: SystemExit) -> int:
+    return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
 
 
 def main() -> None:

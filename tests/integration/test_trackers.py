@@ -66,3 +66,39 @@ def test_trackio_logs_the_run_into_a_database_beside_the_runs(tiny_model, tmp_pa
     assert {name for name, _ in logged} == {run.name}  # the tracker's run is named as lancy's
     assert [m["train/global_step"] for _, m in logged if "train/loss" in m] == [1, 2, 3, 4]
     assert not (run / "tensorboard").exists()
+
+
+def test_a_run_that_is_not_offline_sends_no_usage_ping(tiny_model, tmp_path):
+    """TRL's trainers report each run (trainer, model family, set-up) to the hub as they are built, unless
+    huggingface_hub's switch says no; CI and offline mode hide it. A user's online run, its hub pointed at a local
+    server that records what reaches it: nothing may."""
+    import http.server
+    import threading
+
+    seen: list[str] = []
+
+    class Hub(http.server.BaseHTTPRequestHandler):
+        def do_HEAD(self):  # noqa: N802 (http.server's naming)
+            seen.append(f"HEAD {self.path}")
+            self.send_response(200)
+            self.end_headers()
+
+        do_GET = do_POST = do_HEAD  # noqa: N815
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    quiet = ("CI", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "LANCY_OFFLINE",
+             "HF_HUB_DISABLE_TELEMETRY", "DISABLE_TELEMETRY", "DO_NOT_TRACK")
+    env = {k: v for k, v in os.environ.items() if k not in quiet}
+    env["HF_ENDPOINT"] = f"http://127.0.0.1:{server.server_port}"
+    try:
+        done = subprocess.run([sys.executable, "-m", "lancy_trl", "sft", "--model", tiny_model, "--output-dir",
+                               str(tmp_path / "runs"), "--max-steps", "2", "--max-examples", "16", "--eval-fraction", "0"],
+                              capture_output=True, text=True, env=env, timeout=300)
+    finally:
+        server.shutdown()
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert seen == []
