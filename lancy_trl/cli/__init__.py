@@ -115,6 +115,14 @@ def main() -> None:
         app.rich_markup_mode = None
     try:
         app()
+    except SystemExit as e:
+        from lancy_trl import ranks
+
+        if ranks.world_size() > 1:  # one of several processes: no interpreter teardown (see exit_worker)
+            from lancy_trl.scale.distributed import exit_worker
+
+            exit_worker(exit_code(e))
+        raise
     finally:
         # The process ends here. Its last garbage collection walks every object the libraries made (over a second
         # after a run); freezing them skips that walk. Files and the run's records are closed by then, and the

@@ -16,7 +16,7 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from lancy_trl.errors import LancyError
 from lancy_trl.ranks import is_main, rank, world_size  # noqa: F401  (distributed.is_main() reads on)
@@ -106,6 +106,26 @@ def stop() -> None:
 
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()  # local: no rank waits on another that failed
+
+
+def exit_worker(code: int) -> NoReturn:
+    """A launched process's end: its threads joined and its exit handlers run (the process group goes down, log
+    files close), then the process exits without interpreter teardown.
+
+    During teardown a gloo thread that finishes a collective late must take the GIL to free the collective's tensors;
+    a finalizing interpreter ends that thread inside a C++ destructor, and the C++ runtime aborts the process
+    ("terminate called without an active exception", a failed exit after a finished run). A core dump of such a
+    ZeRO-3 worker showed exactly that thread, freeing an all-gather's outputs."""
+    import atexit
+    import threading
+
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def share(path: Path | None) -> Path:

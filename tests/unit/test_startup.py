@@ -1,9 +1,12 @@
-"""The import hook that defers bitsandbytes' torch.compile wrappers: the import no longer builds a compiler, the
-kernels still compute, and torch.compile is torch's own again afterwards."""
+"""How a lancy process starts and ends: the import hook that defers bitsandbytes' torch.compile wrappers (the import
+no longer builds a compiler, the kernels still compute, and torch.compile is torch's own again afterwards), the heap
+frozen before exit, a launched process's exit without interpreter teardown."""
 
+import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from lancy_trl.startup import compile_deferred
@@ -60,6 +63,34 @@ def test_the_command_line_freezes_the_heap_before_the_interpreter_exits():
              "from lancy_trl.cli import main\nsys.argv = ['lancy', 'configs']\nmain()\n")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True).stdout
     assert out.splitlines()[-1] == "frozen True"
+
+
+
+TEARDOWN = ("import atexit, os, sys, threading, time, types\n"
+            "class Teardown:\n"
+            "    def __init__(self): self.write = os.write\n"
+            "    def __del__(self): self.write(1, b'teardown\\n')\n"
+            "probe = types.ModuleType('probe')\n"  # freed when teardown removes the modules (the heap is frozen)
+            "probe.keep = Teardown()\n"
+            "sys.modules['probe'] = probe\n"
+            "del probe\n"
+            "atexit.register(lambda: print('handlers ran', flush=True))\n"
+            "threading.Thread(target=lambda: (time.sleep(0.3), print('thread done', flush=True))).start()\n"
+            "from lancy_trl.cli import main\nsys.argv = ['lancy', *sys.argv[1:]]\nmain()\n")
+
+
+@pytest.mark.parametrize("argv, code", [(["configs", "list"], 0), (["configs", "--no-such-flag"], 2)])
+def test_one_of_several_processes_exits_without_interpreter_teardown(argv, code):
+    """In teardown, a gloo thread that finishes a collective late must take the GIL to free its tensors, and is ended
+    inside a C++ destructor: the process aborts after a finished run. A launched process (WORLD_SIZE > 1) joins its
+    threads, runs its exit handlers and exits with the command's code, without teardown; one process alone tears
+    down as Python does (which shows the probe sees teardown)."""
+    alone = subprocess.run([sys.executable, "-c", TEARDOWN, *argv], capture_output=True, text=True)
+    assert alone.returncode == code and alone.stdout.splitlines()[-3:] == ["thread done", "handlers ran", "teardown"]
+    env = {**os.environ, "WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1"}
+    worker = subprocess.run([sys.executable, "-c", TEARDOWN, *argv], capture_output=True, text=True, env=env)
+    assert worker.returncode == code, worker.stderr
+    assert worker.stdout.splitlines()[-2:] == ["thread done", "handlers ran"]  # and no teardown
 
 
 KEEP = """
