@@ -100,8 +100,8 @@ def start(device: str) -> None:
 
 
 def stop() -> None:
-    """The process group taken down before the interpreter exits: left to interpreter teardown, gloo's threads were
-    destroyed unjoined ("terminate called without an active exception", a non-zero exit after a finished run)."""
+    """The process group taken down among the exit handlers (which `exit_worker` runs before the process exits), not
+    left to interpreter teardown."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
