@@ -11,6 +11,7 @@ Methods, A/B interleaved over --repeats after one untimed warm-up batch:
                 once a batch and its cache is repeated for each row
   generate_plain  the same decoding from the plain left-padded batch (each row runs its whole prompt)
   prefill       generate with one new token: its prompt pass alone, the floor under generate's time
+  both          score and generate from one prompt pass a batch (`lancy eval`'s default): against the two apart
 Prints a table and one JSON line with examples per second, the ratio score / generate, each method's accuracy on
 the rows, and agreement of the predictions between the two score paths (they compute the same numbers). It also
 counts the positions each prompt pass computes and prints the ratio score would reach over generate if it ran at
@@ -107,6 +108,8 @@ def main() -> None:
     methods["score_cached"] = cached
     methods["generate_plain"] = lambda: generate_with(prefix=False)
     methods["prefill"] = lambda: generate_with(prefix=True, max_new=1)
+    methods["both"] = lambda: classify.classify_both(loaded.model, loaded.tokenizer, prompts, labels,
+                                                     args.batch_size)["generate"]
     classify.classify(loaded.model, loaded.tokenizer, prompts[: args.batch_size], labels, "score", args.batch_size)  # warm-up
     times: dict[str, list[float]] = {m: [] for m in methods}
     preds: dict[str, list] = {}
@@ -122,11 +125,15 @@ def main() -> None:
           f"({torch.get_num_threads()} threads), median of {args.repeats}")
     targets = [r["target"] for r in rows]
     accuracy = {m: sum(p == t for p, t in zip(preds[m], targets)) / len(targets) for m in ("score", "score_cached",
-                                                                                            "generate", "generate_plain")}
+                                                                                            "generate", "generate_plain", "both")}
     print(f"{'method':14s} {'ex/s':>8s} {'vs generate':>12s} {'accuracy':>9s}")
     for m in ("score", "score_cached", "generate", "generate_plain", "prefill"):
         acc = f"{accuracy[m]:9.3f}" if m in accuracy else f"{'-':>9s}"
         print(f"{m:14s} {eps[m]:8.1f} {eps[m] / eps['generate']:11.2f}x {acc}")
+    apart = 1 / (1 / eps["score"] + 1 / eps["generate"])
+    print(f"score and generate from one prompt pass: {eps['both']:.1f} ex/s for the pair, against {apart:.1f} "
+          f"run apart ({eps['both'] / apart:.2f}x); generate's answers equal generate alone's: "
+          f"{preds['both'] == preds['generate']}")
     work = tokens()
     floor = eps["prefill"] * work["generate"] / work["score"] / eps["generate"]
     print(f"positions computed: score {work['score']}, generate's prompt pass {work['generate']}, the plain batch's "
@@ -139,6 +146,7 @@ def main() -> None:
                       "score_over_score_cached": round(eps["score"] / eps["score_cached"], 3),
                       "prefill_over_generate": round(eps["prefill"] / eps["generate"], 3),
                       "generate_over_generate_plain": round(eps["generate"] / eps["generate_plain"], 3),
+                      "both_over_apart": round(eps["both"] / apart, 3),
                       "positions": work, "score_over_generate_bound": round(floor, 3),
                       "accuracy": {m: round(a, 3) for m, a in accuracy.items()},
                       "score_paths_agree": agree}))

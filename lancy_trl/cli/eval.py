@@ -62,7 +62,9 @@ def show(console: Any, summary: dict[str, Any], result: dict[str, Any]) -> None:
     task = "overall: accuracy (F1 for free-text answers) weighted by rows" if result["task"] == "mixture" else \
         result["task"].replace("_", " ") + (f", {len(labels)} labels" if labels else "")
     title = f"{result['dataset']} ({task}; {result['rows']} rows: {result['rows_from']})"
-    table = Table(title=title)
+    paired = next((r["timed_with"] for r in reports if "timed_with" in r), None)
+    table = Table(title=title, caption=f"{' and '.join(paired)} ran from one prompt pass: ex/s is for both together"
+                  if paired else None)
     for col in ("model", "method", "n", *(c[1] for c in columns)):
         table.add_column(col)
     for tag, rs in summary.items():

@@ -45,19 +45,28 @@ def shared_prefix(prompt_ids: list[list[int]]) -> int:
 
 
 def score_batch(model: Any, prompt_ids: list[list[int]], label_ids: list[list[int]], pad_id: int) -> Any:
-    """(batch, labels) summed log-probabilities of each label continuation.
+    """(batch, labels) summed log-probabilities of each label continuation (see `score_pass`)."""
+    impl = str(getattr(model.config, "_attn_implementation", "sdpa"))
+    if impl.startswith("flash"):
+        return score_batch_cached(model, prompt_ids, label_ids, pad_id)
+    return score_pass(model, prompt_ids, label_ids, pad_id)[0]
+
+
+def score_pass(model: Any, prompt_ids: list[list[int]], label_ids: list[list[int]], pad_id: int,
+               keep_cache: bool = False) -> tuple[Any, Any]:
+    """(batch, labels) summed log-probabilities of each label continuation, and with `keep_cache` the KV cache of
+    the prompts as generation continues from it: [shared prefix | each rest left-padded] without its last column.
 
     The prefix all prompts share (system message and instructions) is encoded once for the batch. Then each row is
     [left-padded rest of its prompt | label 1 | label 2 | ...] under a tree-shaped attention mask: every label
     attends to the prompt and to its own earlier tokens only, and its positions restart where the prompt ends. So
     each prompt is encoded once and shared by all labels without copying a KV cache per label, and logits are
-    computed only where a label token is predicted. Flash-attention takes no custom masks: it uses the cached path.
+    computed only where a label token is predicted. Flash-attention takes no custom masks (`score_batch` gives it
+    the cached path).
     """
     import torch
 
     impl = str(getattr(model.config, "_attn_implementation", "sdpa"))
-    if impl.startswith("flash"):
-        return score_batch_cached(model, prompt_ids, label_ids, pad_id)
     device = model.device
     shared = shared_prefix(prompt_ids)
     cache = None
@@ -76,14 +85,19 @@ def score_batch(model: Any, prompt_ids: list[list[int]], label_ids: list[list[in
     # formula reads a 2-D attention mask
     routers = {"output_router_logits": False} if hasattr(model.config, "output_router_logits") else {}
     out = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
-                use_cache=cache is not None, logits_to_keep=torch.tensor(keep, device=device), **routers,
+                use_cache=cache is not None or keep_cache, logits_to_keep=torch.tensor(keep, device=device), **routers,
                 **({cache_keyword(model): cache} if cache is not None else {}))
     logp = torch.log_softmax(out.logits.float(), dim=-1)  # (b, len(keep), vocab)
     index = {c: n for n, c in enumerate(keep)}
     targets = torch.tensor([tok for ids_j in label_ids for tok in ids_j], device=device)
     rows = logp[:, [index[c] for c in where]].gather(2, targets[None, :, None].expand(b, -1, 1)).squeeze(2)
     lens = [len(ids_j) for ids_j in label_ids]
-    return torch.stack([rows[:, sum(lens[:j]): sum(lens[: j + 1])].sum(1) for j in range(len(lens))], dim=1)
+    scores = torch.stack([rows[:, sum(lens[:j]): sum(lens[: j + 1])].sum(1) for j in range(len(lens))], dim=1)
+    if not keep_cache:
+        return scores, None
+    kept = output_cache(out)  # the prompts, then every label's tokens: keep the prompts less their last column
+    kept.crop(shared + max(map(len, rests)) - 1 - kept.get_seq_length())
+    return scores, kept
 
 
 def tree_layout(rests: list[list[int]], label_ids: list[list[int]], shared: int, pad_id: int) -> tuple[Any, Any, Any, list[int]]:
@@ -191,16 +205,63 @@ def classify(model: Any, tokenizer: Any, prompts: list[list[dict]], labels: list
         for start in range(0, len(order), batch_size):
             batch = order[start:start + batch_size]
             if method == "score":
-                probs = torch.softmax(score_batch(model, [ids[i] for i in batch], label_ids, pad_id), dim=-1).tolist()
-                for i, row in zip(batch, probs):
-                    best = max(range(len(labels)), key=row.__getitem__)
-                    results[i] = {"prediction": labels[best], "probs": dict(zip(labels, row))}
+                scores = score_batch(model, [ids[i] for i in batch], label_ids, pad_id)
+                _score_results(results, batch, scores, labels)
             else:
-                for i, text in zip(batch, _generate(model, tokenizer, [ids[i] for i in batch], pad_id, max_new, stops)):
-                    results[i] = {"prediction": parse_label(text, labels), "output": text}
+                texts = _generate(model, tokenizer, [ids[i] for i in batch], pad_id, max_new, stops)
+                _generate_results(results, batch, texts, labels)
             if progress is not None:
                 progress(len(batch))
     return results
+
+
+def _score_results(results: list[dict], batch: list[int], scores: Any, labels: list[str]) -> None:
+    import torch
+
+    for i, row in zip(batch, torch.softmax(scores, dim=-1).tolist()):
+        best = max(range(len(labels)), key=row.__getitem__)
+        results[i] = {"prediction": labels[best], "probs": dict(zip(labels, row))}
+
+
+def _generate_results(results: list[dict], batch: list[int], texts: list[str], labels: list[str]) -> None:
+    for i, text in zip(batch, texts):
+        results[i] = {"prediction": parse_label(text, labels), "output": text}
+
+
+def classify_both(model: Any, tokenizer: Any, prompts: list[list[dict]], labels: list[str], batch_size: int = 16,
+                  progress: Any = None, chat_kwargs: dict | None = None,
+                  max_new: int | None = None) -> dict[str, list[dict[str, Any]]]:
+    """`classify` by score and by generate from one prompt pass a batch: score's forward keeps the prompts' cache and
+    greedy decoding continues from it. Models outside the checked families and attention implementations
+    (`PREFIX_GENERATION`) run the two methods apart."""
+    import torch
+
+    impl = str(getattr(model.config, "_attn_implementation", "sdpa"))
+    if model.config.model_type not in PREFIX_GENERATION or impl not in ("sdpa", "eager"):
+        def half(n: int) -> None:
+            if progress is not None:
+                progress(n / 2)
+
+        return {m: classify(model, tokenizer, prompts, labels, m, batch_size, half, chat_kwargs, max_new)
+                for m in ("score", "generate")}
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    label_ids = label_token_ids(tokenizer, prompts[0], labels, chat_kwargs)
+    max_new = max_new or 2 + max(len(tokenizer(label, add_special_tokens=False)["input_ids"]) for label in labels)
+    stops = stop_ids(tokenizer, chat_kwargs)
+    ids = encode_prompts(tokenizer, prompts, chat_kwargs)
+    order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+    out: dict[str, list[dict[str, Any]]] = {"score": [{}] * len(ids), "generate": [{}] * len(ids)}
+    model.eval()
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            batch = order[start:start + batch_size]
+            scores, cache = score_pass(model, [ids[i] for i in batch], label_ids, pad_id, keep_cache=True)
+            _score_results(out["score"], batch, scores, labels)
+            texts = _generate(model, tokenizer, [ids[i] for i in batch], pad_id, max_new, stops, cache)
+            _generate_results(out["generate"], batch, texts, labels)
+            if progress is not None:
+                progress(len(batch))
+    return out
 
 
 # model families whose generation from a shared prefix's cache is checked against plain generation by the tests
@@ -219,19 +280,20 @@ def generation_prefix(model: Any, ids: list[list[int]]) -> int:
 
 
 def _generate(model: Any, tokenizer: Any, ids: list[list[int]], pad_id: int, max_new: int,
-              stops: list[int] | None = None) -> list[str]:
+              stops: list[int] | None = None, prompt_cache: Any = None) -> list[str]:
     """Greedy continuations, stopping at any of `stops` (EOS and the end-of-turn token). The prefix the prompts share
     runs once and its cache is repeated for each row; each row's rest is left-padded after it (the mask skips the
-    padding, and positions count on from the prefix as in the row alone)."""
+    padding, and positions count on from the prefix as in the row alone). `prompt_cache`: that layout's cache already
+    computed up to the last column (`score_pass`), which decoding then starts from."""
     import torch
 
-    shared = generation_prefix(model, ids)
+    shared = shared_prefix(ids) if prompt_cache is not None else generation_prefix(model, ids)
     head, rests = ids[0][:shared], [p[shared:] for p in ids]
     width = max(map(len, rests))
     input_ids = torch.tensor([head + [pad_id] * (width - len(r)) + r for r in rests], device=model.device)
     mask = torch.tensor([[1] * shared + [0] * (width - len(r)) + [1] * len(r) for r in rests], device=model.device)
-    cached = {}
-    if shared:
+    cached = {cache_keyword(model): prompt_cache} if prompt_cache is not None else {}
+    if shared and prompt_cache is None:
         cache = output_cache(model(input_ids=input_ids[:1, :shared], use_cache=True, logits_to_keep=1))
         cache.batch_repeat_interleave(len(ids))
         cached = {cache_keyword(model): cache}

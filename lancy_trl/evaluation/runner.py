@@ -188,24 +188,45 @@ def evaluate_model(source: Any, args: EvalArgs, sets: list[EvalSet], console: An
     for es in sets:
         rows = [{**r, "prompt": fold_system(r["prompt"])} if fold and "prompt" in r else r for r in es.rows]
         out[es.name] = {}
-        for method in methods_for(es.kind, args.method, es.labels):
+        for group in _method_groups(methods_for(es.kind, args.method, es.labels)):
             with Progress(console=console, transient=True) as progress:
-                task = progress.add_task(f"{method} {es.name} {source.name}", total=len(rows))
+                task = progress.add_task(f"{' + '.join(group)} {es.name} {source.name}", total=len(rows))
                 advance = lambda n, t=task: progress.advance(t, n)  # noqa: E731
                 start = time.perf_counter()
-                report = _evaluate(loaded, args, es.kind, rows, es.labels, method, advance, chat_kwargs)
+                if len(group) == 2:  # score and generate from one prompt pass: the pair is timed together
+                    reports = _evaluate_both(loaded, args, es.kind, rows, es.labels, advance, chat_kwargs)
+                else:
+                    reports = {group[0]: _evaluate(loaded, args, es.kind, rows, es.labels, group[0], advance, chat_kwargs)}
                 seconds = time.perf_counter() - start
-            report.update(task=es.kind, method=method, examples_per_second=len(rows) / seconds,
-                          model=source.path, adapter=source.adapter)
-            out[es.name][method] = report
+            for method, report in reports.items():
+                report.update(task=es.kind, method=method, examples_per_second=len(rows) / seconds,
+                              model=source.path, adapter=source.adapter, **({"timed_with": group} if len(group) > 1 else {}))
+                out[es.name][method] = report
     return out
+
+
+def _method_groups(methods: list[str]) -> list[list[str]]:
+    """The methods in the order they run, score and generate as one pair where both are asked for."""
+    pair = ["score", "generate"]
+    if not set(pair) <= set(methods):
+        return [[m] for m in methods]
+    return [[m] for m in methods if m not in pair] + [pair]
+
+
+def _evaluate_both(loaded: Any, args: EvalArgs, kind: str, rows: list[dict], labels: list[str], progress: Any,
+                   chat_kwargs: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    from lancy_trl.evaluation.classify import classify_both
+
+    new_tokens = args.max_new_tokens or DEFAULT_NEW_TOKENS.get(kind)
+    both = classify_both(loaded.model, loaded.tokenizer, [r["prompt"] for r in rows], labels, args.batch_size,
+                         progress=progress, chat_kwargs=chat_kwargs, max_new=new_tokens)
+    return {method: _label_report(kind, rows, labels, method, results) for method, results in both.items()}
 
 
 def _evaluate(loaded: Any, args: EvalArgs, kind: str, rows: list[dict], labels: list[str], method: str,
               progress: Any, chat_kwargs: dict[str, Any]) -> dict[str, Any]:
     from lancy_trl.evaluation import tasks
     from lancy_trl.evaluation.classify import classify, generate_texts
-    from lancy_trl.evaluation.metrics import classification_report
 
     model, tok = loaded.model, loaded.tokenizer
     if method == "preference":
@@ -236,6 +257,17 @@ def _evaluate(loaded: Any, args: EvalArgs, kind: str, rows: list[dict], labels: 
     new_tokens = args.max_new_tokens or DEFAULT_NEW_TOKENS.get(kind)
     results = classify(model, tok, prompts, labels, method, args.batch_size, progress=progress,
                        chat_kwargs=chat_kwargs, max_new=new_tokens)
+    return _label_report(kind, rows, labels, method, results)
+
+
+def _label_report(kind: str, rows: list[dict], labels: list[str], method: str, results: list[dict]) -> dict[str, Any]:
+    """A classification report from one method's answers (rows with their own options choose among those only)."""
+    from lancy_trl.evaluation import tasks
+    from lancy_trl.evaluation.metrics import classification_report
+
+    if kind == "preference":
+        kind = "classification"
+    targets = [r["target"] for r in rows]
     for row, r in zip(rows, results):  # rows with their own options (letters, AdaptLLM) choose among those only
         allowed = row.get("choices") or labels
         if method == "score" and len(allowed) < len(labels):

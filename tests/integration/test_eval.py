@@ -71,6 +71,39 @@ def test_generation_from_the_shared_prefix_equals_plain_generation(tiny_model, a
     assert classify.generation_prefix(model, ids[:1]) == 0
 
 
+@pytest.mark.parametrize("arch, attn", [("llama", "sdpa"), ("llama", "eager"), ("qwen2", "sdpa"), ("qwen3", "sdpa")])
+def test_score_and_generate_from_one_prompt_pass_answer_as_each_alone(tiny_model, arch, attn):
+    """The default eval scores and generates from one prompt pass a batch (generation continues from score's cache):
+    the label probabilities equal score's alone and the greedy texts generate's alone, token for token, with prompts
+    of several lengths in a batch and a prompt with no shared prefix."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from lancy_trl.evaluation import classify
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    base = AutoConfig.from_pretrained(tiny_model)
+    sizes = {k: getattr(base, k) for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                                            "num_attention_heads", "num_key_value_heads", "bos_token_id",
+                                            "eos_token_id", "pad_token_id")}
+    torch.manual_seed(0)  # large random weights: each prompt gets its own answer
+    config = AutoConfig.for_model(arch, **sizes, initializer_range=0.5, attn_implementation=attn)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    system = {"role": "system", "content": "you are a financial analyst classify the sentiment"}
+    users = ["profit rose", "the bank report was weak and the outlook worse", "a", "costs fell by a third", "b c"]
+    prompts = [[system, {"role": "user", "content": u}] for u in users]
+    labels = ["negative", "neutral", "mildly positive"]
+    for batch in (3, 1):  # a shared prefix in each batch of several; none for one prompt alone
+        both = classify.classify_both(model, tok, prompts, labels, batch, max_new=8)
+        score = classify.classify(model, tok, prompts, labels, "score", batch, max_new=8)
+        generate = classify.classify(model, tok, prompts, labels, "generate", batch, max_new=8)
+        assert [r["output"] for r in both["generate"]] == [r["output"] for r in generate]
+        assert len({r["output"] for r in generate}) >= 3  # answers that differ by prompt
+        for got, want in zip(both["score"], score):
+            assert got["prediction"] == want["prediction"]
+            assert all(abs(got["probs"][k] - want["probs"][k]) < 1e-4 for k in labels)
+
+
 def test_batches_of_like_lengths_answer_each_row_in_its_place(tiny_model, monkeypatch):
     """`classify` batches prompts longest first (less padding); each answer still lands on its own row: scores equal
     the row scored alone, and each generated text is its own prompt's."""
