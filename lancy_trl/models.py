@@ -433,7 +433,7 @@ def load_model(source: ModelSource, args: Any, *, device: str, for_training: boo
         if for_training and getattr(args, "use_lora", False):
             model = PeftModel.from_pretrained(model, source.adapter, is_trainable=True)  # type: ignore[assignment]
         else:
-            model = PeftModel.from_pretrained(model, source.adapter).merge_and_unload()
+            model = merged(PeftModel.from_pretrained(model, source.adapter))
             model.requires_grad_(for_training)  # peft froze the base; full fine-tuning trains every weight
     if "device_map" not in kwargs:
         model.to(device)  # type: ignore[arg-type]
@@ -451,6 +451,21 @@ def load_model(source: ModelSource, args: Any, *, device: str, for_training: boo
         **{f"tokenizer_{k}": v for k, v in tok_notes.items()},
     }
     return LoadedModel(model, tokenizer, info)
+
+
+def merged(peft_model: Any) -> Any:
+    """The base model with the adapter merged in. The merge writes into every target's weight, and weights loaded
+    from safetensors are the file's pages mapped copy-on-write: the first write to each page copies it, one fault
+    per 4 KB (0.96 s for SmolLM2-135M's 424 MB of targets). Copied into the process's own memory first, the same
+    writes take about 0.12 s in all. The values are the same."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for module in peft_model.modules():
+        if isinstance(module, BaseTunerLayer):
+            weight = getattr(module.get_base_layer(), "weight", None)
+            if weight is not None and weight.dtype.is_floating_point and weight.device.type == "cpu":
+                weight.data = weight.data.clone()
+    return peft_model.merge_and_unload()
 
 
 def preflight(source: ModelSource, args: Any) -> Any:

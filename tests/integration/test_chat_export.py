@@ -64,3 +64,41 @@ def test_chat_uses_the_runs_prompt_and_scores_labels(run):
     probabilities = dict(line.split("\t") for line in said.stdout.strip().splitlines()[-3:])
     assert set(probabilities) == {"negative", "neutral", "positive"}
     assert abs(sum(map(float, probabilities.values())) - 1) < 1e-4
+
+
+def test_a_merged_adapter_is_written_into_memory_of_the_process_own_with_the_same_values(tiny_model, tmp_path):
+    """Weights loaded from safetensors are the file's pages mapped copy-on-write; merging an adapter into them copied
+    each page at its first write, one fault per 4 KB (about a second for a 135M model). lancy copies the targets
+    first: no merged weight is left inside the file's mapping, and the values are peft's own merge's."""
+    from pathlib import Path
+
+    import torch
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lancy_trl.config import EvalArgs, resolve
+    from lancy_trl.models import ModelSource, load_model
+
+    torch.manual_seed(0)
+    lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False)
+    get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model), lora).save_pretrained(tmp_path / "adapter")
+    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(tmp_path / "adapter")  # as a run saves it
+    args = resolve(EvalArgs, flags={"model": str(tiny_model)})
+    source = ModelSource("tiny", str(tiny_model), "local", adapter=str(tmp_path / "adapter"))
+    model = load_model(source, args, device="cpu", for_training=False).model
+    want = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model), tmp_path / "adapter")
+    want = want.merge_and_unload().state_dict()
+    file = str(Path(tiny_model) / "model.safetensors")
+    mapped = []
+    for line in Path("/proc/self/maps").read_text().splitlines():  # address range, perms, offset, dev, inode, path
+        parts = line.split()
+        if len(parts) >= 6 and parts[5] == file:
+            mapped.append(tuple(int(x, 16) for x in parts[0].split("-")))
+    assert mapped  # the file is mapped, as the copy-on-write trap needs
+    targets = [n for n in want if n.endswith(("q_proj.weight", "v_proj.weight", "down_proj.weight"))]
+    assert targets
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, want[name]), name
+    for name in targets:
+        ptr = model.state_dict()[name].data_ptr()
+        assert not any(lo <= ptr < hi for lo, hi in mapped), name
