@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, NamedTuple
 
 from lancy_trl.data.template import encode_prompts, label_token_ids, stop_ids
 
@@ -187,28 +187,45 @@ def parse_label(text: str, labels: list[str]) -> str | None:
     return min(found)[2] if len({f[2] for f in found}) == 1 else None
 
 
+class Encoded(NamedTuple):
+    """Prompts as `classify` runs them: token ids, the order of its batches, and what scoring and decoding need."""
+
+    ids: list[list[int]]
+    order: list[int]  # longest first: batches of like lengths pad little
+    pad_id: int
+    label_ids: list[list[int]]
+    max_new: int
+    stops: list[int]
+
+
+def encode(tokenizer: Any, prompts: list[list[dict]], labels: list[str], chat_kwargs: dict | None,
+           max_new: int | None, scoring: bool) -> Encoded:
+    ids = encode_prompts(tokenizer, prompts, chat_kwargs)
+    return Encoded(
+        ids=ids, order=sorted(range(len(ids)), key=lambda i: -len(ids[i])),
+        pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+        label_ids=label_token_ids(tokenizer, prompts[0], labels, chat_kwargs) if scoring else [],
+        max_new=max_new or 2 + max(len(tokenizer(label, add_special_tokens=False)["input_ids"]) for label in labels),
+        stops=stop_ids(tokenizer, chat_kwargs))
+
+
 def classify(model: Any, tokenizer: Any, prompts: list[list[dict]], labels: list[str], method: str,
              batch_size: int = 16, progress: Any = None, chat_kwargs: dict | None = None,
              max_new: int | None = None) -> list[dict[str, Any]]:
     """One prediction per prompt: {"prediction", "probs"} for score, {"prediction", "output"} for generate."""
     import torch
 
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    label_ids = label_token_ids(tokenizer, prompts[0], labels, chat_kwargs) if method == "score" else []
-    max_new = max_new or 2 + max(len(tokenizer(label, add_special_tokens=False)["input_ids"]) for label in labels)
-    stops = stop_ids(tokenizer, chat_kwargs)
-    ids = encode_prompts(tokenizer, prompts, chat_kwargs)
-    order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))  # batches of like lengths pad little
-    results: list[dict[str, Any]] = [{}] * len(ids)
+    enc = encode(tokenizer, prompts, labels, chat_kwargs, max_new, scoring=method == "score")
+    results: list[dict[str, Any]] = [{}] * len(enc.ids)
     model.eval()
     with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            batch = order[start:start + batch_size]
+        for start in range(0, len(enc.order), batch_size):
+            batch = enc.order[start:start + batch_size]
+            rows = [enc.ids[i] for i in batch]
             if method == "score":
-                scores = score_batch(model, [ids[i] for i in batch], label_ids, pad_id)
-                _score_results(results, batch, scores, labels)
+                _score_results(results, batch, score_batch(model, rows, enc.label_ids, enc.pad_id), labels)
             else:
-                texts = _generate(model, tokenizer, [ids[i] for i in batch], pad_id, max_new, stops)
+                texts = _generate(model, tokenizer, rows, enc.pad_id, enc.max_new, enc.stops)
                 _generate_results(results, batch, texts, labels)
             if progress is not None:
                 progress(len(batch))
@@ -244,20 +261,16 @@ def classify_both(model: Any, tokenizer: Any, prompts: list[list[dict]], labels:
 
         return {m: classify(model, tokenizer, prompts, labels, m, batch_size, half, chat_kwargs, max_new)
                 for m in ("score", "generate")}
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    label_ids = label_token_ids(tokenizer, prompts[0], labels, chat_kwargs)
-    max_new = max_new or 2 + max(len(tokenizer(label, add_special_tokens=False)["input_ids"]) for label in labels)
-    stops = stop_ids(tokenizer, chat_kwargs)
-    ids = encode_prompts(tokenizer, prompts, chat_kwargs)
-    order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
-    out: dict[str, list[dict[str, Any]]] = {"score": [{}] * len(ids), "generate": [{}] * len(ids)}
+    enc = encode(tokenizer, prompts, labels, chat_kwargs, max_new, scoring=True)
+    out: dict[str, list[dict[str, Any]]] = {"score": [{}] * len(enc.ids), "generate": [{}] * len(enc.ids)}
     model.eval()
     with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            batch = order[start:start + batch_size]
-            scores, cache = score_pass(model, [ids[i] for i in batch], label_ids, pad_id, keep_cache=True)
+        for start in range(0, len(enc.order), batch_size):
+            batch = enc.order[start:start + batch_size]
+            rows = [enc.ids[i] for i in batch]
+            scores, cache = score_pass(model, rows, enc.label_ids, enc.pad_id, keep_cache=True)
             _score_results(out["score"], batch, scores, labels)
-            texts = _generate(model, tokenizer, [ids[i] for i in batch], pad_id, max_new, stops, cache)
+            texts = _generate(model, tokenizer, rows, enc.pad_id, enc.max_new, enc.stops, cache)
             _generate_results(out["generate"], batch, texts, labels)
             if progress is not None:
                 progress(len(batch))

@@ -72,7 +72,7 @@ def test_generation_from_the_shared_prefix_equals_plain_generation(tiny_model, a
 
 
 @pytest.mark.parametrize("arch, attn", [("llama", "sdpa"), ("llama", "eager"), ("qwen2", "sdpa"), ("qwen3", "sdpa")])
-def test_score_and_generate_from_one_prompt_pass_answer_as_each_alone(tiny_model, arch, attn):
+def test_score_and_generate_from_one_prompt_pass_answer_as_each_alone(tiny_model, arch, attn, monkeypatch):
     """The default eval scores and generates from one prompt pass a batch (generation continues from score's cache):
     the label probabilities equal score's alone and the greedy texts generate's alone, token for token, with prompts
     of several lengths in a batch and a prompt with no shared prefix."""
@@ -102,6 +102,10 @@ def test_score_and_generate_from_one_prompt_pass_answer_as_each_alone(tiny_model
         for got, want in zip(both["score"], score):
             assert got["prediction"] == want["prediction"]
             assert all(abs(got["probs"][k] - want["probs"][k]) < 1e-4 for k in labels)
+    monkeypatch.setattr(classify, "PREFIX_GENERATION", ())  # a family outside the checked ones: the two run apart
+    apart = classify.classify_both(model, tok, prompts, labels, 3, max_new=8)
+    alone = classify.classify(model, tok, prompts, labels, "generate", 3, max_new=8)
+    assert [r["output"] for r in apart["generate"]] == [r["output"] for r in alone]
 
 
 def test_batches_of_like_lengths_answer_each_row_in_its_place(tiny_model, monkeypatch):
