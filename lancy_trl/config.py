@@ -360,7 +360,8 @@ class EvalArgs:
     system_prompt: str | None = opt(None, "Replace the template's system message (default: the run's).", group="Data")
     enable_thinking: bool | None = opt(None, "Thinking mode for templates that have one (default: the run's, else off).",
                                        group="Data")
-    method: str = opt("both", "score ranks label words by likelihood; generate decodes and parses.", group="Eval",
+    method: str = opt("both", "score ranks label words by likelihood; generate decodes and parses; both shares one "
+                      "prompt pass.", group="Eval",
                       choices=("score", "generate", "both"))
     compare_base: bool = opt(False, "Also evaluate the base model and show the difference.", group="Eval")
     max_new_tokens: int | None = opt(

@@ -253,8 +253,7 @@ def classify_both(model: Any, tokenizer: Any, prompts: list[list[dict]], labels:
     (`PREFIX_GENERATION`) run the two methods apart."""
     import torch
 
-    impl = str(getattr(model.config, "_attn_implementation", "sdpa"))
-    if model.config.model_type not in PREFIX_GENERATION or impl not in ("sdpa", "eager"):
+    if not prefix_generation_checked(model):
         def half(n: int) -> None:
             if progress is not None:
                 progress(n / 2)
@@ -287,9 +286,14 @@ def generation_prefix(model: Any, ids: list[list[int]]) -> int:
     shared = shared_prefix(ids)
     if not shared:
         return 0
-    config = model.config
-    impl = str(getattr(config, "_attn_implementation", "sdpa"))
-    return shared if config.model_type in PREFIX_GENERATION and impl in ("sdpa", "eager") else 0
+    return shared if prefix_generation_checked(model) else 0
+
+
+def prefix_generation_checked(model: Any) -> bool:
+    """Whether decoding from a prompt cache laid out as [shared prefix | left-padded rests] is checked by the tests
+    for this model: its family in `PREFIX_GENERATION`, under sdpa or eager attention."""
+    impl = str(getattr(model.config, "_attn_implementation", "sdpa"))
+    return model.config.model_type in PREFIX_GENERATION and impl in ("sdpa", "eager")
 
 
 def _generate(model: Any, tokenizer: Any, ids: list[list[int]], pad_id: int, max_new: int,

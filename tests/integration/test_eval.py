@@ -36,6 +36,20 @@ def test_label_scores_equal_full_forward_log_likelihood(tiny_model, attn, fn):
                 assert abs(fast[i, j].item() - want.item()) < 1e-3
 
 
+def random_model(tiny_model, arch, attn):
+    """The tiny model's sizes in family `arch` with large random weights, so that each prompt gets its own answer."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    base = AutoConfig.from_pretrained(tiny_model)
+    sizes = {k: getattr(base, k) for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                                            "num_attention_heads", "num_key_value_heads", "bos_token_id",
+                                            "eos_token_id", "pad_token_id")}
+    torch.manual_seed(0)
+    config = AutoConfig.for_model(arch, **sizes, initializer_range=0.5, attn_implementation=attn)
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
 @pytest.mark.parametrize("arch, attn", [("llama", "sdpa"), ("llama", "eager"), ("qwen2", "sdpa"), ("qwen3", "sdpa")])
 def test_generation_from_the_shared_prefix_equals_plain_generation(tiny_model, arch, attn, monkeypatch):
     """Greedy answers with the prompts' shared prefix run once (its cache repeated, each rest left-padded after it)
@@ -43,18 +57,12 @@ def test_generation_from_the_shared_prefix_equals_plain_generation(tiny_model, a
     from types import SimpleNamespace
 
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from lancy_trl.evaluation import classify
 
     tok = AutoTokenizer.from_pretrained(tiny_model)
-    base = AutoConfig.from_pretrained(tiny_model)
-    sizes = {k: getattr(base, k) for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                                            "num_attention_heads", "num_key_value_heads", "bos_token_id",
-                                            "eos_token_id", "pad_token_id")}
-    torch.manual_seed(0)  # large random weights: each prompt gets its own answer
-    config = AutoConfig.for_model(arch, **sizes, initializer_range=0.5, attn_implementation=attn)
-    model = AutoModelForCausalLM.from_config(config).eval()
+    model = random_model(tiny_model, arch, attn)
     system = {"role": "system", "content": "you are a financial analyst classify the sentiment"}
     users = ["profit rose", "the bank report was weak and the outlook worse", "a", "costs fell by a third"]
     ids = classify.encode_prompts(tok, [[system, {"role": "user", "content": u}] for u in users])
@@ -76,19 +84,12 @@ def test_score_and_generate_from_one_prompt_pass_answer_as_each_alone(tiny_model
     """The default eval scores and generates from one prompt pass a batch (generation continues from score's cache):
     the label probabilities equal score's alone and the greedy texts generate's alone, token for token, with prompts
     of several lengths in a batch and a prompt with no shared prefix."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from lancy_trl.evaluation import classify
 
     tok = AutoTokenizer.from_pretrained(tiny_model)
-    base = AutoConfig.from_pretrained(tiny_model)
-    sizes = {k: getattr(base, k) for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                                            "num_attention_heads", "num_key_value_heads", "bos_token_id",
-                                            "eos_token_id", "pad_token_id")}
-    torch.manual_seed(0)  # large random weights: each prompt gets its own answer
-    config = AutoConfig.for_model(arch, **sizes, initializer_range=0.5, attn_implementation=attn)
-    model = AutoModelForCausalLM.from_config(config).eval()
+    model = random_model(tiny_model, arch, attn)
     system = {"role": "system", "content": "you are a financial analyst classify the sentiment"}
     users = ["profit rose", "the bank report was weak and the outlook worse", "a", "costs fell by a third", "b c"]
     prompts = [[system, {"role": "user", "content": u}] for u in users]
