@@ -1,8 +1,8 @@
 """Exporters: a finished run's model as files other tools load, each verified after writing. One module an exporter
-(merged.py, gguf.py, ollama.py), each with `write(run_dir, out, quant, log) -> (path, lines to show)`, and its line
+(merged.py, gguf.py, ollama.py), each with `write(run_dir, out, quant, log, dtype) -> (path, lines to show)`, and its line
 below; `lancy export RUN --format NAME` (lancy_trl/cli/export.py) runs it.
 
-    path, lines = get("gguf").write(Path("runs/<run>"), Path("runs/<run>/export/gguf"), "q8_0", print)
+    path, lines = get("gguf").write(Path("runs/<run>"), Path("runs/<run>/export/gguf"), "q8_0", print, "auto")
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ class Exporter:
     quantized: bool  # takes --quant
 
     @property
-    def write(self) -> Callable[[Path, Path, str, Any], tuple[Path, list[str]]]:
+    def write(self) -> Callable[[Path, Path, str, Any, str], tuple[Path, list[str]]]:
         return import_module(self.module).write
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import shutil
 import subprocess
 import sys
@@ -24,13 +23,13 @@ from typing import Any
 
 from lancy_trl import faults
 from lancy_trl.errors import LancyError
+from lancy_trl.export import check
+from lancy_trl.export.check import Outputs
 from lancy_trl.export.merged import export_merged
 from lancy_trl.models import gguf_read_once
 
 CONVERTER = ("llama-cpp-python", "0.3.36")
-QUANTS = {"f16": 0.25, "bf16": 0.5, "q8_0": 2.0}  # the largest next-token logit difference accepted
-ARGMAX_AGREEMENT = 0.9  # the share of prompts whose most likely next token must agree
-
+QUANTS = check.TOLERANCE  # the types the converter writes, with their tolerances
 
 
 def converter(log: Any = print) -> Path:
@@ -82,7 +81,8 @@ def _fetch_converter(home: Path, log: Any) -> Path:
     return home
 
 
-def export_gguf(run_dir: Path, out: Path, quant: str, log: Any = print) -> tuple[Path, dict[str, Any]]:
+def export_gguf(run_dir: Path, out: Path, quant: str, log: Any = print,
+                dtype: str = "auto") -> tuple[Path, dict[str, Any]]:
     """One GGUF file of the run's merged model, converted by llama.cpp's converter, then verified."""
     import importlib.util
     import os
@@ -93,7 +93,7 @@ def export_gguf(run_dir: Path, out: Path, quant: str, log: Any = print) -> tuple
     if importlib.util.find_spec("sentencepiece") is None:
         raise LancyError("GGUF export needs sentencepiece, which llama.cpp's converter imports: pip install sentencepiece")
     home = converter(log)
-    merged = export_merged(run_dir, run_dir / "export" / "merged")
+    merged, merged_report = export_merged(run_dir, run_dir / "export" / "merged", dtype)
     out.mkdir(parents=True, exist_ok=True)
     target = out / f"{run_dir.name}-{quant}.gguf"
     part = target.with_name(target.name + ".part")  # renamed to the .gguf name once verified: never half a file there
@@ -108,83 +108,27 @@ def export_gguf(run_dir: Path, out: Path, quant: str, log: Any = print) -> tuple
     faults.point("export.gguf", part)
     report = verify(run_dir, merged, part, quant)
     part.replace(target)
-    return target, report
+    return target, {**report, "merged": merged_report}
 
 
-def verify(run_dir: Path, merged: Path, gguf: Path, quant: str, prompts: int = 32) -> dict[str, Any]:
+def verify(run_dir: Path, merged: Path, gguf: Path, quant: str) -> dict[str, Any]:
     """Next-token logits of the GGUF (read back by transformers) against the merged model's, on prompts the run held
-    out: the largest difference and how often the most likely token agrees; above the type's tolerance, an error."""
+    out, and label accuracies for a classification run; above the type's tolerance, an error."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     tokenizer = AutoTokenizer.from_pretrained(merged)
-    rows = held_out_prompts(run_dir, prompts)
-    from lancy_trl.data.template import render
-
-    texts = [render(tokenizer, r) for r in rows]
-    reference = AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32).eval()
+    reference = Outputs.of(run_dir, tokenizer, AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32).eval())
     # transformers' own progress bar while it reads the GGUF back; the file parsed once for its config and weights
     with contextlib.redirect_stderr(io.StringIO()), gguf_read_once():
         reread = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32).eval()
-    diffs, agree = [], 0
-    with torch.no_grad():
-        for text in texts:
-            ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
-            a, b = reference(ids).logits[0, -1], reread(ids).logits[0, -1]
-            diffs.append(float((a - b).abs().max()))
-            agree += int(a.argmax() == b.argmax())
-    worst, share = max(diffs), agree / len(texts)
-    if worst > QUANTS[quant] or share < ARGMAX_AGREEMENT:
-        raise LancyError(f"{gguf} does not compute what the run's model computes: largest next-token logit difference "
-                         f"{worst:.3f} (tolerance {QUANTS[quant]} for {quant}), most likely token agreeing on {agree} of "
-                         f"{len(texts)} prompts; the file is kept for inspection")
-    report = {"quant": quant, "prompts": len(texts), "max_logit_diff": worst, "argmax_agreement": share,
-              "tolerance": QUANTS[quant], "bytes": gguf.stat().st_size}
-    return {**report, **accuracies(run_dir, tokenizer, reference, reread)}
+    report = reference.compare(Outputs.of(run_dir, tokenizer, reread), QUANTS[quant], str(gguf))
+    return {**report, "quant": quant, "bytes": gguf.stat().st_size}
 
 
-def accuracies(run_dir: Path, tokenizer: Any, reference: Any, reread: Any) -> dict[str, Any]:
-    """For a classification run: the label accuracy of the merged model and of the GGUF on every row the run held
-    out (test, else validation), scored as `lancy eval --method score` scores."""
-    from lancy_trl import runs
-    from lancy_trl.evaluation.classify import classify
-
-    info = runs.read(run_dir)
-    labels = list(info.get("labels") or [])
-    path = next((run_dir / "data" / f"{s}.jsonl" for s in ("test", "validation")
-                 if (run_dir / "data" / f"{s}.jsonl").is_file()), None)
-    if not labels or path is None:
-        return {}
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    prompts, targets = [r["prompt"] for r in rows], [r["target"] for r in rows]
-    kwargs = info.get("chat_template_kwargs") or {}
-    scored = {}
-    for name, model in (("merged", reference), ("gguf", reread)):
-        predictions = classify(model, tokenizer, prompts, labels, "score", chat_kwargs=kwargs)
-        scored[f"accuracy_{name}"] = sum(p["prediction"] == t for p, t in zip(predictions, targets)) / len(rows)
-    return {**scored, "accuracy_rows": len(rows), "accuracy_split": path.stem}
-
-
-def held_out_prompts(run_dir: Path, n: int) -> list[list[dict[str, str]]]:
-    """Up to n chat prompts the run held out (or its documents' first words, for pretraining runs)."""
-    rows: list[dict[str, Any]] = []
-    for split in ("test", "validation"):
-        path = run_dir / "data" / f"{split}.jsonl"
-        if path.is_file():
-            rows += [json.loads(line) for line in path.read_text().splitlines()[:n]]
-    prompts = [r["prompt"] if "prompt" in r else [{"role": "user", "content": r.get("text", "")[:400]}] for r in rows]
-    return prompts[:n] or [[{"role": "user", "content": "Revenue rose in the quarter."}]]
-
-
-def write(run_dir: Path, out: Path, quant: str, log: Any) -> tuple[Path, list[str]]:
-    """The exporter: the verified GGUF, and what to say of it."""
-    path, report = export_gguf(run_dir, out, quant, log=log)
-    lines = [f"{report['bytes'] / 2**20:.0f} MB; next-token logits on {report['prompts']} held-out prompts: largest "
-             f"difference {report['max_logit_diff']:.3f} (tolerance {report['tolerance']}), most likely token agreeing "
-             f"{report['argmax_agreement']:.0%}"]
-    if "accuracy_gguf" in report:
-        lines.append(f"label accuracy on the run's {report['accuracy_rows']} held-out {report['accuracy_split']} rows: "
-                     f"{report['accuracy_gguf']:.3f} exported, {report['accuracy_merged']:.3f} the run's model")
-    return path, lines
+def write(run_dir: Path, out: Path, quant: str, log: Any, dtype: str = "auto") -> tuple[Path, list[str]]:
+    """The exporter: the verified GGUF (converted from the merged export in `dtype`), and what to say of it."""
+    path, report = export_gguf(run_dir, out, quant, log=log, dtype=dtype)
+    return path, check.lines(report, report["bytes"])

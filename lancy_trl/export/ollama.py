@@ -34,14 +34,14 @@ def modelfile(run_dir: Path, gguf: Path, chat_template: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write(run_dir: Path, out: Path, quant: str, log: Any) -> tuple[Path, list[str]]:
+def write(run_dir: Path, out: Path, quant: str, log: Any, dtype: str = "auto") -> tuple[Path, list[str]]:
     """The exporter: the verified GGUF (lancy_trl/export/gguf.py) and its Modelfile beside it."""
     from transformers import AutoTokenizer
 
     from lancy_trl import files
     from lancy_trl.export import gguf
 
-    path, lines = gguf.write(run_dir, out, quant, log)
+    path, lines = gguf.write(run_dir, out, quant, log, dtype)
     template = AutoTokenizer.from_pretrained(run_dir / "export" / "merged").chat_template or ""
     target = path.parent / "Modelfile"
     files.write_text(target, modelfile(run_dir, path, template))

@@ -154,6 +154,7 @@ CASES = [
     ("sft --model BIN_MODEL", "holds pickled weights (*.bin) and no model.safetensors"),
     ("eval --model BIN_MODEL --limit 2", "lancy loads safetensors only"),
     ("export NOT_A_RUN", "is not a lancy run directory"),
+    ("export NOT_A_RUN --dtype fp8", "--dtype fp8: merged weights are written as auto"),
     ("chat ./nowhere --prompt hi", "model path './nowhere' does not exist"),
     ("chat NOT_A_RUN --prompt hi --max-new-tokens 0", "--max-new-tokens must be positive"),
     ("datasets scan", "nothing to scan"),

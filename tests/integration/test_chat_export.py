@@ -102,3 +102,56 @@ def test_a_merged_adapter_is_written_into_memory_of_the_process_own_with_the_sam
     for name in targets:
         ptr = model.state_dict()[name].data_ptr()
         assert not any(lo <= ptr < hi for lo, hi in mapped), name
+
+
+@pytest.fixture(scope="module")
+def bf16_run(tmp_path_factory):
+    """A LoRA run on a base stored in bf16, as most hub models are."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from tests.conftest import build_tiny_model
+
+    base = build_tiny_model(tmp_path_factory.mktemp("bf16-base"))
+    AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16).save_pretrained(base)
+    out = tmp_path_factory.mktemp("runs")
+    result = lancy("sft", "--model", base, "--max-steps", 3, "--learning-rate", "1e-2", "--max-examples", 40,
+                   "--run-name", "r", "--output-dir", out)
+    assert result.exit_code == 0, result.output
+    return out / "r"
+
+
+def test_a_merged_export_keeps_the_base_models_type_and_is_checked_against_the_fp32_merge(bf16_run, tmp_path):
+    """The adapter is merged in fp32 (training keeps fp32 weights); `auto` writes the base's bf16, half the bytes,
+    read back and compared with the fp32 merge on the run's held-out prompts; `--dtype fp32` writes the merge as
+    computed, unchecked, since it is the run's model itself."""
+    from safetensors import safe_open
+
+    kept = lancy("export", bf16_run, "--output-dir", tmp_path / "auto")
+    assert kept.exit_code == 0, kept.output
+    assert "bf16 weights, read back against the fp32 merge" in kept.output
+    assert "most likely token agreeing" in kept.output and "label accuracy on the run's" in kept.output
+    wide = lancy("export", bf16_run, "--dtype", "fp32", "--output-dir", tmp_path / "fp32")
+    assert wide.exit_code == 0, wide.output
+    assert "fp32 weights" in wide.output and "read back" not in wide.output
+    sizes = {}
+    for name, want in (("auto", "bfloat16"), ("fp32", "float32")):
+        folder = tmp_path / name
+        assert json.loads((folder / "config.json").read_text())["dtype"] == want
+        assert f"weights: {dict(auto='bf16', fp32='fp32')[name]}" in (folder / "README.md").read_text()
+        with safe_open(folder / "model.safetensors", "pt") as f:
+            assert {str(f.get_slice(k).get_dtype()) for k in f.keys()} == {dict(auto="BF16", fp32="F32")[name]}
+        sizes[name] = (folder / "model.safetensors").stat().st_size
+    assert sizes["auto"] < 0.55 * sizes["fp32"]
+
+
+def test_an_export_that_computes_something_else_is_refused_and_kept_aside(bf16_run, tmp_path, monkeypatch):
+    """The read-back check can fail: with no tolerance left, the bf16 rounding is too much, the export stops with
+    one line and the folder stays under its .part name."""
+    from lancy_trl.export import merged
+
+    monkeypatch.setitem(merged.TOLERANCE, "bf16", 0.0)
+    result = lancy("export", bf16_run, "--output-dir", tmp_path / "auto")
+    assert result.exit_code == 1
+    assert "does not compute what the run's model computes" in result.output
+    assert (tmp_path / "auto.part").is_dir() and not (tmp_path / "auto").exists()
