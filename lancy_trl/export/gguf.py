@@ -93,7 +93,7 @@ def export_gguf(run_dir: Path, out: Path, quant: str, log: Any = print,
     if importlib.util.find_spec("sentencepiece") is None:
         raise LancyError("GGUF export needs sentencepiece, which llama.cpp's converter imports: pip install sentencepiece")
     home = converter(log)
-    merged, merged_report = export_merged(run_dir, run_dir / "export" / "merged", dtype)
+    merged, _ = export_merged(run_dir, run_dir / "export" / "merged", dtype)  # the GGUF converts from it
     out.mkdir(parents=True, exist_ok=True)
     target = out / f"{run_dir.name}-{quant}.gguf"
     part = target.with_name(target.name + ".part")  # renamed to the .gguf name once verified: never half a file there
@@ -108,7 +108,7 @@ def export_gguf(run_dir: Path, out: Path, quant: str, log: Any = print,
     faults.point("export.gguf", part)
     report = verify(run_dir, merged, part, quant)
     part.replace(target)
-    return target, {**report, "merged": merged_report}
+    return target, report
 
 
 def verify(run_dir: Path, merged: Path, gguf: Path, quant: str) -> dict[str, Any]:

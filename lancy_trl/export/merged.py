@@ -31,13 +31,12 @@ def export_merged(run_dir: Path, out: Path, dtype: str = "auto") -> tuple[Path, 
     from lancy_trl import runs
     from lancy_trl.chat import Session
     from lancy_trl.data.template import stop_ids
-    from lancy_trl.export.check import Outputs
 
     info = runs.read(run_dir)
-    target = stored_dtype(info["base_model_path"]) if dtype == "auto" else dtype
+    target = stored_dtype(info.get("base_model_path")) if dtype == "auto" else dtype
     session = Session.load(str(run_dir), raw=True)
     model, tokenizer = session.model, session.tokenizer
-    reference = Outputs.of(run_dir, tokenizer, model) if target != "fp32" else None
+    reference = check.Outputs.of(run_dir, tokenizer, model) if target != "fp32" else None
     model.to(getattr(torch, DTYPES[target]))
     model.generation_config.eos_token_id = stop_ids(tokenizer, info.get("chat_template_kwargs") or {})
     model.generation_config.pad_token_id = tokenizer.pad_token_id
@@ -56,27 +55,25 @@ def export_merged(run_dir: Path, out: Path, dtype: str = "auto") -> tuple[Path, 
     return out, report
 
 
-def stored_dtype(base: str) -> str:
+def stored_dtype(base: str | None) -> str:
     """The base model's own weight type, as its config.json says (fp32 when it says none lancy writes)."""
     from transformers import PretrainedConfig
 
     try:
-        config, _ = PretrainedConfig.get_config_dict(base)
+        config, _ = PretrainedConfig.get_config_dict(base) if base else ({}, None)
     except OSError:  # not readable: loading the model says why
         return "fp32"
     name = str(config.get("dtype") or config.get("torch_dtype") or "float32")
     return {v: k for k, v in DTYPES.items()}.get(name, "fp32")
 
 
-def read_back(run_dir: Path, folder: Path, tokenizer: Any, reference: Any, tolerance: float) -> dict[str, Any]:
+def read_back(run_dir: Path, folder: Path, tokenizer: Any, reference: check.Outputs, tolerance: float) -> dict[str, Any]:
     """The written weights, computed in fp32, against the fp32 merge."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    from lancy_trl.export.check import Outputs
-
     exported = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-    return reference.compare(Outputs.of(run_dir, tokenizer, exported), tolerance, str(folder))
+    return reference.compare(check.Outputs.of(run_dir, tokenizer, exported), tolerance, str(folder))
 
 
 def model_card(run_dir: Path, info: dict[str, Any], dtype: str) -> str:
@@ -84,7 +81,7 @@ def model_card(run_dir: Path, info: dict[str, Any], dtype: str) -> str:
     manifest = run_dir / "manifest.json"
     digest = json.loads(manifest.read_text()).get("output", {}) if manifest.is_file() else {}
     lines = [f"# {run_dir.name}", "", "Trained and exported with lancy-trl, on the machine that holds the data.", "",
-             f"- base model: {info.get('base_model_path')}", f"- weights: {dtype}, merged in fp32",
+             f"- base model: {info.get('base_model_path')}", f"- weights: {dtype}",
              f"- command: lancy {info.get('command', 'sft')}",
              f"- dataset: {info.get('dataset')} ({info.get('task')})",
              f"- labels: {', '.join(info.get('labels') or []) or 'none'}",
