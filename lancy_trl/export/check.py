@@ -41,16 +41,17 @@ class Outputs:
                       .logits[0, -1].float().cpu() for t in texts]
         return cls(logits, label_accuracy(run_dir, tokenizer, model))
 
-    def compare(self, other: Outputs, tolerance: float, name: str) -> dict[str, Any]:
-        """The export's agreement with this reference; an error when it is outside the tolerance."""
+    def compare(self, other: Outputs, tolerance: float, name: str, against: str = "the run's model") -> dict[str, Any]:
+        """The export's agreement with this reference (`against` says what it is); an error outside the tolerance."""
         diffs = [float((a - b).abs().max()) for a, b in zip(self.logits, other.logits)]
         agree = sum(int(a.argmax() == b.argmax()) for a, b in zip(self.logits, other.logits))
         worst, share = max(diffs), agree / len(diffs)
         if worst > tolerance or share < ARGMAX_AGREEMENT:
-            raise LancyError(f"{name} does not compute what the run's model computes: largest next-token logit "
+            raise LancyError(f"{name} does not compute what {against} computes: largest next-token logit "
                              f"difference {worst:.3f} (tolerance {tolerance}), most likely token agreeing on {agree} "
                              f"of {len(diffs)} prompts; the file is kept for inspection")
-        report = {"prompts": len(diffs), "max_logit_diff": worst, "argmax_agreement": share, "tolerance": tolerance}
+        report = {"prompts": len(diffs), "max_logit_diff": worst, "argmax_agreement": share, "tolerance": tolerance,
+                  "against": against}
         if self.accuracy:
             report |= {"accuracy_merged": self.accuracy["accuracy"], "accuracy_exported": other.accuracy["accuracy"],
                        "accuracy_rows": self.accuracy["rows"], "accuracy_split": self.accuracy["split"]}
@@ -64,7 +65,7 @@ def lines(report: dict[str, Any], size: int) -> list[str]:
             f"{report['argmax_agreement']:.0%}"]
     if "accuracy_exported" in report:
         said.append(f"label accuracy on the run's {report['accuracy_rows']} held-out {report['accuracy_split']} rows: "
-                    f"{report['accuracy_exported']:.3f} exported, {report['accuracy_merged']:.3f} the run's model")
+                    f"{report['accuracy_exported']:.3f} exported, {report['accuracy_merged']:.3f} {report['against']}")
     return said
 
 

@@ -24,7 +24,6 @@ from typing import Any
 from lancy_trl import faults
 from lancy_trl.errors import LancyError
 from lancy_trl.export import check
-from lancy_trl.export.check import Outputs
 from lancy_trl.export.merged import export_merged
 from lancy_trl.models import gguf_read_once
 
@@ -93,7 +92,7 @@ def export_gguf(run_dir: Path, out: Path, quant: str, log: Any = print,
     if importlib.util.find_spec("sentencepiece") is None:
         raise LancyError("GGUF export needs sentencepiece, which llama.cpp's converter imports: pip install sentencepiece")
     home = converter(log)
-    merged, _ = export_merged(run_dir, run_dir / "export" / "merged", dtype)  # the GGUF converts from it
+    merged, made = export_merged(run_dir, run_dir / "export" / "merged", dtype)  # the GGUF converts from it
     out.mkdir(parents=True, exist_ok=True)
     target = out / f"{run_dir.name}-{quant}.gguf"
     part = target.with_name(target.name + ".part")  # renamed to the .gguf name once verified: never half a file there
@@ -106,12 +105,13 @@ def export_gguf(run_dir: Path, out: Path, quant: str, log: Any = print,
         last = [line for line in done.stderr.strip().splitlines() if line.strip()][-1:] or ["no output"]
         raise LancyError(f"llama.cpp's converter could not convert this model: {last[0]}")
     faults.point("export.gguf", part)
-    report = verify(run_dir, merged, part, quant)
+    against = "the run's model" if made["dtype"] == "fp32" else f"the {made['dtype']} merged export"
+    report = verify(run_dir, merged, part, quant, against)
     part.replace(target)
     return target, report
 
 
-def verify(run_dir: Path, merged: Path, gguf: Path, quant: str) -> dict[str, Any]:
+def verify(run_dir: Path, merged: Path, gguf: Path, quant: str, against: str) -> dict[str, Any]:
     """Next-token logits of the GGUF (read back by transformers) against the merged model's, on prompts the run held
     out, and label accuracies for a classification run; above the type's tolerance, an error."""
     import torch
@@ -120,11 +120,11 @@ def verify(run_dir: Path, merged: Path, gguf: Path, quant: str) -> dict[str, Any
 
     hf_logging.disable_progress_bar()
     tokenizer = AutoTokenizer.from_pretrained(merged)
-    reference = Outputs.of(run_dir, tokenizer, AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32).eval())
+    reference = check.Outputs.of(run_dir, tokenizer, AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32).eval())
     # transformers' own progress bar while it reads the GGUF back; the file parsed once for its config and weights
     with contextlib.redirect_stderr(io.StringIO()), gguf_read_once():
         reread = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32).eval()
-    report = reference.compare(Outputs.of(run_dir, tokenizer, reread), QUANTS[quant], str(gguf))
+    report = reference.compare(check.Outputs.of(run_dir, tokenizer, reread), QUANTS[quant], str(gguf), against)
     return {**report, "quant": quant, "bytes": gguf.stat().st_size}
 
 
